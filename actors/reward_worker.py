@@ -1,0 +1,53 @@
+"""Reward scoring off the driver: a plain class the controller wraps with ``ray.remote``.
+
+    worker = ray.remote(num_cpus=cfg.resources.reward_cpus)(RewardWorker).remote(cfg.reward)
+    ray.get(worker.ready.remote())          # surfaces a reward fn that cannot load, before step 1
+    outcome = ray.get(worker.score.remote(responses, answers, prompts))
+
+Inside, a ``RewardRunner`` keeps ``reward.num_workers`` processes running the function with a
+per-call timeout of ``reward.timeout_s`` (see ``rlplat.rewards.runner``). A ``module:function``
+reward must be importable in the actor: pass its directory in the actor's runtime_env
+(``env_vars={"PYTHONPATH": ...}``) when it is not installed.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Dict, Optional, Sequence, Union
+
+from rlplat.config.schema import RewardConfig
+from rlplat.rewards.runner import RewardOutcome, RewardRunner
+
+
+class RewardWorker:
+    """Scores batches with the reward function of ``reward_cfg`` (a ``RewardConfig`` or its dict)."""
+
+    def __init__(self, reward_cfg: Union[RewardConfig, Dict[str, Any]]) -> None:
+        if isinstance(reward_cfg, dict):
+            known = {f.name for f in fields(RewardConfig)}
+            unknown = sorted(set(reward_cfg) - known)
+            if unknown:
+                raise ValueError(f"unknown reward config keys {unknown}; allowed: {sorted(known)}")
+            reward_cfg = RewardConfig(**reward_cfg)
+        self.cfg = reward_cfg
+        self.runner = RewardRunner(reward_cfg.fn, reward_cfg.timeout_s, reward_cfg.num_workers)
+
+    def ready(self) -> bool:
+        """Block until the worker processes have loaded the function (raises ``RewardSetupError``)."""
+        self.runner.wait_ready()
+        return True
+
+    def score(
+        self, responses: Sequence[str], answers: Sequence[Optional[str]], prompts: Sequence[str]
+    ) -> RewardOutcome:
+        """Rewards for B samples; sample i is ``fn(responses[i], answers[i], prompts[i])``.
+        The outcome is picklable (tensors + dataclasses) and never hides a failure: see
+        ``RewardOutcome``."""
+        if not len(responses) == len(answers) == len(prompts):
+            raise ValueError(
+                f"score() needs equally long lists, got {len(responses)} responses, {len(answers)} answers, "
+                f"{len(prompts)} prompts"
+            )
+        return self.runner.score(list(zip(responses, answers, prompts)))
+
+    def close(self) -> None:
+        self.runner.close()

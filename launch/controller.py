@@ -1,0 +1,204 @@
+"""The single controller: owns the actors of one run and the phases a step is made of.
+
+Phases: generate (rollout engines) -> rewards (reward worker) and per-role log-probs (scorers,
+the trainer's "old" log-probs) concurrently -> advantages -> PPO epochs over mini-batches
+(trainer group) -> weight sync trainer -> rollout engines. Which phases run in which order is the
+loop's business (``launch.loops``), chosen by ``AlgorithmPlan.loop``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Dict, List, Optional, Tuple
+
+import ray
+import torch
+
+from actors.reward_worker import RewardWorker
+from actors.rollout import ROLLOUT_BACKENDS
+from actors.rollout.weights import pack
+from actors.scorer import create_scorer_actor
+from actors.trainer.group import TrainerGroup
+from launch.loops import LOOPS
+from launch.metrics import MetricsWriter, PhaseTimer, progress_line
+from rlplat import advantages
+from rlplat.algorithms import AlgorithmPlan
+from rlplat.batch import Batch
+from rlplat.config.schema import RunConfig
+from rlplat.data import PromptRow, load_prompts, render_prompts
+
+
+class Controller:
+    """``model_paths`` maps role ("policy", "tokenizer", "reference", "teacher", ...) to a path or hub id."""
+
+    def __init__(self, cfg: RunConfig, plan: AlgorithmPlan, model_paths: Dict[str, str], run_dir: str, tokenizer) -> None:
+        self.cfg, self.plan, self.paths, self.run_dir, self.tok = cfg, plan, model_paths, run_dir, tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.rows = load_prompts(cfg.data, "train")  # the data must not change with trainer.seed
+        # Rendering every prompt up front makes an over-long prompt fail now, not at step 500.
+        self.prompt_ids = dict(zip((r.index for r in self.rows), render_prompts(self.rows, tokenizer, cfg.data)))
+        self.engines = self._start_engines()
+        self.trainer = TrainerGroup(cfg, model_paths["policy"], cfg.trainer.num_ranks, cfg.resources)
+        self.scorers = {role: self._start_scorer(role) for role in sorted(plan.scorer_roles)}
+        reward = ray.remote(num_cpus=cfg.resources.reward_cpus)(RewardWorker)
+        self.reward = reward.options(name="reward-0").remote(cfg.reward)
+        ray.get([self.reward.ready.remote()] + [e.ready.remote() for e in self.engines])
+        self.probe = self._make_probe()
+        self.loop = LOOPS.get(plan.loop)(self)
+        self._write_actor_list()
+
+    # ------------------------------------------------------------------ actors
+    def _start_engines(self) -> List:
+        cfg, res = self.cfg, self.cfg.resources
+        cls = ROLLOUT_BACKENDS.get(cfg.rollout.backend)
+        # vLLM's engine core runs inside the actor process (no extra processes on a CPU budget).
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        remote = ray.remote(num_cpus=res.rollout_cpus, num_gpus=res.rollout_gpus * cfg.rollout.tensor_parallel_size)(cls)
+        return [
+            remote.options(name=f"rollout-{i}", runtime_env={"env_vars": env}).remote(
+                self.paths["policy"], self.paths["tokenizer"], cfg.rollout, cfg.model.dtype, cfg.trainer.seed + i)
+            for i in range(cfg.rollout.num_engines)
+        ]
+
+    def _start_scorer(self, role: str):
+        res = self.cfg.resources
+        role_cfg = getattr(self.cfg.roles, role, None)
+        micro = role_cfg.micro_batch_tokens if role_cfg is not None else self.cfg.trainer.micro_batch_tokens
+        return create_scorer_actor(
+            role, self.paths[role], dtype=self.cfg.model.dtype, micro_batch_tokens=micro,
+            trust_remote_code=self.cfg.model.trust_remote_code, temperature=self.cfg.rollout.temperature,
+            num_cpus=res.scorer_cpus, num_gpus=res.scorer_gpus, name=f"scorer-{role}-0")
+
+    def _make_probe(self) -> Batch:
+        """A fixed sequence whose log-probs must agree between trainer and engines after every sync."""
+        row = self.rows[0]
+        ids = self.prompt_ids[row.index]
+        resp = self.tok.encode(" " + (row.answer or "0"), add_special_tokens=False) + [self.tok.eos_token_id]
+        return Batch(
+            prompt_ids=torch.tensor([ids]), prompt_mask=torch.ones(1, len(ids), dtype=torch.long),
+            response_ids=torch.tensor([resp]), response_mask=torch.ones(1, len(resp)),
+            group_ids=torch.zeros(1, dtype=torch.long),
+        )
+
+    def _write_actor_list(self) -> None:
+        """``actors.json`` in the run directory: the named actors this run started (as in the dashboard)."""
+        with open(os.path.join(self.run_dir, "actors.json"), "w") as f:
+            json.dump(sorted(ray.util.list_named_actors()), f)
+
+    # ------------------------------------------------------------------ phases
+    def generate(self, rows: List[PromptRow], group_size: int, group_offset: int = 0) -> Batch:
+        """``group_size`` samples per prompt; contiguous prompt chunks per engine keep group ids unique."""
+        bounds = torch.linspace(0, len(rows), len(self.engines) + 1).round().long().tolist()
+        futures = []
+        for engine, (a, b) in zip(self.engines, zip(bounds, bounds[1:])):
+            if a == b:
+                continue
+            chunk = rows[a:b]
+            meta = {"prompt": [r.prompt for r in chunk], "answer": [r.answer for r in chunk], "row_index": [r.index for r in chunk]}
+            ids = [self.prompt_ids[r.index] for r in chunk]
+            futures.append(engine.generate.remote(ids, group_size, group_offset + a, self.pad_id, meta))
+        return Batch.concat(ray.get(futures), pad_id=self.pad_id)
+
+    def reward_outcome(self, batch: Batch):
+        """``RewardOutcome`` of every sample (runs on the reward worker, never on the driver)."""
+        return ray.get(self.reward.score.remote(batch.meta["response_text"], batch.meta["answer"], batch.meta["prompt"]))
+
+    def score_and_reward(self, batch: Batch, timer: PhaseTimer, roles: Optional[List[str]] = None) -> Tuple[Batch, Dict[str, float]]:
+        """Rewards, scorer log-probs and the trainer's "old" log-probs, all in flight together.
+
+        Returns the batch without the groups whose reward failed (their baseline is meaningless;
+        the failures are counted in ``reward/*`` and written to ``reward_failures.jsonl``)."""
+        roles = sorted(self.scorers) if roles is None else roles
+        reward_ref = self.reward.score.remote(batch.meta["response_text"], batch.meta["answer"], batch.meta["prompt"])
+        with timer.phase("score"):
+            role_refs = {role: self.scorers[role].score.remote(batch) for role in roles}
+            batch.logprobs["old"] = self.trainer.compute_logprobs(batch)
+            for role, ref in role_refs.items():
+                batch.logprobs[role] = ray.get(ref)
+        with timer.phase("reward"):
+            outcome = ray.get(reward_ref)
+        metrics = outcome.metrics()
+        if outcome.num_invalid:
+            self._log_reward_failures(outcome)
+            keep = outcome.group_valid(batch.group_ids)
+            if not bool(keep.any()):
+                raise RuntimeError(f"every group has a failed reward this step:\n{outcome.summary()}")
+            batch.rewards = outcome.rewards.float()
+            batch = batch.select(keep.nonzero().flatten())
+        else:
+            batch.rewards = outcome.rewards.float()
+        return batch, metrics
+
+    def _log_reward_failures(self, outcome) -> None:
+        print(f"rlplat: {outcome.summary()}", flush=True)
+        with open(os.path.join(self.run_dir, "reward_failures.jsonl"), "a") as f:
+            for failure in outcome.failures:
+                f.write(json.dumps(dataclasses.asdict(failure)) + "\n")
+
+    def compute_advantages(self, batch: Batch, **extra) -> None:
+        fn = advantages.get(self.plan.advantage)
+        batch.advantages = fn(batch.rewards, batch.group_ids, **dict(self.plan.advantage_params), **extra)
+
+    def train(self, batch: Batch, step: int) -> Dict[str, float]:
+        """PPO epochs over ``algorithm.mini_batches`` shuffled mini-batches; metrics averaged."""
+        alg = self.cfg.algorithm
+        gen = torch.Generator().manual_seed(self.cfg.trainer.seed * 100003 + step)
+        collected: List[Dict[str, float]] = []
+        groups = batch.group_ids.unique()
+        for _ in range(alg.ppo_epochs):
+            # Mini-batches are made of whole groups: group-level masks and baselines stay intact.
+            for chosen in groups[torch.randperm(len(groups), generator=gen)].chunk(alg.mini_batches):
+                mb = batch.select(torch.isin(batch.group_ids, chosen).nonzero().flatten())
+                collected.append(self.trainer.train(mb, step, (self.plan.loss, list(self.plan.terms))))
+        keys = set().union(*collected)
+        return {k: sum(m[k] for m in collected if k in m) / sum(1 for m in collected if k in m) for k in keys}
+
+    def sync_weights(self) -> Dict[str, float]:
+        """Trainer -> every rollout engine through the Ray object store, then the probe check."""
+        t0 = time.perf_counter()
+        self.weights_ref = ray.put(pack(self.trainer.get_weights()))  # one copy in the object store
+        ray.get([e.update_weights.remote(self.weights_ref) for e in self.engines])
+        return {"sync/seconds": time.perf_counter() - t0, **self.check_sync()}
+
+    def check_sync(self) -> Dict[str, float]:
+        """Largest |engine log-prob - trainer log-prob| over the probe's tokens, across engines."""
+        trainer_lp = self.trainer.compute_logprobs(self.probe)[0]
+        p, r = self.probe.prompt_ids[0].tolist(), self.probe.response_ids[0].tolist()
+        engine_lps = ray.get([e.sequence_logprobs.remote(p, r) for e in self.engines])
+        return {"sync/logprob_max_abs_diff": max((torch.tensor(lp) - trainer_lp).abs().max().item() for lp in engine_lps)}
+
+    # ----------------------------------------------------------------- metrics
+    def batch_metrics(self, batch: Batch, prefix: str = "") -> Dict[str, float]:
+        correct = (batch.rewards >= self.cfg.reward.correct_threshold).float()
+        return {
+            f"{prefix}reward/mean": batch.rewards.mean().item(),
+            f"{prefix}reward/pass_rate": correct.mean().item(),
+            f"{prefix}response/length_mean": batch.response_mask.sum(1).mean().item(),
+            f"{prefix}samples": float(len(batch)),
+        }
+
+    def finish_step(self, step: int, metrics: Dict[str, float], timer: PhaseTimer, *batches: Batch) -> Dict[str, float]:
+        metrics.update(timer.metrics())
+        tokens = sum(float(b.num_tokens.sum()) for b in batches)
+        metrics.update({"step": step, "throughput/tokens_per_s": tokens / metrics["time/step"]})
+        return metrics
+
+    def shutdown(self) -> None:
+        """Kill this run's actors (a driver that stays alive, e.g. a test, must free their names)."""
+        handles = list(self.engines) + list(self.scorers.values()) + [self.reward] + list(getattr(self.loop, "actors", []))
+        for h in handles:
+            ray.kill(h)
+        self.trainer.shutdown()
+
+    def run(self, start_step: int = 0) -> None:
+        writer = MetricsWriter(self.run_dir)
+        started = time.time()
+        try:
+            for step in range(start_step, self.cfg.trainer.max_steps):
+                metrics = self.loop.step(step)
+                writer.write(metrics)
+                print(progress_line(step, self.cfg.trainer.max_steps, metrics, started, start_step), flush=True)
+        finally:
+            writer.close()

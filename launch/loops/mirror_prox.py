@@ -1,0 +1,135 @@
+"""Nash-MP: one outer Mirror-Prox iteration per step (ALGORITHMS.md section 4).
+
+From pi_k (held by the trainer, the rollout engines and the snapshot scorer):
+1. sample y ~ pi_k, G per prompt; save pi_k's parameters AND optimizer state;
+2. half step: opponents are the other samples of pi_k for the same prompt; ``inner_steps``
+   updates give pi_{k+1/2}; sync it into the rollout engines;
+3. sample opponents o ~ pi_{k+1/2}; restore pi_k (parameters and optimizer state);
+4. full step: the same y (on-policy for pi_k again) against o; ``inner_steps`` updates give
+   pi_{k+1}; sync it into the engines and refresh the snapshot (exactly once per iteration).
+Both proximal steps are anchored at pi_k through the snapshot term of the advantage,
+``P(y > opp) - 1/2 - beta sg(log pi/pi_ref) - (beta/eta) sg(log pi/pi_k)``. This is not Nash-MD:
+no step is taken against a geometric mixture of pi and pi_ref.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import ray
+import torch
+
+from actors.preference import PreferenceWorker
+from actors.rollout.weights import unpack
+from launch.loops import LOOPS
+from launch.metrics import PhaseTimer
+from rlplat.advantages import seq_logratio
+from rlplat.batch import Batch
+from rlplat.data import PromptSampler
+
+
+def _pairs(group_ids: torch.Tensor, other_group_ids: torch.Tensor, exclude_self: bool) -> List[Tuple[int, int]]:
+    """(i, j) for every sample i and every opponent j of the same prompt."""
+    out = []
+    for i, g in enumerate(group_ids.tolist()):
+        for j in (other_group_ids == g).nonzero().flatten().tolist():
+            if not (exclude_self and i == j):
+                out.append((i, j))
+    return out
+
+
+@LOOPS.register("mirror_prox")
+class MirrorProxLoop:
+    def __init__(self, ctrl) -> None:
+        self.ctrl = ctrl
+        cfg = ctrl.cfg
+        nm = cfg.algorithm.nash_mp
+        self.beta, self.eta, self.inner_steps = nm.beta, nm.eta, nm.inner_steps
+        self.sampler = PromptSampler(ctrl.rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+        pref = ray.remote(num_cpus=cfg.resources.reward_cpus)(PreferenceWorker)
+        self.judge = pref.options(name="preference-0").remote(nm.judge, ctrl.paths.get("preference"), cfg.model.dtype)
+        ray.get(self.judge.ready.remote())
+        self.actors = [self.judge]
+        self.snapshot_version = 0
+
+    def _win_rates(self, batch: Batch, opponents: Batch, exclude_self: bool) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """Float [B]: mean over opponents of P(y_i > o_j); NaN pairs are dropped and counted."""
+        pairs = _pairs(batch.group_ids, opponents.group_ids, exclude_self)
+        i_idx, j_idx = zip(*pairs)
+        m = batch.meta
+        probs, metrics, failures = ray.get(self.judge.win_probs.remote(
+            [m["prompt"][i] for i in i_idx], [m["response_text"][i] for i in i_idx],
+            [opponents.meta["response_text"][j] for j in j_idx], [m["answer"][i] for i in i_idx]))
+        for msg in failures:
+            print(f"rlplat: preference failure: {msg}", flush=True)
+        i_t = torch.tensor(i_idx)
+        ok = ~torch.isnan(probs)
+        sums = torch.zeros(len(batch)).index_add_(0, i_t[ok], probs[ok])
+        counts = torch.zeros(len(batch)).index_add_(0, i_t[ok], torch.ones(int(ok.sum())))
+        if bool((counts == 0).any()):
+            raise RuntimeError("a sample has no valid preference against any opponent; see the preference failures above")
+        return sums / counts, metrics
+
+    def _proximal_step(self, batch: Batch, win: torch.Tensor, step: int, prefix: str) -> Dict[str, float]:
+        ctrl = self.ctrl
+        batch.rewards = win
+        # log pi/pi_ref and log pi/pi_k at the sampling policy (the trainer's "old" log-probs).
+        ratios = {
+            "seq_logratio_ref": seq_logratio(batch.logprobs["old"], batch.logprobs["reference"], batch.response_mask),
+            "seq_logratio_snapshot": seq_logratio(batch.logprobs["old"], batch.logprobs["snapshot"], batch.response_mask),
+        }
+        ctrl.compute_advantages(batch, beta=self.beta, eta=self.eta, **ratios)
+        collected = [ctrl.train(batch, step) for _ in range(self.inner_steps)]
+        out = {f"{prefix}/{k}": sum(c[k] for c in collected) / len(collected) for k in collected[0]}
+        out[f"{prefix}/win_rate"] = win.mean().item()
+        out[f"{prefix}/advantage_abs_mean"] = batch.advantages.abs().mean().item()
+        return out
+
+    def step(self, step: int) -> Dict[str, float]:
+        ctrl, timer = self.ctrl, PhaseTimer()
+        rows = self.sampler.next_batch()
+        with timer.phase("generate"):
+            batch = ctrl.generate(rows, ctrl.plan.group_size)
+        batch.meta.setdefault("answer", [None] * len(batch))
+        with timer.phase("score"):
+            refs = {role: ctrl.scorers[role].score.remote(batch) for role in ("reference", "snapshot")}
+            batch.logprobs["old"] = ctrl.trainer.compute_logprobs(batch)
+            for role, ref in refs.items():
+                batch.logprobs[role] = ray.get(ref)
+        with timer.phase("reward"):
+            win_half, metrics = self._win_rates(batch, batch, exclude_self=True)
+        with timer.phase("train"):
+            ctrl.trainer.snapshot_state()
+            metrics.update(self._proximal_step(batch, win_half, step, "half"))
+        with timer.phase("sync"):
+            metrics.update({f"half/{k}": v for k, v in ctrl.sync_weights().items()})
+            half_weights = unpack(ray.get(ctrl.weights_ref))
+        with timer.phase("generate"):
+            opponents = ctrl.generate(rows, ctrl.plan.group_size)
+        with timer.phase("reward"):
+            win_full, m2 = self._win_rates(batch, opponents, exclude_self=False)
+        metrics.update({f"full/{k}": v for k, v in m2.items()})
+        with timer.phase("train"):
+            ctrl.trainer.restore_state()
+            metrics.update(self._proximal_step(batch, win_full, step, "full"))
+        with timer.phase("sync"):
+            metrics.update(ctrl.sync_weights())
+            full_weights = unpack(ray.get(ctrl.weights_ref))
+            ray.get(ctrl.scorers["snapshot"].load_weights.remote(full_weights))
+            self.snapshot_version += 1
+        full_weights = dict(full_weights)
+        diff = sum(float((full_weights[n] - t).pow(2).sum()) for n, t in half_weights)
+        metrics.update({
+            "nash/snapshot_version": float(self.snapshot_version),
+            "nash/half_full_param_l2": diff ** 0.5,
+            "loss/policy": metrics["full/loss/policy"],
+            "reward/mean": win_full.mean().item(),
+        })
+        metrics.update(ctrl.batch_metrics(batch, prefix="samples/"))
+        return ctrl.finish_step(step, metrics, timer, batch, opponents)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "snapshot_version": self.snapshot_version}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.snapshot_version = state["snapshot_version"]

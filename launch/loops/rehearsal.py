@@ -1,0 +1,128 @@
+"""DPH-RL: RL on exploration prompts plus a mass-covering divergence on stored pi_0 samples.
+
+Before the first step, ``prepare`` samples every training prompt k times with the initial policy
+(the rollout engines hold pi_0 then), sends prompts solved in all k samples to the rehearsal set
+and stores their responses with per-token log-probs from the trainer's own forward pass (the same
+numerics the loss uses) in ``algorithm.dph_rl.store_path`` (default ``<run_dir>/dph_rehearsal.pt``).
+A later run with the same store reuses it. Each step then mixes ``rehearsal_per_step`` stored
+rows (kind DATA_REHEARSAL: divergence only) into the on-policy exploration batch (kind
+DATA_EXPLORE: clipped surrogate only). No reference model is started.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Dict, List
+
+import torch
+
+from launch.loops import LOOPS
+from launch.metrics import PhaseTimer
+from rlplat.batch import DATA_REHEARSAL, Batch
+from rlplat.data import PromptSampler
+
+STORE_VERSION = 1
+
+
+def store_path(ctrl) -> str:
+    return ctrl.cfg.algorithm.dph_rl.store_path or os.path.join(ctrl.run_dir, "dph_rehearsal.pt")
+
+
+def _fingerprint(ctrl) -> dict:
+    """What the stored samples depend on; a store made under another fingerprint is not reused."""
+    cfg = ctrl.cfg
+    return {"version": STORE_VERSION, "policy": ctrl.paths["policy"], "k": cfg.algorithm.dph_rl.samples_per_prompt,
+            "rows": [r.index for r in ctrl.rows], "max_new_tokens": cfg.rollout.max_new_tokens,
+            "reward": cfg.reward.fn, "seed": cfg.trainer.seed}
+
+
+def prepare(ctrl) -> dict:
+    """Split the training prompts with pi_0 and store the rehearsal samples; returns the store."""
+    cfg = ctrl.cfg
+    k = cfg.algorithm.dph_rl.samples_per_prompt
+    chunk = max(cfg.data.prompts_per_step * 4, 1)
+    rehearsal: List[Batch] = []
+    exploration: List[int] = []
+    for start in range(0, len(ctrl.rows), chunk):
+        rows = ctrl.rows[start:start + chunk]
+        batch = ctrl.generate(rows, k, group_offset=start)
+        outcome = ctrl.reward_outcome(batch)
+        correct = (outcome.rewards >= cfg.reward.correct_threshold) & outcome.valid
+        for g, row in enumerate(rows):
+            in_group = batch.group_ids == start + g
+            if bool(correct[in_group].all()):
+                rehearsal.append(batch.select(in_group.nonzero().flatten()))
+            else:
+                exploration.append(row.index)
+    store = {"fingerprint": _fingerprint(ctrl), "exploration_rows": exploration, "rehearsal": None}
+    if rehearsal:
+        stored = Batch.concat(rehearsal, pad_id=ctrl.pad_id)
+        stored.logprobs = {"initial": ctrl.trainer.compute_logprobs(stored)}
+        stored.rewards = torch.ones(len(stored))
+        stored.kind = torch.full((len(stored),), DATA_REHEARSAL, dtype=torch.long)
+        store["rehearsal"] = stored.to_dict()
+    path = store_path(ctrl)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save(store, path + ".tmp")
+    os.replace(path + ".tmp", path)  # a half-written store is never picked up
+    return store
+
+
+def load_or_prepare(ctrl) -> dict:
+    path = store_path(ctrl)
+    if os.path.isfile(path):
+        store = torch.load(path, weights_only=False)
+        if store.get("fingerprint") == _fingerprint(ctrl):
+            return store
+        print(f"rlplat: {path} was made for another model/data/k; preparing it again", flush=True)
+    return prepare(ctrl)
+
+
+@LOOPS.register("rehearsal")
+class RehearsalLoop:
+    def __init__(self, ctrl) -> None:
+        self.ctrl = ctrl
+        cfg = ctrl.cfg
+        t0 = time.perf_counter()
+        store = load_or_prepare(ctrl)
+        self.prepare_seconds = time.perf_counter() - t0
+        by_index = {r.index: r for r in ctrl.rows}
+        explore_rows = [by_index[i] for i in store["exploration_rows"]] or list(ctrl.rows)
+        self.sampler = PromptSampler(explore_rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+        self.stored = Batch.from_dict(store["rehearsal"]) if store["rehearsal"] is not None else None
+        self.num_rehearsal_prompts = len(ctrl.rows) - len(store["exploration_rows"])
+        if self.stored is None:
+            print("rlplat: DPH-RL found no prompt that pi_0 solves in every sample; training without rehearsal", flush=True)
+
+    def _rehearsal_rows(self, step: int, group_offset: int) -> Batch:
+        n = self.ctrl.cfg.algorithm.dph_rl.rehearsal_per_step
+        gen = torch.Generator().manual_seed(self.ctrl.cfg.trainer.seed * 7919 + step)
+        idx = torch.randperm(len(self.stored), generator=gen)[:n]
+        rows = self.stored.select(idx.sort().values)
+        rows.group_ids = group_offset + torch.arange(len(rows))  # not a group: no baseline across them
+        rows.logprobs["old"] = rows.logprobs["initial"]  # unused: the surrogate skips rehearsal rows
+        rows.advantages = torch.zeros(len(rows))
+        return rows
+
+    def step(self, step: int) -> Dict[str, float]:
+        ctrl, timer = self.ctrl, PhaseTimer()
+        with timer.phase("generate"):
+            batch = ctrl.generate(self.sampler.next_batch(), ctrl.plan.group_size)
+        batch, metrics = ctrl.score_and_reward(batch, timer)
+        ctrl.compute_advantages(batch)
+        metrics.update(ctrl.batch_metrics(batch))
+        metrics.update({"dph/rehearsal_prompts": float(self.num_rehearsal_prompts), "dph/prepare_seconds": self.prepare_seconds})
+        if self.stored is not None:
+            batch.logprobs["initial"] = torch.zeros_like(batch.logprobs["old"])  # masked out for explore rows
+            batch = Batch.concat([batch, self._rehearsal_rows(step, int(batch.group_ids.max()) + 1)], pad_id=ctrl.pad_id)
+        with timer.phase("train"):
+            metrics.update(ctrl.train(batch, step))
+        with timer.phase("sync"):
+            metrics.update(ctrl.sync_weights())
+        return ctrl.finish_step(step, metrics, timer, batch)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])

@@ -1,0 +1,35 @@
+"""GRPO-shaped RL step (GRPO, KDRL, and any algorithm that is surrogate + divergence terms)."""
+from __future__ import annotations
+
+from typing import Dict
+
+from launch.loops import LOOPS
+from launch.metrics import PhaseTimer
+from rlplat.data import PromptSampler
+
+
+@LOOPS.register("rl")
+class RLLoop:
+    def __init__(self, ctrl) -> None:
+        self.ctrl = ctrl
+        cfg = ctrl.cfg
+        self.sampler = PromptSampler(ctrl.rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+
+    def step(self, step: int) -> Dict[str, float]:
+        ctrl, timer = self.ctrl, PhaseTimer()
+        with timer.phase("generate"):
+            batch = ctrl.generate(self.sampler.next_batch(), ctrl.plan.group_size)
+        batch, metrics = ctrl.score_and_reward(batch, timer)
+        ctrl.compute_advantages(batch)
+        with timer.phase("train"):
+            metrics.update(ctrl.train(batch, step))
+        with timer.phase("sync"):
+            metrics.update(ctrl.sync_weights())
+        metrics.update(ctrl.batch_metrics(batch))
+        return ctrl.finish_step(step, metrics, timer, batch)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])

@@ -1,0 +1,70 @@
+"""Per-step metrics: ``metrics.jsonl`` in the run directory, plus phase timers."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional
+
+
+class PhaseTimer:
+    """Accumulates wall seconds per named phase of one step (generate, score, reward, train, sync)."""
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def metrics(self) -> Dict[str, float]:
+        """time/<phase> for every phase, time/step in total and time/other for the rest (orchestration)."""
+        total = time.perf_counter() - self.start
+        out = {f"time/{k}": v for k, v in self.seconds.items()}
+        out["time/step"] = total
+        out["time/other"] = max(total - sum(self.seconds.values()), 0.0)
+        return out
+
+
+class MetricsWriter:
+    """Appends one JSON object per step to ``<run_dir>/metrics.jsonl`` (flushed each line)."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self._f = open(self.path, "a", buffering=1)
+
+    def write(self, metrics: Dict[str, float]) -> None:
+        self._f.write(json.dumps(metrics, sort_keys=True) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def progress_line(step: int, max_steps: int, metrics: Dict[str, float], started: float, done_before: int = 0) -> str:
+    """One human line for the driver log (the job log in the Ray dashboard), with an ETA."""
+    done = step + 1 - done_before
+    elapsed = time.time() - started
+    eta = elapsed / max(done, 1) * (max_steps - step - 1)
+    reward = metrics.get("reward/mean", float("nan"))
+    return (f"step {step + 1}/{max_steps} reward {reward:.3f} pass {metrics.get('reward/pass_rate', float('nan')):.3f} "
+            f"loss {metrics.get('loss/policy', float('nan')):+.4f} {metrics.get('time/step', 0):.1f}s/step "
+            f"{metrics.get('throughput/tokens_per_s', 0):.0f} tok/s ETA {eta / 60:.1f} min")
+
+
+def read_metrics(path: str) -> list:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def last_step(path: str) -> Optional[int]:
+    if not os.path.isfile(path):
+        return None
+    rows = read_metrics(path)
+    return rows[-1]["step"] if rows else None

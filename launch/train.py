@@ -1,0 +1,61 @@
+"""``python -m launch.train --config configs/<algo>.yaml [key=value ...]``
+
+Validates the config in seconds, builds the built-in tiny models if asked for, then joins the Ray
+cluster (``ray job submit`` sets RAY_ADDRESS) or starts an embedded one on 127.0.0.1 and trains.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from rlplat import algorithms
+from rlplat.config import ConfigError, load_config
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m launch.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML file, e.g. configs/grpo.yaml")
+    p.add_argument("--check", action="store_true", help="validate the config and print it, then exit")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=5")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        plan = algorithms.get(cfg.algorithm.name).plan(cfg)
+        if args.check:
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+            return 0
+        from launch.preflight import check_same_tokenizer, load_tokenizer, prepare_run_dir, resolve_paths
+
+        paths = resolve_paths(cfg, plan)
+        tokenizer = load_tokenizer(paths["tokenizer"], "model.tokenizer" if cfg.model.tokenizer else "model.path")
+        for role in sorted(plan.scorer_roles - {"snapshot"}):
+            check_same_tokenizer(tokenizer, paths[role], f"roles.{role}.path")
+    except ConfigError as exc:
+        print(f"rlplat: config error: {exc}", file=sys.stderr)
+        return 2
+    run_dir = prepare_run_dir(cfg)
+
+    from launch.cluster import start_ray
+    from launch.controller import Controller
+
+    mode = start_ray(cfg.ray)
+    print(f"rlplat: {plan.name} on a {mode} Ray cluster; run directory {run_dir}", flush=True)
+    controller = Controller(cfg, plan, paths, run_dir, tokenizer)
+    try:
+        controller.run()
+    finally:
+        controller.shutdown()
+    print(f"rlplat: done; metrics in {run_dir}/metrics.jsonl", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The four algorithm families of ALGORITHMS.md, each a declaration on top of ``Algorithm``."""
+from __future__ import annotations
+
+from rlplat.algorithms.base import Algorithm
+from rlplat.config.errors import ConfigError
+from rlplat.config.schema import RunConfig
+from rlplat.registry import Registry
+
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
+
+
+def register(cls: type) -> type:
+    ALGORITHMS.register(cls.name)(cls())
+    return cls
+
+
+@register
+class GRPO(Algorithm):
+    """Group-relative policy optimisation: clipped surrogate + optional KL to the reference."""
+
+    name = "grpo"
+    anchors = frozenset({"reference"})
+
+
+@register
+class KDRL(Algorithm):
+    """GRPO without reference KL plus reverse KL (k2) to a teacher on the student's rollouts."""
+
+    name = "kdrl"
+    anchors = frozenset({"reference", "teacher"})
+
+    def check(self, cfg: RunConfig) -> None:
+        super().check(cfg)
+        if not any(t.anchor == "teacher" for t in cfg.algorithm.divergences):
+            raise ConfigError("algorithm 'kdrl' needs a divergence term with anchor 'teacher' in algorithm.divergences")
+        if not cfg.roles.teacher.path:
+            raise ConfigError("algorithm 'kdrl' needs a teacher: set roles.teacher.path (a model sharing the policy's tokenizer)")
+
+
+@register
+class DPHRL(Algorithm):
+    """RL on exploration prompts + a mass-covering divergence on stored pi_0 rehearsal samples."""
+
+    name = "dph_rl"
+    loop = "rehearsal"
+    anchors = frozenset({"initial"})
+
+    def check(self, cfg: RunConfig) -> None:
+        super().check(cfg)
+        terms = cfg.algorithm.divergences
+        if not any(t.anchor == "initial" for t in terms):
+            raise ConfigError("algorithm 'dph_rl' needs a divergence term with anchor 'initial' in algorithm.divergences")
+        for i, t in enumerate(terms):
+            if t.mask != "rehearsal":
+                raise ConfigError(f"algorithm.divergences[{i}].mask='{t.mask}': DPH-RL applies its divergence to rehearsal rows only; use mask 'rehearsal'")
+        d = cfg.algorithm.dph_rl
+        if d.samples_per_prompt < 1:
+            raise ConfigError(f"algorithm.dph_rl.samples_per_prompt={d.samples_per_prompt} must be >= 1")
+        if d.rehearsal_per_step < 1:
+            raise ConfigError(f"algorithm.dph_rl.rehearsal_per_step={d.rehearsal_per_step} must be >= 1")
+
+
+@register
+class NashMP(Algorithm):
+    """Nash learning from preferences by Mirror Prox: half step vs pi_k, full step vs pi_{k+1/2}."""
+
+    name = "nash_mp"
+    loop = "mirror_prox"
+    anchors = frozenset({"reference", "snapshot"})
+    advantages = frozenset({"nash_mp"})
+    needs_preference = True
+    needs_opponents = True
+    extra_roles = frozenset({"reference", "snapshot"})  # the advantage's sequence log-ratios
+
+    def check(self, cfg: RunConfig) -> None:
+        super().check(cfg)
+        n = cfg.algorithm.nash_mp
+        if n.beta <= 0 or n.eta <= 0:
+            raise ConfigError(f"algorithm.nash_mp.beta={n.beta} and eta={n.eta} must both be > 0")
+        if n.inner_steps < 1:
+            raise ConfigError(f"algorithm.nash_mp.inner_steps={n.inner_steps} must be >= 1")

@@ -1,0 +1,199 @@
+"""The one config schema of rlplat: dataclasses that omegaconf turns into a typed, closed config.
+
+Every YAML file under ``configs/`` and every ``key=value`` override is merged onto ``RunConfig``;
+omegaconf rejects unknown keys and wrong types, ``rlplat.config.validate`` checks values and
+combinations. Units: lengths in tokens, times in seconds, memory in GiB.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class ModelConfig:
+    """The policy. ``path`` is a local directory, a hub id, or ``builtin:tiny-policy``."""
+
+    path: str = "builtin:tiny-policy"
+    tokenizer: Optional[str] = None  # defaults to ``path``
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class RoleModelConfig:
+    """A forward-only model served by scorer actors (reference, teacher, preference, snapshot)."""
+
+    path: Optional[str] = None  # reference: defaults to model.path; teacher/preference: required when used
+    num_actors: int = 1
+    micro_batch_tokens: int = 4096  # token budget of one forward pass
+    top_k_logits: int = 0  # >0: also return the top-k logits for full-distribution divergences
+
+
+@dataclass
+class RolesConfig:
+    reference: RoleModelConfig = field(default_factory=RoleModelConfig)
+    teacher: RoleModelConfig = field(default_factory=RoleModelConfig)
+    preference: RoleModelConfig = field(default_factory=RoleModelConfig)
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "vllm"  # vllm | hf (HF generate, the fallback)
+    num_engines: int = 1
+    tensor_parallel_size: int = 1
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_model_len: int = 256
+    max_num_seqs: int = 64
+    gpu_memory_utilization: float = 0.5
+    cpu_kv_cache_gb: float = 0.1  # KV cache of a CPU vLLM engine (GiB)
+    enforce_eager: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Prompts: ``builtin:arithmetic``, a .jsonl / .parquet file or a ``save_to_disk`` dataset dir."""
+
+    train_path: str = "builtin:arithmetic"
+    eval_path: Optional[str] = None
+    format: str = "auto"  # auto | jsonl | parquet | hf_disk
+    prompt_key: str = "prompt"
+    answer_key: str = "answer"
+    chat_template: bool = False
+    system_prompt: Optional[str] = None
+    max_prompt_tokens: int = 128
+    prompts_per_step: int = 4
+    shuffle: bool = True
+    builtin_train_size: int = 2000
+    builtin_eval_size: int = 200
+
+
+@dataclass
+class RewardConfig:
+    fn: str = "arithmetic"  # a registered reward name, or ``module:function``
+    timeout_s: float = 10.0
+    num_workers: int = 1
+    correct_threshold: float = 1.0  # reward >= this counts as correct (pass rates, KDRL masks)
+
+
+@dataclass
+class CoefConfig:
+    """Coefficient schedule: constant ``value``, or linear ``max(start - slope * step, floor)``."""
+
+    kind: str = "constant"  # constant | linear
+    value: float = 0.0
+    start: float = 0.0
+    slope: float = 0.0
+    floor: float = 0.0
+
+
+@dataclass
+class DivergenceTermConfig:
+    """One divergence term of the objective: coef(step) * D(pi, anchor) on the rows of ``mask``."""
+
+    name: str = "kl_ref"  # metric label: logged as div/<name>
+    divergence: str = "k3"  # a name in rlplat.divergences
+    params: Dict[str, float] = field(default_factory=dict)
+    anchor: str = "reference"  # reference | teacher | snapshot | initial
+    coef: CoefConfig = field(default_factory=CoefConfig)
+    mask: str = "all"  # a name in rlplat.masks
+    mask_params: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class DPHRLConfig:
+    samples_per_prompt: int = 8  # k, the split's samples of pi_0 per training prompt
+    rehearsal_per_step: int = 4  # stored rehearsal samples mixed into every step
+    store_path: Optional[str] = None  # default: <output_dir>/dph_rehearsal.pt
+
+
+@dataclass
+class NashMPConfig:
+    beta: float = 0.1  # regularisation towards pi_ref
+    eta: float = 1.0  # mirror-prox step size
+    inner_steps: int = 1  # gradient steps per proximal (half or full) step
+    judge: Optional[str] = None  # ``module:function`` rule-based judge; else roles.preference
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "grpo"  # a name in rlplat.algorithms
+    group_size: int = 8
+    advantage: str = "grpo"  # a name in rlplat.advantages
+    advantage_params: Dict[str, float] = field(default_factory=dict)
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: Optional[float] = None
+    loss_agg: str = "seq-mean-token-mean"
+    norm_len: Optional[int] = None  # seq-mean-token-sum-norm constant; default rollout.max_new_tokens
+    ppo_epochs: int = 1
+    mini_batches: int = 1  # optimizer updates per PPO epoch
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
+    divergences: List[DivergenceTermConfig] = field(default_factory=list)
+    dph_rl: DPHRLConfig = field(default_factory=DPHRLConfig)
+    nash_mp: NashMPConfig = field(default_factory=NashMPConfig)
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 20
+    output_dir: str = "runs/default"
+    seed: int = 0
+    save_every: int = 0  # 0: only at the end
+    keep_last: int = 2
+    resume: str = "none"  # none | auto | <checkpoint dir>
+    num_ranks: int = 2  # data-parallel DeepSpeed ranks
+    zero_stage: int = 2
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0
+    micro_batch_tokens: int = 4096  # token budget of one training forward/backward
+    eval_every: int = 0  # 0: never
+
+
+@dataclass
+class ResourcesConfig:
+    """Per-actor Ray resources. Fractional CPUs let the whole pipeline share 2 cores."""
+
+    trainer_cpus: float = 0.25
+    trainer_gpus: float = 0.0
+    rollout_cpus: float = 0.5
+    rollout_gpus: float = 0.0
+    scorer_cpus: float = 0.25
+    scorer_gpus: float = 0.0
+    reward_cpus: float = 0.1
+    colocate: bool = False  # pack trainer ranks and scorers into one placement group
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None: RAY_ADDRESS if set, else an embedded local cluster
+    host: str = "127.0.0.1"  # where the embedded cluster and its dashboard bind
+    num_cpus: Optional[int] = None
+    include_dashboard: bool = False
+    namespace: str = "rlplat"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    roles: RolesConfig = field(default_factory=RolesConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def to_container(cfg: Any) -> Dict[str, Any]:
+    """Plain dict of a structured config (for JSON/YAML dumps and Ray transport)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]

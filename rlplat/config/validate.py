@@ -1,0 +1,131 @@
+"""Value and combination checks run on a loaded config before anything expensive starts."""
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterable, Optional
+
+from rlplat.config.errors import ConfigError
+from rlplat.config.schema import RunConfig
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _one_of(key: str, value: str, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{key}='{value}' is not allowed; choose one of {allowed}")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value} must be >= {low}")
+
+
+def check_model_path(key: str, path: Optional[str]) -> None:
+    """A local-looking path must be a directory holding config.json; ``builtin:`` names must be known;
+    a bare hub id is accepted unless HF_HUB_OFFLINE is set and it is not in the local cache."""
+    if path is None:
+        return
+    if path.startswith("builtin:"):
+        from rlplat.models.tiny import BUILTIN_MODELS
+
+        _one_of(key, path, [f"builtin:{n}" for n in BUILTIN_MODELS])
+        return
+    expanded = os.path.expanduser(path)
+    if os.path.isdir(expanded):
+        if not os.path.isfile(os.path.join(expanded, "config.json")):
+            raise ConfigError(f"{key}='{path}' is a directory without config.json, not a Hugging Face model")
+        return
+    looks_local = path.startswith(("/", ".", "~")) or os.sep in path.strip("/").split("/", 1)[-1] or not _HUB_ID.match(path)
+    if looks_local:
+        raise ConfigError(f"{key}='{path}' does not exist (expected a model directory or a hub id like 'org/name')")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+            raise ConfigError(f"{key}='{path}' is not a local directory and not in the hub cache (HF_HUB_OFFLINE=1)")
+
+
+def _check_data_path(key: str, path: Optional[str]) -> None:
+    if path is None or path.startswith("builtin:"):
+        if path is not None:
+            _one_of(key, path, ["builtin:arithmetic"])
+        return
+    if not os.path.exists(os.path.expanduser(path)):
+        raise ConfigError(f"{key}='{path}' does not exist")
+
+
+def _check_output_dir(cfg: RunConfig) -> None:
+    out = os.path.expanduser(cfg.trainer.output_dir)
+    if cfg.trainer.resume == "none" and os.path.isfile(os.path.join(out, "metrics.jsonl")):
+        raise ConfigError(
+            f"trainer.output_dir='{cfg.trainer.output_dir}' already holds a run (metrics.jsonl); "
+            "set trainer.resume=auto to continue it, or choose another trainer.output_dir")
+    if cfg.trainer.resume not in ("none", "auto") and not os.path.isdir(os.path.expanduser(cfg.trainer.resume)):
+        raise ConfigError(f"trainer.resume='{cfg.trainer.resume}' is neither 'none', 'auto' nor an existing checkpoint directory")
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Raise ConfigError for the first problem found; the message names the key and what is allowed."""
+    from rlplat import algorithms
+    from rlplat.losses import AGGREGATIONS
+
+    t, r, a, d = cfg.trainer, cfg.rollout, cfg.algorithm, cfg.data
+    if t.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"trainer.zero_stage={t.zero_stage} is outside 0-3 (DeepSpeed ZeRO stages 0, 1, 2, 3)")
+    _at_least("trainer.max_steps", t.max_steps, 1)
+    _at_least("trainer.num_ranks", t.num_ranks, 1)
+    _at_least("trainer.micro_batch_tokens", t.micro_batch_tokens, 1)
+    _at_least("trainer.save_every", t.save_every, 0)
+    _at_least("trainer.keep_last", t.keep_last, 1)
+    if t.lr <= 0:
+        raise ConfigError(f"trainer.lr={t.lr} must be > 0")
+    if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
+        raise ConfigError(f"trainer.adam_betas={list(t.adam_betas)} must be two numbers in [0, 1)")
+    _one_of("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])
+    _one_of("rollout.backend", r.backend, ["vllm", "hf"])
+    _at_least("rollout.num_engines", r.num_engines, 1)
+    _at_least("rollout.tensor_parallel_size", r.tensor_parallel_size, 1)
+    _at_least("rollout.max_new_tokens", r.max_new_tokens, 1)
+    if r.temperature <= 0:
+        raise ConfigError(f"rollout.temperature={r.temperature} must be > 0 (sampling; greedy is for evaluation)")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError(f"rollout.top_p={r.top_p} must be in (0, 1]")
+    if d.max_prompt_tokens + r.max_new_tokens > r.max_model_len:
+        raise ConfigError(
+            f"data.max_prompt_tokens ({d.max_prompt_tokens}) + rollout.max_new_tokens ({r.max_new_tokens}) "
+            f"exceeds rollout.max_model_len ({r.max_model_len})")
+    _one_of("data.format", d.format, ["auto", "jsonl", "parquet", "hf_disk"])
+    _at_least("data.prompts_per_step", d.prompts_per_step, 1)
+    _at_least("reward.timeout_s", cfg.reward.timeout_s, 0.001)
+    _one_of("algorithm.loss_agg", a.loss_agg, AGGREGATIONS)
+    if not (0 <= a.eps_low < 1 and a.eps_high >= 0):
+        raise ConfigError(f"algorithm.eps_low={a.eps_low} must be in [0, 1) and algorithm.eps_high={a.eps_high} >= 0")
+    if a.dual_clip is not None and a.dual_clip <= 1:
+        raise ConfigError(f"algorithm.dual_clip={a.dual_clip} must be > 1 (or null to disable)")
+    _at_least("algorithm.ppo_epochs", a.ppo_epochs, 1)
+    _at_least("algorithm.mini_batches", a.mini_batches, 1)
+    if a.name not in algorithms.names():
+        raise ConfigError(f"algorithm.name='{a.name}' is not registered; choose one of {algorithms.names()}")
+    algorithms.get(a.name).check(cfg)
+
+    check_model_path("model.path", cfg.model.path)
+    check_model_path("model.tokenizer", cfg.model.tokenizer)
+    for role in ("reference", "teacher", "preference"):
+        check_model_path(f"roles.{role}.path", getattr(cfg.roles, role).path)
+    _check_data_path("data.train_path", d.train_path)
+    _check_data_path("data.eval_path", d.eval_path)
+    _check_output_dir(cfg)
+
+    from rlplat.rewards import resolve_reward
+
+    try:
+        resolve_reward(cfg.reward.fn)
+    except (ValueError, ImportError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"reward.fn='{cfg.reward.fn}': {exc}") from None
+    if a.nash_mp.judge:
+        try:
+            resolve_reward(a.nash_mp.judge)
+        except (ValueError, ImportError, AttributeError, TypeError) as exc:
+            raise ConfigError(f"algorithm.nash_mp.judge='{a.nash_mp.judge}': {exc}") from None

@@ -1,0 +1,371 @@
+"""The policy loss: clipped surrogate on exploration rows plus pluggable divergence terms.
+
+``loss = aggregate(surrogate, explore tokens) + sum_terms coef_t * aggregate(D(logp, anchor), term tokens)``
+(ALGORITHMS.md sections 0-3). Rows of kind ``DATA_REHEARSAL`` get no surrogate (DPH-RL); each
+divergence term selects its rows with a sequence mask from ``rlplat.masks``.
+
+Micro-batching and data parallelism: a mini-batch is split into micro-batches on each of
+``world_size`` ranks, micro-batch gradients are *summed* and then *averaged* over ranks. Pass
+``totals`` (global token/sequence counts per loss component, see ``loss_totals``) and every
+micro-batch loss becomes ``sum of its contributions / global count * world_size``, so the
+result equals the gradient of the loss over the whole mini-batch exactly. Without ``totals``
+each call normalises by its own counts (plain means). If the engine scales the micro-batch loss
+by ``1 / gradient_accumulation_steps`` (DeepSpeed's default), undo that scaling, or the update
+shrinks by that factor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from rlplat import divergences
+from rlplat import masks as masks_lib
+from rlplat.batch import DATA_EXPLORE, DATA_REHEARSAL, Batch
+from rlplat.registry import Registry
+from rlplat.schedules import CoefSchedule
+
+POLICY_KEY = "policy"  # key of the surrogate's normalisers in a totals mapping
+
+
+# ============================================================================ aggregation
+@dataclass
+class LossTotals:
+    """Global normalisers of one loss component: response tokens and sequences (rows with >= 1
+    token) over the whole mini-batch on all ranks, and the number of data-parallel ranks."""
+
+    tokens: float
+    seqs: float
+    world_size: int = 1
+
+    def __add__(self, other: "LossTotals") -> "LossTotals":
+        if self.world_size != other.world_size:
+            raise ValueError(f"LossTotals: cannot add world_size {self.world_size} and {other.world_size}")
+        return LossTotals(self.tokens + other.tokens, self.seqs + other.seqs, self.world_size)
+
+    @staticmethod
+    def of(mask: torch.Tensor, world_size: int = 1) -> "LossTotals":
+        """Counts of a Float[B, R] token mask (this rank's part; sum the ranks' parts for the global one)."""
+        return LossTotals(float(mask.sum()), float((mask.sum(-1) > 0).sum()), world_size)
+
+
+# A mode returns (sum of per-row or per-token contributions, which count normalises it).
+AggFn = Callable[[torch.Tensor, torch.Tensor, Optional[int]], Tuple[torch.Tensor, str]]
+AGGREGATIONS: Registry[AggFn] = Registry("loss aggregation mode")
+
+
+@AGGREGATIONS.register("token-mean")
+def _token_mean(v: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int]) -> Tuple[torch.Tensor, str]:
+    """DAPO: every token weighs the same across the mini-batch."""
+    return v.sum(), "tokens"
+
+
+@AGGREGATIONS.register("seq-mean-token-mean")
+def _seq_mean_token_mean(v: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int]) -> Tuple[torch.Tensor, str]:
+    """Original GRPO: mean over a sequence's tokens, then over sequences."""
+    return (v.sum(-1) / mask.sum(-1).clamp(min=1)).sum(), "seqs"
+
+
+@AGGREGATIONS.register("seq-mean-token-sum-norm")
+def _seq_mean_token_sum_norm(v: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int]) -> Tuple[torch.Tensor, str]:
+    """Dr.GRPO: token sum over a constant length (no length bias), then mean over sequences."""
+    if norm_len is None or norm_len <= 0:
+        raise ValueError(f"loss aggregation 'seq-mean-token-sum-norm' needs a positive norm_len, got {norm_len}")
+    return (v.sum(-1) / norm_len).sum(), "seqs"
+
+
+def aggregate(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    *,
+    totals: Optional[LossTotals] = None,
+    norm_len: Optional[int] = None,
+) -> torch.Tensor:
+    """Scalar loss from per-token ``values`` Float[B, R] over ``mask`` Float[B, R] (1 = counts).
+
+    Masked positions contribute exactly 0 value and send exactly 0 gradient into ``values``, even
+    if ``values`` is inf/NaN there (an upstream op with an infinite derivative at such a position
+    would still make 0 * inf = NaN: sanitise its inputs first, as ``policy_loss`` does). An
+    all-zero mask gives exactly 0 (connected to the graph, zero gradient).
+    """
+    if values.shape != mask.shape:
+        raise ValueError(f"aggregate: values shape {tuple(values.shape)} != mask shape {tuple(mask.shape)}")
+    mask = mask.to(values.dtype)
+    masked = torch.where(mask > 0, values * mask, torch.zeros_like(values))
+    total, unit = AGGREGATIONS.get(mode)(masked, mask, norm_len)
+    local = LossTotals.of(mask)
+    local_count = getattr(local, unit)
+    if totals is None:
+        count, scale = local_count, 1.0
+    else:
+        count, scale = getattr(totals, unit), float(totals.world_size)
+        # 1e-6 relative slack: counts may arrive as float32 sums from an all-reduce
+        if count < local_count * (1 - 1e-6):
+            raise ValueError(
+                f"aggregate: global {unit} count {count} is smaller than this micro-batch's {local_count}; "
+                "totals must cover the whole mini-batch on all ranks"
+            )
+    if count <= 0:
+        return total * 0.0  # total is exactly 0 here (nothing unmasked)
+    return total * (scale / count)
+
+
+# ============================================================================ config
+@dataclass
+class DivergenceTerm:
+    """One term ``coef(step) * aggregate(D(logp, logprobs[anchor]))`` on the rows of ``mask``.
+
+    ``divergence`` and ``params`` name an estimator in ``rlplat.divergences`` (per-token only:
+    "policy" or "anchor" samples); ``anchor`` is a role key of ``Batch.logprobs``.
+    """
+
+    name: str = "kl_ref"
+    divergence: str = "k3"
+    params: Dict[str, Any] = field(default_factory=dict)
+    anchor: str = "reference"
+    coef: CoefSchedule = field(default_factory=CoefSchedule)
+    mask: str = "all"
+    mask_params: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name == POLICY_KEY:
+            raise ValueError(f"divergence term name '{POLICY_KEY}' is reserved for the surrogate")
+        if self.mask not in masks_lib.REGISTRY:
+            raise ValueError(f"divergence term '{self.name}': unknown mask '{self.mask}'; registered: "
+                             f"{', '.join(masks_lib.names())}")
+        samples = divergences.info(self.divergence)
+        if samples == "full":
+            raise ValueError(
+                f"divergence term '{self.name}': '{self.divergence}' needs full logits, but policy_loss works on "
+                "per-token log-probs; pick a per-token estimator"
+            )
+        divergences.get(self.divergence, **self.params)  # bad params fail here, not mid-training
+
+    @property
+    def samples(self) -> str:
+        """Which samples the estimator assumes: "policy" (pi's rollouts) or "anchor"."""
+        return divergences.info(self.divergence)
+
+    def estimator(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``fn(logp, anchor_logp) -> Float[B, R]`` (built per call, so the term stays plain, picklable data)."""
+        return divergences.get(self.divergence, **self.params)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "DivergenceTerm":
+        """From an ``rlplat.config.DivergenceTermConfig`` (or anything with its attributes)."""
+        return cls(
+            name=cfg.name,
+            divergence=cfg.divergence,
+            anchor=cfg.anchor,
+            coef=CoefSchedule.from_config(cfg.coef),
+            params=dict(cfg.params),
+            mask=cfg.mask,
+            mask_params=dict(cfg.mask_params),
+        )
+
+
+@dataclass
+class PolicyLossConfig:
+    """Clip range ``[1 - eps_low, 1 + eps_high]``; ``dual_clip`` = c > 1 bounds the loss of a
+    negative-advantage token by ``-c * A`` (Ye et al., dual-clip PPO); ``agg`` a mode of ``AGGREGATIONS``."""
+
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: Optional[float] = None
+    agg: str = "seq-mean-token-mean"
+    norm_len: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.eps_low < 1:
+            raise ValueError(f"eps_low must be in [0, 1), got {self.eps_low}")
+        if self.eps_high < 0:
+            raise ValueError(f"eps_high must be >= 0, got {self.eps_high}")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ValueError(f"dual_clip must be > 1 (or None), got {self.dual_clip}")
+        if self.agg not in AGGREGATIONS:
+            raise ValueError(f"unknown loss aggregation '{self.agg}'; registered: {', '.join(AGGREGATIONS.names())}")
+        if self.agg == "seq-mean-token-sum-norm" and (self.norm_len is None or self.norm_len <= 0):
+            raise ValueError("loss aggregation 'seq-mean-token-sum-norm' needs a positive norm_len")
+
+
+# ============================================================================ masks and totals
+def _explore_token_mask(batch: Batch, dtype: torch.dtype) -> torch.Tensor:
+    return batch.response_mask.to(dtype) * (batch.kind == DATA_EXPLORE).to(dtype)[:, None]
+
+
+def _term_token_mask(term: DivergenceTerm, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
+    try:
+        seq = masks_lib.for_batch(term.mask, batch, **term.mask_params)
+    except TypeError as exc:
+        raise ValueError(f"divergence term '{term.name}': bad mask_params for mask '{term.mask}': {exc}") from None
+    tok = batch.response_mask.to(dtype) * seq.to(dtype)[:, None]
+    rows = tok.sum(-1) > 0
+    # An estimator is only right on the samples it assumes: "policy" ones on pi's rollouts,
+    # "anchor" ones on rows drawn from the anchor (the stored pi_0 rehearsal rows).
+    wrong_kind = DATA_REHEARSAL if term.samples == "policy" else DATA_EXPLORE
+    if (rows & (batch.kind == wrong_kind)).any():
+        which = "rehearsal (pi_0-sampled)" if wrong_kind == DATA_REHEARSAL else "exploration (pi-sampled)"
+        raise ValueError(
+            f"divergence term '{term.name}': estimator '{term.divergence}' assumes samples from the "
+            f"{term.samples}, but mask '{term.mask}' selects {which} rows; use mask "
+            f"'{'explore' if wrong_kind == DATA_REHEARSAL else 'rehearsal'}' or another estimator"
+        )
+    return tok
+
+
+def loss_totals(batch: Batch, terms: Sequence[DivergenceTerm], world_size: int = 1) -> Dict[str, LossTotals]:
+    """This rank's token/sequence counts of every loss component of ``batch`` (its whole local
+    mini-batch): key ``"policy"`` for the surrogate and each term's name. Sum the counts over
+    ranks (e.g. all-reduce ``pack_totals``) before passing them to ``policy_loss``."""
+    out = {POLICY_KEY: LossTotals.of(_explore_token_mask(batch, torch.float32), world_size)}
+    for term in terms:
+        out[term.name] = LossTotals.of(_term_token_mask(term, batch, torch.float32), world_size)
+    return out
+
+
+def pack_totals(totals: Mapping[str, LossTotals]) -> Tuple[List[str], torch.Tensor]:
+    """(keys, Float64[K, 2] of tokens and seqs) for an all-reduce (sum) across ranks."""
+    keys = list(totals)
+    return keys, torch.tensor([[totals[k].tokens, totals[k].seqs] for k in keys], dtype=torch.float64)
+
+
+def unpack_totals(keys: Sequence[str], counts: torch.Tensor, world_size: int) -> Dict[str, LossTotals]:
+    return {k: LossTotals(float(counts[i, 0]), float(counts[i, 1]), world_size) for i, k in enumerate(keys)}
+
+
+# ============================================================================ the loss
+def _totals_for(totals: Optional[Mapping[str, LossTotals]], key: str) -> Optional[LossTotals]:
+    if totals is None:
+        return None
+    if isinstance(totals, LossTotals):
+        raise TypeError("policy_loss: totals must map component names ('policy', term names) to LossTotals; "
+                        "build it with loss_totals()")
+    if key not in totals:
+        raise KeyError(f"policy_loss: totals has no entry '{key}'; has {sorted(totals)}")
+    return totals[key]
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    return float((torch.where(mask > 0, x, torch.zeros_like(x)) * mask).sum() / mask.sum())
+
+
+def _surrogate(
+    logp: torch.Tensor, batch: Batch, cfg: PolicyLossConfig, tok: torch.Tensor
+) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Per-token clipped (and optionally dual-clipped) surrogate loss Float[B, R] and its stats."""
+    if "old" not in batch.logprobs:
+        raise ValueError(f"policy_loss: batch.logprobs has no 'old' role (has {sorted(batch.logprobs)})")
+    if batch.advantages is None:
+        raise ValueError("policy_loss: batch.advantages is None but the batch has exploration rows")
+    on = tok > 0
+    # Sanitise before exp: a masked position with a huge log-ratio would give inf, and
+    # where()'s zero gradient times inf is NaN.
+    log_ratio = torch.where(on, logp - batch.logprobs["old"].to(logp.dtype), torch.zeros_like(logp))
+    rho = log_ratio.exp()
+    adv = batch.advantages.to(logp.dtype)[:, None].expand_as(logp)
+    adv = torch.where(on, adv, torch.zeros_like(adv))
+    unclipped = -adv * rho
+    clipped = -adv * rho.clamp(1 - cfg.eps_low, 1 + cfg.eps_high)
+    loss = torch.maximum(unclipped, clipped)
+    clip_active = clipped > unclipped
+    if cfg.dual_clip is not None:
+        bound = -adv * cfg.dual_clip  # > 0 where adv < 0
+        dual = (adv < 0) & (loss > bound)
+        loss = torch.where(dual, bound, loss)
+        clip_active = clip_active | dual
+    stats = {
+        "actor/clip_frac": _masked_mean(clip_active.to(logp.dtype), tok),
+        "actor/ratio_mean": _masked_mean(rho.detach(), tok),
+    }
+    return loss, stats
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    batch: Batch,
+    cfg: PolicyLossConfig,
+    terms: Sequence[DivergenceTerm],
+    step: int,
+    totals: Optional[Mapping[str, LossTotals]] = None,
+    entropy: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """(scalar loss, metrics) for ``logp`` Float[B, R], the current policy's log-prob (nats) of
+    each response token (requires grad), on ``batch`` at optimizer step ``step``.
+
+    ``totals``: None (normalise by this call's own counts) or the global counts per component
+    from ``loss_totals`` (keys "policy" and each term name).
+
+    Metrics (floats): ``loss/policy``, ``loss/total``, ``coef/<term>``; and, only when the set they
+    average over is non-empty: ``actor/clip_frac`` and ``actor/ratio_mean`` (over exploration
+    tokens), ``div/<term>`` (mean per-token divergence over the term's tokens, before the
+    coefficient), ``actor/entropy`` (mean of ``entropy`` Float[B, R] over exploration tokens).
+    """
+    if logp.shape != batch.response_mask.shape:
+        raise ValueError(f"policy_loss: logp shape {tuple(logp.shape)} != response shape "
+                         f"{tuple(batch.response_mask.shape)}")
+    seen = set()
+    for term in terms:
+        if term.name in seen:
+            raise ValueError(f"policy_loss: two divergence terms are named '{term.name}'")
+        seen.add(term.name)
+
+    metrics: Dict[str, float] = {}
+    pg_tok = _explore_token_mask(batch, logp.dtype)
+    if pg_tok.sum() > 0:
+        per_token, stats = _surrogate(logp, batch, cfg, pg_tok)
+        metrics.update(stats)
+    else:
+        per_token = logp * 0.0  # graph-connected, so an all-rehearsal batch still backprops (zeros)
+    pg_loss = aggregate(per_token, pg_tok, cfg.agg, totals=_totals_for(totals, POLICY_KEY), norm_len=cfg.norm_len)
+    total = pg_loss
+    metrics["loss/policy"] = float(pg_loss.detach())
+
+    for term in terms:
+        tok = _term_token_mask(term, batch, logp.dtype)
+        coef = term.coef(step)
+        metrics[f"coef/{term.name}"] = coef
+        if tok.sum() > 0:
+            if term.anchor not in batch.logprobs:
+                raise ValueError(f"divergence term '{term.name}': batch.logprobs has no '{term.anchor}' role "
+                                 f"(has {sorted(batch.logprobs)})")
+            on = tok > 0
+            # Feed (0, 0) at masked positions: every estimator is finite there, so no NaN
+            # can leak into the gradient through where().
+            lp = torch.where(on, logp, torch.zeros_like(logp))
+            anchor = torch.where(on, batch.logprobs[term.anchor].to(logp.dtype), torch.zeros_like(logp))
+            values = term.estimator()(lp, anchor)
+            if values.shape != logp.shape:
+                raise ValueError(f"divergence '{term.divergence}' returned shape {tuple(values.shape)}, "
+                                 f"expected {tuple(logp.shape)}")
+            metrics[f"div/{term.name}"] = _masked_mean(values.detach(), tok)
+        else:
+            values = logp * 0.0  # graph-connected zeros; the empty mask makes the term exactly 0
+        term_loss = aggregate(values, tok, cfg.agg, totals=_totals_for(totals, term.name), norm_len=cfg.norm_len)
+        total = total + coef * term_loss
+
+    if entropy is not None and pg_tok.sum() > 0:
+        metrics["actor/entropy"] = _masked_mean(entropy.detach().to(logp.dtype), pg_tok)
+    metrics["loss/total"] = float(total.detach())
+    return total, metrics
+
+
+def token_entropy(logits: torch.Tensor, chunk_positions: int = 1024) -> torch.Tensor:
+    """Float[B, R] entropy (nats) of the next-token distributions of ``logits`` Float[B, R, V],
+    computed over ``chunk_positions`` positions at a time in float32 so that the float32 copy of
+    the logits never exceeds ``chunk_positions x V``. Call it under ``torch.no_grad()`` for
+    metrics; with grad enabled autograd keeps every chunk anyway."""
+    if logits.dim() != 3:
+        raise ValueError(f"token_entropy: logits must be [B, R, V], got shape {tuple(logits.shape)}")
+    b, r, v = logits.shape
+    flat = logits.reshape(b * r, v)
+    out = []
+    for start in range(0, b * r, chunk_positions):
+        chunk = flat[start : start + chunk_positions].float()
+        logz = torch.logsumexp(chunk, dim=-1)
+        probs = torch.softmax(chunk, dim=-1)
+        out.append(logz - (probs * chunk).sum(-1))
+    if not out:
+        return logits.new_zeros((b, r), dtype=torch.float32)
+    return torch.cat(out).reshape(b, r)

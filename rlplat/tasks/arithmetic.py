@@ -1,0 +1,177 @@
+"""Built-in verifiable task: integer arithmetic with one exact numeric answer.
+
+A problem is the prompt ``"12+35="`` with the answer ``"47"``. Operands are drawn uniformly
+from ``[0, 10**digits - 1]``; the operator from ``ops``. Subtraction orders its operands so the
+answer is never negative (the tiny tokenizer and models stay with unsigned numbers).
+
+Train / held-out split: a problem belongs to ``"heldout"`` when a stable hash (sha256) of its
+prompt falls below ``heldout_fraction``, else to ``"train"``. The split is a property of the
+problem itself, so the two splits are disjoint for every seed and every ``n``.
+
+Pure python: no torch, no transformers.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import operator
+import random
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple, Union
+
+from rlplat.registry import Registry
+
+SPLITS = ("train", "heldout")
+EOS_TEXT = "<eos>"
+
+# An operator maps two non-negative operands to (left, right, result); it may reorder them.
+OPERATORS: Registry[Callable[[int, int], Tuple[int, int, int]]] = Registry("arithmetic operator")
+
+
+@OPERATORS.register("+")
+def _add(a: int, b: int) -> Tuple[int, int, int]:
+    return a, b, a + b
+
+
+@OPERATORS.register("-")
+def _sub(a: int, b: int) -> Tuple[int, int, int]:
+    hi, lo = max(a, b), min(a, b)
+    return hi, lo, hi - lo
+
+
+@OPERATORS.register("*")
+def _mul(a: int, b: int) -> Tuple[int, int, int]:
+    return a, b, operator.mul(a, b)
+
+
+Row = Dict[str, str]
+
+# Rejection sampling gives up after this many draws per requested row (plus a floor), so an
+# impossible request (more unique problems than the split holds) fails instead of hanging.
+_DRAWS_PER_ROW = 200
+_MIN_DRAWS = 100_000
+
+
+@dataclass(frozen=True)
+class ArithmeticTask:
+    """Problem family: ``digits`` = most digits per operand, ``ops`` = operator symbols
+    (registered in ``OPERATORS``), ``heldout_fraction`` = share of all problems held out."""
+
+    digits: int = 2
+    ops: Tuple[str, ...] = ("+",)
+    heldout_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.digits, int) or self.digits < 1:
+            raise ValueError(f"ArithmeticTask.digits must be an int >= 1, got {self.digits!r}")
+        # A string "+-" or a list (from YAML) becomes a tuple, keeping the dataclass hashable.
+        object.__setattr__(self, "ops", tuple(self.ops))
+        if not self.ops:
+            raise ValueError("ArithmeticTask.ops is empty")
+        for op in self.ops:
+            OPERATORS.get(op)  # raises KeyError naming the unknown operator
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"ArithmeticTask.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+
+    def split_of(self, prompt: str) -> str:
+        """``"heldout"`` or ``"train"``, decided by the prompt text alone."""
+        h = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
+        return "heldout" if h / 2.0**64 < self.heldout_fraction else "train"
+
+    def sample(self, rng: random.Random) -> Row:
+        """One problem (either split) drawn with ``rng``."""
+        hi = 10**self.digits - 1
+        op = self.ops[rng.randrange(len(self.ops))]
+        left, right, result = OPERATORS.get(op)(rng.randint(0, hi), rng.randint(0, hi))
+        return {"prompt": f"{left}{op}{right}=", "answer": str(result)}
+
+    def generate(self, split: str, n: int, seed: int, unique: bool = True) -> List[Row]:
+        """``n`` rows ``{"prompt", "answer"}`` from ``split``, the same for the same arguments.
+
+        ``unique=True`` never repeats a prompt and raises ``ValueError`` when the split has
+        fewer than ``n`` problems; ``unique=False`` samples with replacement (training streams).
+        """
+        if split not in SPLITS:
+            raise ValueError(f"unknown split '{split}'; expected one of {SPLITS}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        rng = random.Random(f"arithmetic/{split}/{seed}")
+        rows: List[Row] = []
+        seen = set()
+        budget = max(_MIN_DRAWS, _DRAWS_PER_ROW * n)
+        for _ in range(budget):
+            if len(rows) == n:
+                return rows
+            row = self.sample(rng)
+            if self.split_of(row["prompt"]) != split or (unique and row["prompt"] in seen):
+                continue
+            seen.add(row["prompt"])
+            rows.append(row)
+        if len(rows) == n:
+            return rows
+        raise ValueError(
+            f"could only find {len(rows)} unique '{split}' problems of {n} requested for {self}; "
+            "lower n, raise digits, add ops, or pass unique=False"
+        )
+
+
+# First number in the text: optional sign, digits, optional decimal part.
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def score(response_text: str, answer: str) -> float:
+    """1.0 when the first number in ``response_text`` equals ``answer``, else 0.0.
+
+    Text from the first ``<eos>`` on is ignored (decoders that keep special tokens), then the
+    rest is stripped. Numbers compare by value, so ``"47.0"`` and ``"047"`` match ``"47"``;
+    a response with no number (empty included) scores 0.0.
+    """
+    text = response_text.split(EOS_TEXT, 1)[0].strip()
+    match = _NUMBER.search(text)
+    if match is None:
+        return 0.0
+    try:
+        return 1.0 if Decimal(match.group()) == Decimal(answer.strip()) else 0.0
+    except InvalidOperation:
+        raise ValueError(f"answer {answer!r} is not a number") from None
+
+
+def write_jsonl(path: Union[str, Path], rows: Iterable[Row]) -> int:
+    """Write one JSON object per line (parent dirs created); returns the number of rows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path: Union[str, Path]) -> List[Row]:
+    """Rows of a jsonl file (blank lines skipped)."""
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write arithmetic prompts/answers as jsonl.")
+    parser.add_argument("--out", required=True, help="output .jsonl path")
+    parser.add_argument("--split", choices=SPLITS, default="train")
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--digits", type=int, default=2)
+    parser.add_argument("--ops", default="+", help="operator symbols, e.g. '+-*'")
+    parser.add_argument("--heldout-fraction", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    task = ArithmeticTask(digits=args.digits, ops=tuple(args.ops), heldout_fraction=args.heldout_fraction)
+    count = write_jsonl(args.out, task.generate(args.split, args.n, args.seed))
+    print(f"wrote {count} {args.split} rows to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Shared fixtures. One real local Ray cluster (bound to 127.0.0.1) serves every runtime test:
+starting Ray costs ~15 s on 2 cores, so it is started once per session, on first use."""
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", namespace="rlplat-tests",
+                 log_to_driver=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Paths of the built-in tiny policy and teacher (built once into a per-session cache)."""
+    from rlplat.models.tiny import ensure_tiny_model
+
+    cache = os.environ.get("RLPLAT_CACHE") or str(tmp_path_factory.mktemp("rlplat-cache"))
+    os.environ["RLPLAT_CACHE"] = cache
+    return {"policy": ensure_tiny_model("policy", cache_dir=cache), "teacher": ensure_tiny_model("teacher", cache_dir=cache)}

@@ -1,0 +1,122 @@
+"""Config schema: YAML + overrides load into typed dataclasses; every mistake fails fast and says what."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from rlplat import algorithms
+from rlplat.config import ConfigError, RunConfig, load_config, save_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = [os.path.join(ROOT, "configs", f"{n}.yaml") for n in ("grpo", "kdrl", "dph_rl", "nash_mp")]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_output_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_shipped_configs_load_validate_and_plan(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    plan = algorithms.get(cfg.algorithm.name).plan(cfg)
+    assert plan.name == cfg.algorithm.name
+    assert plan.group_size == cfg.algorithm.group_size >= 2
+
+
+def test_plans_declare_the_roles_each_algorithm_needs():
+    plans = {os.path.basename(p)[:-5]: algorithms.get(load_config(p).algorithm.name).plan(load_config(p)) for p in CONFIGS}
+    assert plans["grpo"].scorer_roles == {"reference"}
+    assert plans["kdrl"].scorer_roles == {"teacher"}  # KDRL: no reference KL
+    assert plans["dph_rl"].scorer_roles == frozenset() and plans["dph_rl"].initial_samples  # no reference actor
+    assert plans["nash_mp"].scorer_roles == {"reference", "snapshot"} and plans["nash_mp"].opponents
+    assert [t.name for t in plans["kdrl"].terms] == ["kd_teacher"]
+    kd = plans["kdrl"].terms[0]
+    assert (kd.divergence, kd.anchor, kd.mask) == ("k2", "teacher", "incorrect")
+    assert [kd.coef(s) for s in (0, 80, 1000)] == pytest.approx([5e-3, 1e-3, 1e-3])
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config(CONFIGS[0], ["trainer.max_steps=3", "trainer.lr=0.5", "rollout.backend=hf", "model.path=builtin:tiny-policy"])
+    assert cfg.trainer.max_steps == 3 and isinstance(cfg.trainer.max_steps, int)
+    assert cfg.trainer.lr == 0.5 and cfg.rollout.backend == "hf"
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(CONFIGS[1], ["trainer.seed=7"])
+    out = tmp_path / "config.yaml"
+    save_config(cfg, str(out))
+    again = load_config(str(out))
+    assert again == cfg
+    assert yaml.safe_load(out.read_text())["trainer"]["seed"] == 7
+
+
+# Each case: (config file, overrides, fragments the error message must contain)
+MISTAKES = [
+    ("grpo", ["trainer.max_stepz=3"], ["trainer.max_stepz", "max_steps"]),
+    ("grpo", ["trainer.max_steps=three"], ["trainer.max_steps", "three"]),
+    ("grpo", ["trainer.zero_stage=4"], ["trainer.zero_stage", "0-3"]),
+    ("grpo", ["algorithm.group_size=1"], ["algorithm.group_size", ">= 2"]),
+    ("kdrl", ["roles.teacher.path=null"], ["kdrl", "roles.teacher.path"]),
+    ("grpo", ["model.path=/no/such/model"], ["model.path", "/no/such/model", "does not exist"]),
+    ("grpo", ["data.train_path=/no/such/prompts.jsonl"], ["data.train_path", "/no/such/prompts.jsonl"]),
+    ("grpo", ["rollout.backend=sglang"], ["rollout.backend", "sglang", "vllm", "hf"]),
+    ("grpo", ["algorithm.divergences.0.divergence=k9"], ["algorithm.divergences[0].divergence", "k9", "k3"]),
+    ("grpo", ["algorithm.divergences.0.anchor=teacher"], ["algorithm.divergences[0].anchor", "teacher", "grpo"]),
+    ("dph_rl", ["algorithm.divergences.0.divergence=k3"], ["algorithm.divergences[0].divergence", "k3", "anchor"]),
+    ("grpo", ["algorithm.loss_agg=mean"], ["algorithm.loss_agg", "token-mean"]),
+    ("grpo", ["reward.fn=no_such_module_xyz:score"], ["reward.fn", "no_such_module_xyz"]),
+    ("nash_mp", ["algorithm.advantage=grpo"], ["algorithm.advantage", "nash_mp"]),
+    ("grpo", ["rollout.max_new_tokens=500"], ["rollout.max_model_len", "rollout.max_new_tokens"]),
+    ("grpo", ["trainer.max_steps"], ["trainer.max_steps", "key=value"]),
+]
+
+
+@pytest.mark.parametrize("name,overrides,fragments", MISTAKES, ids=[" ".join(m[1]) for m in MISTAKES])
+def test_config_mistakes_fail_fast_with_a_message_naming_the_key(name, overrides, fragments):
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        load_config(os.path.join(ROOT, "configs", f"{name}.yaml"), overrides)
+    assert time.perf_counter() - t0 < 10
+    for fragment in fragments:
+        assert fragment in str(err.value), (fragment, str(err.value))
+
+
+def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_steps: 2\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(bad))
+    assert "bad.yaml" in str(err.value) and "trainer.learning_rate" in str(err.value) and "lr" in str(err.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file 'nope.yaml' does not exist"):
+        load_config("nope.yaml")
+
+
+def test_existing_run_is_never_overwritten_without_resume(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 0}\n')
+    with pytest.raises(ConfigError, match="trainer.resume=auto"):
+        load_config(CONFIGS[0], [f"trainer.output_dir={run}"])
+    assert (run / "metrics.jsonl").read_text() == '{"step": 0}\n'
+    load_config(CONFIGS[0], [f"trainer.output_dir={run}", "trainer.resume=auto"])
+
+
+def test_cli_reports_config_errors_before_ray_starts():
+    """The real entry point: exit code 2, the key in stderr, in seconds (no Ray, no model build)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.train", "--config", CONFIGS[0], "trainer.zero_stage=5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "trainer.zero_stage=5" in proc.stderr and "0-3" in proc.stderr
+    assert "Ray" not in proc.stdout
+    assert time.perf_counter() - t0 < 60

@@ -1,0 +1,63 @@
+"""``ray job submit`` against a real local head on 127.0.0.1: the documented cluster entry point."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.test_e2e import ROOT, SMALL
+
+pytestmark = pytest.mark.runtime
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A head node started with ``ray start --head --block`` in its own process group."""
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    head = subprocess.Popen(
+        [f"{BIN}/ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2", "--disable-usage-stats",
+         "--temp-dir", str(tmp_path / "ray")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        probe = subprocess.run([f"{BIN}/ray", "job", "list", "--address", address], env=env, capture_output=True, text=True)
+        if probe.returncode == 0:
+            break
+        assert head.poll() is None, head.stdout.read()
+        time.sleep(2)
+    else:
+        pytest.fail("the local Ray head did not come up within 180 s")
+    yield address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_ray_job_submit_runs_training(tmp_path, tiny_models, ray_head):
+    address, env = ray_head
+    out = tmp_path / "run"
+    cmd = [f"{BIN}/ray", "job", "submit", "--address", address, "--working-dir", ROOT, "--",
+           sys.executable, "-m", "launch.train", "--config", "configs/grpo.yaml", f"trainer.output_dir={out}",
+           "trainer.max_steps=2", "rollout.backend=hf", *SMALL]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
+    assert "succeeded" in proc.stdout
+    assert "on a joined Ray cluster" in proc.stdout  # the driver joined the head, it did not start its own
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]

@@ -1,0 +1,271 @@
+"""Rollout engines (vLLM and HF) in real Ray actors: Batch layout, raw log-probs against an HF
+forward pass, and in-place weight sync through the object store."""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from actors.rollout import ROLLOUT_BACKENDS, Sample, build_rollout_batch, make_engine
+from actors.rollout.weights import PackedWeights, as_named_tensors, pack, unpack
+from rlplat.config.schema import RolloutConfig
+from rlplat.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, save_tokenizer, vocab_size
+
+REPO = Path(__file__).resolve().parents[1]
+TOL = 1e-3  # nats; float32 on both sides, different kernels
+
+
+# ------------------------------------------------------------------ fast unit tests
+def test_pack_unpack_roundtrip_keeps_dtype_shape_and_values():
+    weights = {
+        "a.weight": torch.randn(3, 5),
+        "b.bias": torch.randn(7).to(torch.bfloat16),
+        "c.scalar": torch.tensor(2.5, dtype=torch.float16),
+        "d.empty": torch.zeros(0, 4),
+        "e.ids": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+    }
+    packed = pack(weights)
+    assert isinstance(packed, PackedWeights) and len(packed) == 5
+    assert all(off % 64 == 0 for off in packed.offsets)
+    out = dict(unpack(packed))
+    assert list(out) == list(weights)
+    for name, t in weights.items():
+        assert out[name].dtype == t.dtype and out[name].shape == t.shape, name
+        assert torch.equal(out[name], t), name
+    # views, not copies: the buffer is shared
+    assert out["a.weight"].untyped_storage().data_ptr() == torch.from_numpy(packed.buffer).data_ptr()
+
+
+def test_as_named_tensors_rejects_non_tensors():
+    assert [n for n, _ in as_named_tensors({"x": torch.ones(1)})] == ["x"]
+    assert [n for n, _ in as_named_tensors([["x", torch.ones(1)]])] == ["x"]
+    with pytest.raises(TypeError, match="name, torch.Tensor"):
+        as_named_tensors([("x", [1.0])])
+
+
+def test_build_rollout_batch_layout():
+    prompts = [[BOS_ID, 5, 6], [BOS_ID]]
+    samples = [
+        [Sample([7, EOS_ID], [-1.0, -2.0], "x", "stop"), Sample([8, 9, 10], [-0.5] * 3, "yzw", "length")],
+        [Sample([11], [-3.0], "q", "length"), Sample([EOS_ID], [-0.1], "", "stop")],
+    ]
+    b = build_rollout_batch(prompts, samples, group_offset=4, pad_id=PAD_ID, meta={"answer": ["A", "B"]})
+    assert b.prompt_ids.tolist() == [[1, 5, 6], [1, 5, 6], [0, 0, 1], [0, 0, 1]]
+    assert b.prompt_mask.tolist() == [[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]]
+    assert b.response_ids.tolist() == [[7, EOS_ID, 0], [8, 9, 10], [11, 0, 0], [EOS_ID, 0, 0]]
+    assert b.response_mask.tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 0, 0]]
+    expected = torch.tensor([[-1, -2, 0], [-0.5, -0.5, -0.5], [-3, 0, 0], [-0.1, 0, 0]])
+    assert torch.allclose(b.logprobs["rollout"], expected)
+    assert b.group_ids.tolist() == [4, 4, 5, 5]
+    assert b.meta == {
+        "answer": ["A", "A", "B", "B"],
+        "response_text": ["x", "yzw", "q", ""],
+        "finish_reason": ["stop", "length", "length", "stop"],
+    }
+    with pytest.raises(ValueError, match="meta\\['answer'\\] has 1 entries"):
+        build_rollout_batch(prompts, samples, 0, PAD_ID, meta={"answer": ["A"]})
+
+
+def test_unknown_backend_is_named():
+    assert ROLLOUT_BACKENDS.names() == ["hf", "vllm"]
+    with pytest.raises(KeyError, match="unknown rollout backend 'sglang'"):
+        make_engine("sglang")
+
+
+# ------------------------------------------------------------- engines in Ray actors
+def _build_tiny_llama(out_dir: Path) -> Path:
+    """A random 2-layer Llama over the character tokenizer (head_dim 32: vLLM's CPU
+    attention needs >= 32)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID, tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(out_dir)
+    save_tokenizer(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return _build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _hf_logprobs(model, prompt, response):
+    """Float [len(response)]: log p(response[t] | prompt, response[:t]) from one HF forward."""
+    ids = torch.tensor([list(prompt) + list(response)])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+    return logits.log_softmax(-1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+
+
+def _check_batch_against(batch, model, prompts, group_size, group_offset, tokenizer, max_new_tokens):
+    """Layout of a rollout Batch, and its rollout log-probs against ``model`` (HF)."""
+    n = len(prompts) * group_size
+    assert len(batch) == n
+    expected_groups = [group_offset + i for i in range(len(prompts)) for _ in range(group_size)]
+    assert batch.group_ids.tolist() == expected_groups
+    p = max(len(x) for x in prompts)
+    assert batch.prompt_ids.shape[1] == p
+    for row in range(n):
+        prompt = prompts[row // group_size]
+        assert batch.prompt_ids[row, p - len(prompt):].tolist() == prompt
+        assert batch.prompt_mask[row].tolist() == [0] * (p - len(prompt)) + [1] * len(prompt)
+        k = int(batch.response_mask[row].sum())
+        assert 1 <= k <= max_new_tokens
+        assert batch.response_mask[row, :k].eq(1).all() and batch.response_mask[row, k:].eq(0).all()
+        response = batch.response_ids[row, :k].tolist()
+        assert batch.response_ids[row, k:].eq(PAD_ID).all()
+        assert batch.logprobs["rollout"][row, k:].eq(0).all()
+        assert EOS_ID not in response[:-1], "generation continued after EOS"
+        if batch.meta["finish_reason"][row] == "stop":
+            assert response[-1] == EOS_ID
+        else:
+            assert batch.meta["finish_reason"][row] == "length"
+            assert k == max_new_tokens and response[-1] != EOS_ID
+        assert batch.meta["response_text"][row] == tokenizer.decode(response, skip_special_tokens=True)
+        ref = _hf_logprobs(model, prompt, response)
+        got = batch.logprobs["rollout"][row, :k]
+        assert torch.allclose(got, ref, atol=TOL), f"row {row}: max |diff| {(got - ref).abs().max():.2e}"
+
+
+def _eos_first_weights(model):
+    """Weights under which EOS is the first token of every response with probability ~1.
+
+    Residual dimension 0 is a positive constant (every embedding has it, no layer writes to it),
+    the final norm keeps only that dimension, and the unembedding row of EOS reads it twice as
+    strongly as every other row, so logit(EOS) - logit(other) = 100 * h_0 >> 0 everywhere.
+    """
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.model.embed_tokens.weight[:, 0] = 100.0
+        for layer in m.model.layers:
+            layer.self_attn.o_proj.weight[0].zero_()
+            layer.mlp.down_proj.weight[0].zero_()
+        m.model.norm.weight.zero_()
+        m.model.norm.weight[0] = 1.0
+        m.lm_head.weight.zero_()
+        m.lm_head.weight[:, 0] = 100.0
+        m.lm_head.weight[EOS_ID, 0] = 200.0
+    return m
+
+
+def test_hf_engine_reports_raw_logprobs_while_sampling_with_temperature_and_top_k(tiny_model):
+    """Sampling uses temperature 0.5 / top-k 3, the reported log-probs are the untempered model's."""
+    from transformers import AutoModelForCausalLM
+
+    rollout = RolloutConfig(backend="hf", max_new_tokens=8, temperature=0.5, top_k=3, top_p=1.0)
+    engine = make_engine("hf", model_path=str(tiny_model), tokenizer_path=str(tiny_model), rollout=rollout,
+                         dtype="float32", seed=0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    prompts = [[BOS_ID, 5, 6, 7], [BOS_ID, 9]]
+    batch = engine.generate(prompts, 4, 0, PAD_ID)
+    for row in range(len(batch)):
+        k = int(batch.response_mask[row].sum())
+        prompt, response = prompts[row // 4], batch.response_ids[row, :k].tolist()
+        ids = torch.tensor([prompt + response])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        raw = logits.log_softmax(-1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+        assert torch.allclose(batch.logprobs["rollout"][row, :k], raw, atol=TOL)
+        rank = (logits > logits.gather(-1, torch.tensor(response)[:, None])).sum(-1)
+        assert rank.max() < 3, "sampled outside the top-k"
+
+
+BACKENDS = ("hf", "vllm")
+MAX_NEW_TOKENS = 12
+
+
+def _rollout_config(backend):
+    return RolloutConfig(
+        backend=backend, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, max_model_len=256, max_num_seqs=16,
+        cpu_kv_cache_gb=0.02, enforce_eager=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def engines(ray_cluster, tiny_model):
+    """backend -> (launch time, actor): all engines start at once so their start-ups overlap."""
+    ray = ray_cluster
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    launched = {}
+    for backend in BACKENDS:
+        actor_cls = ray.remote(num_cpus=0.5, runtime_env={"env_vars": env})(ROLLOUT_BACKENDS.get(backend))
+        launched[backend] = (
+            time.perf_counter(),
+            actor_cls.remote(str(tiny_model), str(tiny_model), _rollout_config(backend), "float32", 0),
+        )
+    yield launched
+    for _, actor in launched.values():
+        ray.kill(actor)
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_engine_actor_generates_and_syncs_weights(backend, ray_cluster, tiny_model, engines):
+    ray = ray_cluster
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    launched_at, engine = engines[backend]
+    assert ray.get(engine.ready.remote()) is True
+    start_s = time.perf_counter() - launched_at
+    info = ray.get(engine.info.remote())
+    assert info["backend"] == backend and info["pid"] != os.getpid()
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    prompts = [tokenizer("12+3=")["input_ids"], tokenizer("7*8=")["input_ids"][:3]]
+    # Longer than vLLM's CPU KV block (128 tokens), so its first block lands in the prefix cache.
+    long_prompt = tokenizer("0123456789" * 14)["input_ids"]
+
+    t0 = time.perf_counter()
+    batch = ray.get(engine.generate.remote(prompts, 3, 10, PAD_ID, {"answer": ["15", "56"]}))
+    gen_s = time.perf_counter() - t0
+    assert batch.meta["answer"] == ["15"] * 3 + ["56"] * 3
+    _check_batch_against(batch, model, prompts, 3, 10, tokenizer, MAX_NEW_TOKENS)
+    ray.get(engine.generate.remote([long_prompt], 2, 0, PAD_ID))
+
+    # Perturb every parameter and push the result through the object store.
+    perturbed = copy.deepcopy(model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in perturbed.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    response = batch.response_ids[0, : int(batch.response_mask[0].sum())].tolist()
+    before = torch.tensor(ray.get(engine.sequence_logprobs.remote(prompts[0], response)))
+    assert torch.allclose(before, _hf_logprobs(model, prompts[0], response), atol=TOL)
+    sync_s = ray.get(engine.update_weights.remote(ray.put(pack(perturbed.state_dict()))))
+    after = torch.tensor(ray.get(engine.sequence_logprobs.remote(prompts[0], response)))
+    expected = _hf_logprobs(perturbed, prompts[0], response)
+    assert torch.allclose(after, expected, atol=TOL), f"max |diff| {(after - expected).abs().max():.2e}"
+    assert (after - before).abs().max() > 10 * TOL
+    # No stale KV: the long prompt's cached block was computed with the old weights.
+    again = ray.get(engine.generate.remote([long_prompt], 2, 0, PAD_ID))
+    _check_batch_against(again, perturbed, [long_prompt], 2, 0, tokenizer, MAX_NEW_TOKENS)
+
+    # A sync the sampler must see: every response is now just EOS, masked as one real token.
+    ray.get(engine.update_weights.remote(_eos_first_weights(model).state_dict()))
+    eos = ray.get(engine.generate.remote(prompts, 3, 0, PAD_ID))
+    assert eos.response_ids.tolist() == [[EOS_ID]] * 6
+    assert eos.response_mask.tolist() == [[1.0]] * 6
+    assert eos.meta["finish_reason"] == ["stop"] * 6 and eos.meta["response_text"] == [""] * 6
+    assert eos.logprobs["rollout"].abs().max() < TOL
+    assert ray.get(engine.info.remote())["weight_version"] == 2
+
+    print(f"\n[{backend}] actor start {start_s:.1f}s (from launch, overlapping the other engine), first "
+          f"generate (6 x <={MAX_NEW_TOKENS} tokens) {gen_s:.2f}s, weight sync {sync_s * 1e3:.0f}ms")
