@@ -18,9 +18,9 @@ import torch
 class PreferenceWorker:
     def __init__(self, judge: Optional[str], model_path: Optional[str], dtype: str = "float32") -> None:
         if judge:
-            from rlplat.rewards import resolve_reward
+            from rlplat.rewards import resolve_judge
 
-            self.judge = resolve_reward(judge, key="algorithm.nash_mp.judge")
+            self.judge = resolve_judge(judge)
             self.model = None
         else:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer

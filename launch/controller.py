@@ -22,7 +22,8 @@ from actors.rollout.weights import pack
 from actors.scorer import create_scorer_actor
 from actors.trainer.group import TrainerGroup
 from launch.loops import LOOPS
-from launch.metrics import MetricsWriter, PhaseTimer, progress_line
+from launch.checkpoint import Checkpointer
+from launch.metrics import MetricsWriter, PhaseTimer, progress_line, truncate_metrics
 from rlplat import advantages
 from rlplat.algorithms import AlgorithmPlan
 from rlplat.batch import Batch
@@ -88,7 +89,11 @@ class Controller:
             json.dump(sorted(ray.util.list_named_actors()), f)
 
     # ------------------------------------------------------------------ phases
-    def generate(self, rows: List[PromptRow], group_size: int, group_offset: int = 0) -> Batch:
+    def step_seed(self, step: int, salt: int = 0) -> int:
+        """Sampling seed of a step: a resumed run samples exactly what an uninterrupted one did."""
+        return (self.cfg.trainer.seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2**31 - 1)
+
+    def generate(self, rows: List[PromptRow], group_size: int, group_offset: int = 0, seed: Optional[int] = None) -> Batch:
         """``group_size`` samples per prompt; contiguous prompt chunks per engine keep group ids unique."""
         bounds = torch.linspace(0, len(rows), len(self.engines) + 1).round().long().tolist()
         futures = []
@@ -98,7 +103,8 @@ class Controller:
             chunk = rows[a:b]
             meta = {"prompt": [r.prompt for r in chunk], "answer": [r.answer for r in chunk], "row_index": [r.index for r in chunk]}
             ids = [self.prompt_ids[r.index] for r in chunk]
-            futures.append(engine.generate.remote(ids, group_size, group_offset + a, self.pad_id, meta))
+            chunk_seed = None if seed is None else seed + a * group_size
+            futures.append(engine.generate.remote(ids, group_size, group_offset + a, self.pad_id, meta, chunk_seed))
         return Batch.concat(ray.get(futures), pad_id=self.pad_id)
 
     def reward_outcome(self, batch: Batch):
@@ -192,13 +198,44 @@ class Controller:
             ray.kill(h)
         self.trainer.shutdown()
 
-    def run(self, start_step: int = 0) -> None:
+    # ------------------------------------------------------------- checkpoints
+    def save(self, step: int) -> str:
+        state = {"loop": self.loop.state_dict(), "probe_logprobs": self.trainer.compute_logprobs(self.probe)[0].tolist(),
+                 "probe": {"prompt_ids": self.probe.prompt_ids[0].tolist(), "response_ids": self.probe.response_ids[0].tolist()}}
+        path = self.checkpointer.save(step, self.trainer, state)
+        print(f"rlplat: checkpoint {path}", flush=True)
+        return path
+
+    def resume(self) -> int:
+        """Restore the latest complete checkpoint (or ``trainer.resume`` if it is a path);
+        returns the first step to run. Metrics logged after that checkpoint are dropped so
+        every step appears exactly once in ``metrics.jsonl``."""
+        mode = self.cfg.trainer.resume
+        path = self.checkpointer.latest() if mode == "auto" else (None if mode == "none" else mode)
+        if path is None:
+            return 0
+        state = self.checkpointer.load(path, self.trainer)
+        self.loop.load_state_dict(state["loop"])
+        start = state["step"] + 1
+        truncate_metrics(os.path.join(self.run_dir, "metrics.jsonl"), start)
+        self.sync_weights()
+        if hasattr(self.loop, "after_resume"):
+            self.loop.after_resume()
+        print(f"rlplat: resumed from {path}; continuing at step {start + 1}", flush=True)
+        return start
+
+    def run(self) -> None:
+        self.checkpointer = Checkpointer(self.run_dir, self.cfg.trainer.keep_last)
+        start_step = self.resume()
         writer = MetricsWriter(self.run_dir)
         started = time.time()
+        every, last = self.cfg.trainer.save_every, self.cfg.trainer.max_steps - 1
         try:
             for step in range(start_step, self.cfg.trainer.max_steps):
                 metrics = self.loop.step(step)
                 writer.write(metrics)
                 print(progress_line(step, self.cfg.trainer.max_steps, metrics, started, start_step), flush=True)
+                if step == last or (every and (step + 1) % every == 0):
+                    self.save(step)
         finally:
             writer.close()

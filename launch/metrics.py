@@ -5,7 +5,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator
 
 
 class PhaseTimer:
@@ -63,8 +63,11 @@ def read_metrics(path: str) -> list:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def last_step(path: str) -> Optional[int]:
+def truncate_metrics(path: str, first_dropped_step: int) -> None:
+    """Keep only the rows of steps before ``first_dropped_step`` (atomically)."""
     if not os.path.isfile(path):
-        return None
-    rows = read_metrics(path)
-    return rows[-1]["step"] if rows else None
+        return
+    kept = [r for r in read_metrics(path) if r["step"] < first_dropped_step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+    os.replace(path + ".tmp", path)

@@ -120,3 +120,13 @@ def test_cli_reports_config_errors_before_ray_starts():
     assert "trainer.zero_stage=5" in proc.stderr and "0-3" in proc.stderr
     assert "Ray" not in proc.stdout
     assert time.perf_counter() - t0 < 60
+
+
+def test_cluster_example_parses_and_only_lacks_its_shared_paths():
+    """The documented 2 x 8 GPU example is on the same schema; here only its /shared paths are missing."""
+    path = os.path.join(ROOT, "configs", "cluster_7b_grpo.yaml")
+    cfg = load_config(path, validate=False)
+    assert (cfg.rollout.num_engines, cfg.rollout.tensor_parallel_size, cfg.trainer.num_ranks) == (4, 2, 8)
+    with pytest.raises(ConfigError, match="data.train_path='/shared/data/gsm8k/train.parquet' does not exist"):
+        load_config(path)
+    assert yaml.safe_load(open(os.path.join(ROOT, "launch", "runtime_env.yaml")))["pip"]["packages"]

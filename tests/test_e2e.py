@@ -55,6 +55,38 @@ def test_grpo_vllm_zero2(tmp_path, tiny_models):
     assert "ETA" in log and "step 3/3" in log
     actors = json.loads((out / "actors.json").read_text())
     assert {"rollout-0", "trainer-rank0", "trainer-rank1", "scorer-reference-0", "reward-0"} <= set(actors)
+    check_hf_export(out / "checkpoints" / "step_000002")
+
+
+VLLM_PROBE = """
+import json, sys
+from actors.rollout.vllm_engine import VLLMRolloutEngine
+from rlplat.config import RolloutConfig
+if __name__ == "__main__":
+    path, probe = sys.argv[1], json.loads(sys.argv[2])
+    engine = VLLMRolloutEngine(path, path, RolloutConfig(cpu_kv_cache_gb=0.05), "float32", 0)
+    print(json.dumps(engine.sequence_logprobs(probe["prompt_ids"], probe["response_ids"])))
+"""
+
+
+def check_hf_export(ckpt):
+    """The exported policy loads with from_pretrained and in vLLM and reproduces the trainer's log-probs."""
+    from transformers import AutoModelForCausalLM
+
+    state = json.loads((ckpt / "controller.json").read_text())
+    probe, expected = state["probe"], torch.tensor(state["probe_logprobs"])
+    model = AutoModelForCausalLM.from_pretrained(ckpt / "hf", dtype=torch.float32)
+    ids = torch.tensor([probe["prompt_ids"] + probe["response_ids"]])
+    with torch.no_grad():
+        logp = model(ids).logits.float().log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])[:, 0]
+    hf = logp[len(probe["prompt_ids"]) - 1:]
+    assert (hf - expected).abs().max().item() < 1e-4
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    proc = subprocess.run([sys.executable, "-c", VLLM_PROBE, str(ckpt / "hf"), json.dumps(probe)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    vllm_lp = torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert (vllm_lp - expected).abs().max().item() < 1e-3
 
 
 def test_grpo_hf_zero3(tmp_path, tiny_models):

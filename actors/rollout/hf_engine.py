@@ -78,9 +78,13 @@ class HFRolloutEngine:
         group_offset: int,
         pad_id: int,
         meta: Optional[Dict[str, List[Any]]] = None,
+        seed: Optional[int] = None,
     ) -> Batch:
         """``group_size`` responses per prompt as a Batch of ``len(prompt_ids) * group_size`` rows
-        (prompt-major); ``logprobs["rollout"]`` holds raw log-probs of the sampled tokens."""
+        (prompt-major); ``logprobs["rollout"]`` holds raw log-probs of the sampled tokens.
+        ``seed`` reseeds torch's generator first, so a step is reproducible (resume)."""
+        if seed is not None:
+            torch.manual_seed(seed)
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         check_prompts(prompt_ids, self.rollout.max_new_tokens, self.rollout.max_model_len)

@@ -107,10 +107,13 @@ class VLLMRolloutEngine:
         group_offset: int,
         pad_id: int,
         meta: Optional[Dict[str, List[Any]]] = None,
+        seed: Optional[int] = None,
     ) -> Batch:
         """``group_size`` responses per prompt (``SamplingParams.n``) as a Batch of
         ``len(prompt_ids) * group_size`` rows (prompt-major). Responses keep the EOS token
-        when one was sampled (``finish_reason="stop"``)."""
+        when one was sampled (``finish_reason="stop"``). With ``seed``, prompt i samples with
+        seeds ``seed + i * group_size + j`` (vLLM gives child j of a request ``seed + j``), so a
+        step is reproducible whatever the engine did before (resume)."""
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         r = self.rollout
@@ -125,6 +128,10 @@ class VLLMRolloutEngine:
         )
         t0 = time.perf_counter()
         requests = [{"prompt_token_ids": list(p)} for p in prompt_ids]
+        if seed is not None:
+            params = [params.clone() for _ in prompt_ids]
+            for i, sp in enumerate(params):
+                sp.seed = seed + i * group_size
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         samples = [[_to_sample(c) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs]
         seconds = time.perf_counter() - t0

@@ -88,7 +88,7 @@ class MirrorProxLoop:
         ctrl, timer = self.ctrl, PhaseTimer()
         rows = self.sampler.next_batch()
         with timer.phase("generate"):
-            batch = ctrl.generate(rows, ctrl.plan.group_size)
+            batch = ctrl.generate(rows, ctrl.plan.group_size, seed=ctrl.step_seed(step))
         batch.meta.setdefault("answer", [None] * len(batch))
         with timer.phase("score"):
             refs = {role: ctrl.scorers[role].score.remote(batch) for role in ("reference", "snapshot")}
@@ -104,7 +104,7 @@ class MirrorProxLoop:
             metrics.update({f"half/{k}": v for k, v in ctrl.sync_weights().items()})
             half_weights = unpack(ray.get(ctrl.weights_ref))
         with timer.phase("generate"):
-            opponents = ctrl.generate(rows, ctrl.plan.group_size)
+            opponents = ctrl.generate(rows, ctrl.plan.group_size, seed=ctrl.step_seed(step, salt=1))
         with timer.phase("reward"):
             win_full, m2 = self._win_rates(batch, opponents, exclude_self=False)
         metrics.update({f"full/{k}": v for k, v in m2.items()})
@@ -133,3 +133,7 @@ class MirrorProxLoop:
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])
         self.snapshot_version = state["snapshot_version"]
+
+    def after_resume(self) -> None:
+        """The snapshot is pi_k, the policy the restored checkpoint holds."""
+        ray.get(self.ctrl.scorers["snapshot"].load_weights.remote(unpack(ray.get(self.ctrl.weights_ref))))

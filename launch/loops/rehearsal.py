@@ -45,7 +45,7 @@ def prepare(ctrl) -> dict:
     exploration: List[int] = []
     for start in range(0, len(ctrl.rows), chunk):
         rows = ctrl.rows[start:start + chunk]
-        batch = ctrl.generate(rows, k, group_offset=start)
+        batch = ctrl.generate(rows, k, group_offset=start, seed=ctrl.step_seed(-1, salt=start))
         outcome = ctrl.reward_outcome(batch)
         correct = (outcome.rewards >= cfg.reward.correct_threshold) & outcome.valid
         for g, row in enumerate(rows):
@@ -107,7 +107,7 @@ class RehearsalLoop:
     def step(self, step: int) -> Dict[str, float]:
         ctrl, timer = self.ctrl, PhaseTimer()
         with timer.phase("generate"):
-            batch = ctrl.generate(self.sampler.next_batch(), ctrl.plan.group_size)
+            batch = ctrl.generate(self.sampler.next_batch(), ctrl.plan.group_size, seed=ctrl.step_seed(step))
         batch, metrics = ctrl.score_and_reward(batch, timer)
         ctrl.compute_advantages(batch)
         metrics.update(ctrl.batch_metrics(batch))
@@ -122,7 +122,7 @@ class RehearsalLoop:
         return ctrl.finish_step(step, metrics, timer, batch)
 
     def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict()}
+        return {"sampler": self.sampler.state_dict(), "store": store_path(self.ctrl)}
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])

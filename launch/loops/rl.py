@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Dict
 
+from launch.faults import fault_point
 from launch.loops import LOOPS
 from launch.metrics import PhaseTimer
 from rlplat.data import PromptSampler
@@ -18,7 +19,8 @@ class RLLoop:
     def step(self, step: int) -> Dict[str, float]:
         ctrl, timer = self.ctrl, PhaseTimer()
         with timer.phase("generate"):
-            batch = ctrl.generate(self.sampler.next_batch(), ctrl.plan.group_size)
+            batch = ctrl.generate(self.sampler.next_batch(), ctrl.plan.group_size, seed=ctrl.step_seed(step))
+        fault_point("after_generate", step)
         batch, metrics = ctrl.score_and_reward(batch, timer)
         ctrl.compute_advantages(batch)
         with timer.phase("train"):

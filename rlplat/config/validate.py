@@ -118,14 +118,8 @@ def validate_config(cfg: RunConfig) -> None:
     _check_data_path("data.eval_path", d.eval_path)
     _check_output_dir(cfg)
 
-    from rlplat.rewards import resolve_reward
+    from rlplat.rewards import resolve_judge, resolve_reward
 
-    try:
-        resolve_reward(cfg.reward.fn)
-    except (ValueError, ImportError, AttributeError, TypeError) as exc:
-        raise ConfigError(f"reward.fn='{cfg.reward.fn}': {exc}") from None
+    resolve_reward(cfg.reward.fn)  # raises ConfigError naming reward.fn
     if a.nash_mp.judge:
-        try:
-            resolve_reward(a.nash_mp.judge)
-        except (ValueError, ImportError, AttributeError, TypeError) as exc:
-            raise ConfigError(f"algorithm.nash_mp.judge='{a.nash_mp.judge}': {exc}") from None
+        resolve_judge(a.nash_mp.judge)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from rlplat.config.errors import ConfigError
 from rlplat.registry import Registry
@@ -39,19 +39,18 @@ def _import_module(spec: str, module_name: str, key: str):
         ) from None
 
 
-def resolve_reward(spec: str, key: str = "reward.fn") -> RewardFn:
-    """The callable named by ``spec``; raises ``ConfigError`` (a ``ValueError``) naming ``key``,
-    the spec and what is wrong: unknown name, module not found, attribute missing, not callable,
-    or a signature that cannot take ``(response, answer, prompt)``."""
+def resolve_callable(spec: str, key: str, call_args: Sequence[str], registry: Optional[Registry] = None) -> Callable:
+    """The callable named by ``spec`` (a name in ``registry`` or ``module:function``); raises
+    ``ConfigError`` naming ``key``, the spec and what is wrong: unknown name, module not found,
+    attribute missing, not callable, or a signature that cannot take ``call_args``."""
+    what = f"fn({', '.join(call_args)})"
     if not isinstance(spec, str) or not spec:
-        raise ConfigError(f"{key} must be a reward name or 'module:function', got {spec!r}")
-    if spec in REWARDS:
-        return REWARDS.get(spec)
+        raise ConfigError(f"{key} must be a registered name or 'module:function', got {spec!r}")
+    if registry is not None and spec in registry:
+        return registry.get(spec)
     if ":" not in spec:
-        raise ConfigError(
-            f"{key}='{spec}' is neither a registered reward ({', '.join(REWARDS.names())}) "
-            "nor of the form 'module:function'"
-        )
+        known = f"a registered {registry.kind.split()[0]} ({', '.join(registry.names())}) " if registry is not None else ""
+        raise ConfigError(f"{key}='{spec}' is neither {known}nor of the form 'module:function'")
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"{key}='{spec}': expected 'module:function' with both parts non-empty")
@@ -67,12 +66,20 @@ def resolve_reward(spec: str, key: str = "reward.fn") -> RewardFn:
     except (TypeError, ValueError):  # some builtins have no signature: trust them
         return obj
     try:
-        sig.bind("response", "answer", "prompt")
+        sig.bind(*call_args)
     except TypeError as exc:
-        raise ConfigError(
-            f"{key}='{spec}': '{attr}{sig}' cannot be called as fn(response, answer, prompt): {exc}"
-        ) from None
+        raise ConfigError(f"{key}='{spec}': '{attr}{sig}' cannot be called as {what}: {exc}") from None
     return obj
 
 
-__all__ = ["REWARDS", "RewardFn", "resolve_reward"]
+def resolve_reward(spec: str, key: str = "reward.fn") -> RewardFn:
+    """A reward ``fn(response, answer, prompt) -> float``: a registered name or ``module:function``."""
+    return resolve_callable(spec, key, ("response", "answer", "prompt"), REWARDS)
+
+
+def resolve_judge(spec: str, key: str = "algorithm.nash_mp.judge") -> Callable:
+    """A pairwise judge ``fn(prompt, response_a, response_b, answer) -> P(a > b)`` (``module:function``)."""
+    return resolve_callable(spec, key, ("prompt", "response_a", "response_b", "answer"))
+
+
+__all__ = ["REWARDS", "RewardFn", "resolve_callable", "resolve_judge", "resolve_reward"]

@@ -1,0 +1,378 @@
+"""Held-out evaluation: greedy pass@1 and sampled pass@k of any model on a prompt set.
+
+CLI (runs one rollout engine in this process, no Ray)::
+
+    python -m launch.evaluate --model PATH|builtin:tiny-policy --data builtin:arithmetic \\
+        [--split eval] [--n 16] [--ks 1,8,16] [--max-new-tokens 8] [--backend vllm|hf] \\
+        [--reward arithmetic|module:function] [--out results.json] [--limit N]
+
+prints a metric table and writes JSON ``{"metrics", "n", "ks", "records", "run"}``.
+
+Library: ``evaluate(generate_fn, rows, prompt_ids, score, n, ks, greedy_fn=...)`` takes the
+generation and scoring as callables, so the controller can run it on its Ray engines and reward
+worker (``engines_generate_fn``); metrics are named ``eval/pass@1_greedy`` and ``eval/pass@{k}``.
+
+Greedy decoding. The engines take their sampling settings from the ``RolloutConfig`` they were
+built with, and both treat ``temperature <= 0`` as greedy (HF: ``do_sample=False``; vLLM:
+``SamplingParams(temperature=0)``), but config validation requires ``temperature > 0`` for
+training and ``generate`` has no per-call override. ``greedy_decoding(engine)`` therefore
+switches a *live* engine to greedy for the duration of a ``with`` block and back afterwards,
+per backend (``GREEDY_SWITCHES``): vLLM re-reads ``engine.rollout`` on every ``generate`` call,
+so a copy with ``temperature=0`` is swapped in; the HF engine builds its ``GenerationConfig``
+once, so a copy with ``do_sample=False`` is swapped in. One engine (one copy of the weights)
+serves both passes. This reaches into two engine attributes; a ``temperature`` argument on
+``generate`` would make it unnecessary.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+from rlplat.batch import Batch
+from rlplat.evaluation import GREEDY_KEY, METRIC_PREFIX, EvalResult, check_ks, summarize
+from rlplat.registry import Registry
+
+# (prompt_ids, group_size, meta) -> Batch of len(prompt_ids) * group_size rows, prompt-major,
+# with meta repeated per row and meta["response_text"] / meta["finish_reason"] filled in.
+GenerateFn = Callable[[List[List[int]], int, Dict[str, List[Any]]], Batch]
+# (responses, answers, prompts) -> rlplat.rewards.runner.RewardOutcome (RewardWorker.score's signature).
+ScoreFn = Callable[[List[str], List[Optional[str]], List[str]], Any]
+
+# ----------------------------------------------------------------------------- greedy decoding
+GREEDY_SWITCHES: Registry[Callable[[Any], Any]] = Registry("greedy decoding switch")
+
+
+@GREEDY_SWITCHES.register("vllm")
+@contextmanager
+def _vllm_greedy(engine: Any) -> Iterator[None]:
+    saved = engine.rollout
+    greedy = copy.copy(saved)
+    greedy.temperature = 0.0  # SamplingParams(temperature=0): argmax, top-k/top-p ignored
+    engine.rollout = greedy
+    try:
+        yield
+    finally:
+        engine.rollout = saved
+
+
+@GREEDY_SWITCHES.register("hf")
+@contextmanager
+def _hf_greedy(engine: Any) -> Iterator[None]:
+    saved = engine.generation_config
+    greedy = copy.deepcopy(saved)
+    greedy.do_sample = False
+    # Sampling knobs are meaningless for argmax; None keeps transformers from warning about them.
+    greedy.temperature = greedy.top_p = greedy.top_k = None
+    engine.generation_config = greedy
+    try:
+        yield
+    finally:
+        engine.generation_config = saved
+
+
+@contextmanager
+def greedy_decoding(engine: Any) -> Iterator[None]:
+    """Inside the block, ``engine.generate`` decodes greedily (argmax); restored on exit.
+    ``engine.backend`` picks the switch. Not thread-safe: a Ray actor runs one call at a time."""
+    with GREEDY_SWITCHES.get(engine.backend)(engine):
+        yield
+
+
+def engine_generate_fn(engine: Any, pad_id: int, greedy: bool = False) -> GenerateFn:
+    """A ``GenerateFn`` over an in-process engine (``actors.rollout.make_engine``)."""
+
+    def generate(prompt_ids: List[List[int]], group_size: int, meta: Dict[str, List[Any]]) -> Batch:
+        if greedy:
+            with greedy_decoding(engine):
+                return engine.generate(prompt_ids, group_size, 0, pad_id, meta)
+        return engine.generate(prompt_ids, group_size, 0, pad_id, meta)
+
+    return generate
+
+
+def _greedy_generate_on_actor(engine: Any, prompt_ids, group_size, group_offset, pad_id, meta) -> Batch:
+    """Runs inside a rollout actor through ``ActorHandle.__ray_call__`` (``engine`` = the instance)."""
+    with greedy_decoding(engine):
+        return engine.generate(prompt_ids, group_size, group_offset, pad_id, meta)
+
+
+def engines_generate_fn(engines: Sequence[Any], pad_id: int, greedy: bool = False) -> GenerateFn:
+    """A ``GenerateFn`` over Ray rollout actors: contiguous prompt chunks per engine, as
+    ``Controller.generate`` does. Greedy calls run ``greedy_decoding`` inside the actor via
+    ``__ray_call__``, so the training engines need no restart and no second copy of the weights."""
+    import ray
+
+    def generate(prompt_ids: List[List[int]], group_size: int, meta: Dict[str, List[Any]]) -> Batch:
+        bounds = [round(i * len(prompt_ids) / len(engines)) for i in range(len(engines) + 1)]
+        futures = []
+        for engine, a, b in zip(engines, bounds, bounds[1:]):
+            if a == b:
+                continue
+            args = (prompt_ids[a:b], group_size, a, pad_id, {k: v[a:b] for k, v in meta.items()})
+            if greedy:
+                futures.append(engine.__ray_call__.remote(_greedy_generate_on_actor, *args))
+            else:
+                futures.append(engine.generate.remote(*args))
+        return Batch.concat(ray.get(futures), pad_id=pad_id)
+
+    return generate
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _json_float(x: float) -> Optional[float]:
+    return None if math.isnan(x) else x  # a failed reward is NaN; JSON has no NaN
+
+
+def _check_order(batch: Batch, rows: Sequence[Any], group_size: int, what: str) -> None:
+    expected = [r.index for r in rows for _ in range(group_size)]
+    got = batch.meta.get("row_index")
+    if got != expected:
+        raise RuntimeError(
+            f"{what} generation returned {len(batch)} rows not laid out prompt-major as "
+            f"{len(rows)} prompts x {group_size} samples (meta['row_index'] disagrees)"
+        )
+
+
+def evaluate(
+    generate_fn: GenerateFn,
+    rows: Sequence[Any],
+    prompt_ids: Sequence[Sequence[int]],
+    score: Union[ScoreFn, str],
+    n: int,
+    ks: Sequence[int],
+    greedy_fn: Optional[GenerateFn] = None,
+    correct_threshold: float = 1.0,
+    reward_timeout_s: float = 10.0,
+    keep_samples: bool = False,
+) -> EvalResult:
+    """Sampled pass@k (``n`` samples per prompt from ``generate_fn``) and, when ``greedy_fn`` is
+    given, greedy pass@1 (one argmax response per prompt) of ``rows`` (``PromptRow``s) whose
+    rendered token ids are ``prompt_ids``.
+
+    ``score``: a ``ScoreFn`` (e.g. ``RewardWorker.score`` or a Ray call to it) or a reward spec
+    (``arithmetic``, ``module:function``) run here in a ``RewardRunner``. A sample is correct when
+    its reward is valid and ``>= correct_threshold``; a failed reward counts as incorrect and is
+    counted in ``eval/reward_invalid``. Greedy and sampled responses are scored in one call.
+
+    Metrics: ``eval/pass@{k}`` per k, ``eval/pass@1_greedy``, ``eval/reward_mean`` (valid sampled
+    rewards), ``eval/reward_invalid``, ``eval/response_tokens_mean`` and ``eval/truncated_frac``
+    (sampled; truncated = hit max_new_tokens), ``eval/num_prompts``, ``eval/samples_per_prompt``,
+    ``eval/seconds_generate``, ``eval/seconds_reward``, ``eval/seconds``.
+    """
+    t_start = time.perf_counter()
+    if n < 1:
+        raise ValueError(f"evaluate: n={n} samples per prompt; need at least 1")
+    ks = check_ks(ks, n)
+    if not rows:
+        raise ValueError("evaluate: no prompt rows")
+    if len(rows) != len(prompt_ids):
+        raise ValueError(f"evaluate: {len(rows)} rows but {len(prompt_ids)} rendered prompts")
+    ids = [list(p) for p in prompt_ids]
+    meta = {"prompt": [r.prompt for r in rows], "answer": [r.answer for r in rows], "row_index": [r.index for r in rows]}
+
+    t0 = time.perf_counter()
+    greedy = greedy_fn(ids, 1, meta) if greedy_fn is not None else None
+    sampled = generate_fn(ids, n, meta)
+    seconds_generate = time.perf_counter() - t0
+    if greedy is not None:
+        _check_order(greedy, rows, 1, "greedy")
+    _check_order(sampled, rows, n, "sampled")
+
+    batches = ([greedy] if greedy is not None else []) + [sampled]
+    texts = [t for b in batches for t in b.meta["response_text"]]
+    answers = [a for b in batches for a in b.meta["answer"]]
+    prompts = [p for b in batches for p in b.meta["prompt"]]
+    t0 = time.perf_counter()
+    if isinstance(score, str):
+        from rlplat.rewards.runner import RewardRunner
+
+        with RewardRunner(score, reward_timeout_s) as runner:
+            outcome = runner.score(list(zip(texts, answers, prompts)))
+    else:
+        outcome = score(texts, answers, prompts)
+    seconds_reward = time.perf_counter() - t0
+
+    rewards = outcome.rewards.float()
+    correct = outcome.valid & (rewards >= correct_threshold)  # NaN >= x is False anyway
+    g = len(rows) if greedy is not None else 0
+    sampled_rewards, sampled_correct = rewards[g:].view(len(rows), n), correct[g:].view(len(rows), n)
+    sampled_valid = outcome.valid[g:]
+
+    metrics = summarize(sampled_correct, ks)
+    if greedy is not None:
+        metrics[GREEDY_KEY] = correct[:g].float().mean().item()
+    lengths = sampled.response_mask.sum(1)
+    metrics.update({
+        METRIC_PREFIX + "reward_mean": rewards[g:][sampled_valid].mean().item() if bool(sampled_valid.any()) else math.nan,
+        METRIC_PREFIX + "reward_invalid": float(outcome.num_invalid),
+        METRIC_PREFIX + "response_tokens_mean": lengths.float().mean().item(),
+        METRIC_PREFIX + "truncated_frac": sum(f == "length" for f in sampled.meta["finish_reason"]) / len(sampled),
+        METRIC_PREFIX + "num_prompts": float(len(rows)),
+        METRIC_PREFIX + "samples_per_prompt": float(n),
+        METRIC_PREFIX + "seconds_generate": seconds_generate,
+        METRIC_PREFIX + "seconds_reward": seconds_reward,
+    })
+
+    records = []
+    for i, row in enumerate(rows):
+        rec: Dict[str, Any] = {
+            "index": row.index, "prompt": row.prompt, "answer": row.answer,
+            "num_correct": int(sampled_correct[i].sum()),
+        }
+        if greedy is not None:
+            rec.update(greedy_response=greedy.meta["response_text"][i], greedy_correct=bool(correct[i]),
+                       greedy_reward=_json_float(rewards[i].item()))
+        if keep_samples:
+            rec["samples"] = sampled.meta["response_text"][i * n:(i + 1) * n]
+            rec["rewards"] = [_json_float(x) for x in sampled_rewards[i].tolist()]
+        records.append(rec)
+    metrics[METRIC_PREFIX + "seconds"] = time.perf_counter() - t_start
+    return EvalResult(metrics=metrics, n=n, ks=ks, records=records)
+
+
+def format_table(metrics: Dict[str, float]) -> str:
+    """Two aligned columns: pass@ metrics first, then the rest, each group sorted by name."""
+    def order(name: str):
+        return (0 if "pass@" in name else 1, name)
+
+    names = sorted(metrics, key=order)
+    width = max(len(n) for n in names)
+    return "\n".join(f"{name:<{width}}  {metrics[name]:.4f}" for name in names)
+
+
+# ----------------------------------------------------------------------------- CLI
+def _ks(text: str) -> List[int]:
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ks must be comma-separated integers, got {text!r}") from None
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    from rlplat.config.schema import DataConfig, RolloutConfig
+
+    d, r = DataConfig(), RolloutConfig()
+    p = argparse.ArgumentParser(prog="python -m launch.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="model directory, hub id or builtin:<name>")
+    p.add_argument("--tokenizer", default=None, help="tokenizer path (default: --model)")
+    p.add_argument("--data", required=True, help="builtin:<task>, .jsonl, .parquet or save_to_disk dir")
+    p.add_argument("--split", default="eval", choices=("train", "eval"), help="built-in tasks: eval = held-out split")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N prompts only")
+    p.add_argument("--prompt-key", default=d.prompt_key)
+    p.add_argument("--answer-key", default=d.answer_key)
+    p.add_argument("--chat-template", action="store_true", help="render prompts with the tokenizer's chat template")
+    p.add_argument("--max-prompt-tokens", type=int, default=4096)
+    p.add_argument("--n", type=int, default=16, help="samples per prompt for pass@k")
+    p.add_argument("--ks", type=_ks, default=[1, 8, 16], help="k values, comma-separated, each <= --n")
+    p.add_argument("--no-greedy", action="store_true", help="skip the greedy pass@1 pass")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for pass@k (> 0)")
+    p.add_argument("--top-p", type=float, default=r.top_p)
+    p.add_argument("--top-k", type=int, default=r.top_k, help="<= 0: off")
+    p.add_argument("--backend", default="vllm", help="rollout backend: vllm | hf")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--max-model-len", type=int, default=None, help="default: longest prompt + --max-new-tokens")
+    p.add_argument("--max-num-seqs", type=int, default=r.max_num_seqs)
+    p.add_argument("--cpu-kv-cache-gb", type=float, default=r.cpu_kv_cache_gb)
+    p.add_argument("--gpu-memory-utilization", type=float, default=r.gpu_memory_utilization)
+    p.add_argument("--reward", default="arithmetic", help="registered reward name or module:function")
+    p.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per reward call")
+    p.add_argument("--threshold", type=float, default=1.0, help="reward >= this counts as correct")
+    p.add_argument("--save-samples", action="store_true", help="keep every sampled response in the JSON")
+    p.add_argument("--out", default=None, help="JSON output path")
+    return p.parse_args(argv)
+
+
+def _resolve_model(path: str, flag: str) -> str:
+    from launch.preflight import resolve_model_path
+    from rlplat.config.errors import ConfigError
+
+    try:
+        return resolve_model_path(path)
+    except ImportError as exc:
+        raise ConfigError(f"{flag}={path}: built-in models are not available ({exc})") from None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    from actors.rollout import ROLLOUT_BACKENDS, make_engine
+    from launch.preflight import load_tokenizer
+    from rlplat.config.errors import ConfigError
+    from rlplat.config.schema import DataConfig, RolloutConfig
+    from rlplat.data import load_prompts, render_prompts
+    from rlplat.rewards import resolve_reward
+    from rlplat.rewards.runner import RewardRunner
+
+    t0 = time.perf_counter()
+    try:
+        ks = check_ks(args.ks, args.n)
+        if not args.temperature > 0:
+            raise ConfigError(f"--temperature={args.temperature} must be > 0 (greedy pass@1 is computed separately)")
+        if args.limit is not None and args.limit < 1:
+            raise ConfigError(f"--limit={args.limit} must be >= 1")
+        if args.backend not in ROLLOUT_BACKENDS:
+            raise ConfigError(f"--backend={args.backend}: choose one of {ROLLOUT_BACKENDS.names()}")
+        resolve_reward(args.reward, "--reward")
+        model = _resolve_model(args.model, "--model")
+        tok_path = _resolve_model(args.tokenizer, "--tokenizer") if args.tokenizer else model
+        tokenizer = load_tokenizer(tok_path, "--tokenizer" if args.tokenizer else "--model")
+        data_cfg = DataConfig(
+            train_path=args.data, eval_path=args.data, prompt_key=args.prompt_key, answer_key=args.answer_key,
+            chat_template=args.chat_template, max_prompt_tokens=args.max_prompt_tokens,
+            # built-in tasks generate exactly the rows asked for (the first N of the same stream)
+            builtin_train_size=args.limit or DataConfig.builtin_train_size,
+            builtin_eval_size=args.limit or DataConfig.builtin_eval_size,
+        )
+        rows = load_prompts(data_cfg, args.split)[: args.limit]
+        prompt_ids = render_prompts(rows, tokenizer, data_cfg)
+    except (ConfigError, ValueError) as exc:
+        print(f"rlplat: evaluate: {exc}", file=sys.stderr)
+        return 2
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rollout = RolloutConfig(
+        backend=args.backend, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        top_k=args.top_k, max_model_len=args.max_model_len or max(map(len, prompt_ids)) + args.max_new_tokens,
+        max_num_seqs=args.max_num_seqs, cpu_kv_cache_gb=args.cpu_kv_cache_gb,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+    )
+    t_load = time.perf_counter()
+    engine = make_engine(args.backend, model_path=model, tokenizer_path=tok_path, rollout=rollout,
+                         dtype=args.dtype, seed=args.seed)
+    with RewardRunner(args.reward, args.reward_timeout) as runner:
+        runner.wait_ready()
+        seconds_start = time.perf_counter() - t_load
+        result = evaluate(
+            engine_generate_fn(engine, pad_id), rows, prompt_ids,
+            lambda r, a, p: runner.score(list(zip(r, a, p))), args.n, ks,
+            greedy_fn=None if args.no_greedy else engine_generate_fn(engine, pad_id, greedy=True),
+            correct_threshold=args.threshold, keep_samples=args.save_samples,
+        )
+    result.metrics[METRIC_PREFIX + "seconds_start"] = seconds_start
+    print(f"{args.model} on {args.data} ({args.split}, {len(rows)} prompts, n={args.n}, backend={args.backend})")
+    print(format_table(result.metrics), flush=True)
+    if args.out:
+        payload = result.to_json()
+        payload["run"] = {
+            "model": args.model, "model_path": model, "data": args.data, "split": args.split, "backend": args.backend,
+            "reward": args.reward, "threshold": args.threshold, "dtype": args.dtype, "seed": args.seed,
+            "rollout": {k: getattr(rollout, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k", "max_model_len")},
+            "seconds_total": time.perf_counter() - t0,
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(payload, f, indent=2)
+        print(f"rlplat: evaluate: wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""pass@k estimator against brute-force subset enumeration, its summary over prompts, and the
+``launch.evaluate`` CLI end to end on a tiny random Llama with the HF backend (greedy responses
+checked against an argmax decode of the same model)."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlplat.evaluation import EvalResult, check_ks, pass_at_k, summarize
+from rlplat.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, save_tokenizer, vocab_size
+
+
+def _brute_force(n: int, c: int, k: int) -> Fraction:
+    """Share of the k-subsets of n samples (the first c correct) that hold a correct sample."""
+    subsets = list(itertools.combinations(range(n), k))
+    return Fraction(sum(any(i < c for i in s) for s in subsets), len(subsets))
+
+
+def test_pass_at_k_matches_subset_enumeration():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert pass_at_k(n, c, k) == pytest.approx(float(_brute_force(n, c, k)), abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_edges_and_closed_forms():
+    assert pass_at_k(10, 0, 5) == 0.0
+    assert pass_at_k(10, 10, 1) == 1.0
+    assert pass_at_k(10, 3, 10) == 1.0  # k = n: any correct sample is in the one subset
+    assert pass_at_k(10, 0, 10) == 0.0
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)  # pass@1 = c / n
+    # large n stays finite and exact to float precision (C(1000, 500) ~ 1e299)
+    exact = 1 - Fraction(math.comb(1000 - 7, 500), math.comb(1000, 500))
+    assert pass_at_k(1000, 7, 500) == pytest.approx(float(exact), rel=1e-12)
+
+
+@pytest.mark.parametrize("n,c,k,match", [
+    (4, 1, 5, r"k=5 must be in \[1, n=4\]"),
+    (4, 1, 0, r"k=0 must be in \[1, n=4\]"),
+    (4, 5, 1, r"c=5 correct samples must be in \[0, n=4\]"),
+    (4, -1, 1, r"c=-1"),
+    (0, 0, 1, r"n=0"),
+])
+def test_pass_at_k_rejects_bad_arguments(n, c, k, match):
+    with pytest.raises(ValueError, match=match):
+        pass_at_k(n, c, k)
+
+
+def test_pass_at_k_rejects_non_integers():
+    with pytest.raises(TypeError, match="k must be an int"):
+        pass_at_k(4, 1, 1.0)
+    with pytest.raises(TypeError, match="n must be an int"):
+        pass_at_k(True, 1, 1)
+
+
+def test_summarize_means_over_prompts():
+    correct = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    out = summarize(correct, [4, 1, 2])
+    assert list(out) == ["eval/pass@1", "eval/pass@2", "eval/pass@4"]
+    assert out["eval/pass@1"] == pytest.approx((1 / 4 + 2 / 4 + 0) / 3)
+    assert out["eval/pass@2"] == pytest.approx((0.5 + 5 / 6 + 0) / 3)
+    assert out["eval/pass@4"] == pytest.approx(2 / 3)
+    assert summarize(correct.float(), [2]) == pytest.approx({"eval/pass@2": out["eval/pass@2"]})
+    with pytest.raises(ValueError, match=r"ks \[5\] are outside \[1, n=4\]"):
+        summarize(correct, [1, 5])
+    with pytest.raises(ValueError, match="shape"):
+        summarize(torch.ones(4, dtype=torch.bool), [1])
+    with pytest.raises(ValueError, match="NaN"):
+        summarize(torch.tensor([[1.0, float("nan")]]), [1])
+    assert check_ks([8, 1, 8], 8) == [1, 8]
+
+
+def test_eval_result_json_has_no_nan():
+    r = EvalResult(metrics={"eval/pass@1": 0.5, "eval/reward_mean": float("nan")}, n=2, ks=[1])
+    assert json.loads(json.dumps(r.to_json()))["metrics"] == {"eval/pass@1": 0.5, "eval/reward_mean": None}
+
+
+# ----------------------------------------------------------------------------- CLI, HF backend
+def _build_tiny_llama(out_dir: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID, tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # sharper logits than the init's near-uniform ones: samples differ from greedy less often
+        model.lm_head.weight.mul_(20.0)
+    model.save_pretrained(out_dir)
+    save_tokenizer(out_dir)
+    return out_dir
+
+
+# Roughly half of the first characters pass: pass@k lands strictly inside (0, 1) for some k.
+REWARD_MODULE = '''
+def first_char_even(response, answer, prompt):
+    return 1.0 if response and ord(response[0]) % 2 == 0 else 0.0
+'''
+
+
+def _argmax_decode(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    ids = tokenizer(prompt)["input_ids"]
+    out = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            nxt = int(model(input_ids=torch.tensor([ids + out])).logits[0, -1].argmax())
+            out.append(nxt)
+            if nxt == EOS_ID:
+                break
+    return tokenizer.decode(out, skip_special_tokens=True)
+
+
+def test_cli_hf_backend_writes_consistent_pass_at_k(tmp_path, monkeypatch, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from launch.evaluate import main
+
+    model_dir = _build_tiny_llama(tmp_path / "model")
+    (tmp_path / "evalreward.py").write_text(REWARD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))  # reward workers inherit sys.path
+    out = tmp_path / "results.json"
+    n, ks, new_tokens = 8, [1, 2, 4, 8], 6
+    rc = main([
+        "--model", str(model_dir), "--data", "builtin:arithmetic", "--split", "eval", "--limit", "6",
+        "--backend", "hf", "--n", str(n), "--ks", ",".join(map(str, ks)), "--max-new-tokens", str(new_tokens),
+        "--reward", "evalreward:first_char_even", "--out", str(out), "--save-samples",
+    ])
+    assert rc == 0
+    assert "eval/pass@1_greedy" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    m = res["metrics"]
+    assert res["n"] == n and res["ks"] == ks and len(res["records"]) == 6
+    keys = ["eval/pass@1_greedy"] + [f"eval/pass@{k}" for k in ks]
+    for key in keys:
+        assert 0.0 <= m[key] <= 1.0, key
+    curve = [m[f"eval/pass@{k}"] for k in ks]
+    assert all(a <= b + 1e-12 for a, b in zip(curve, curve[1:])), curve
+    assert 0.0 < curve[0] < 1.0, "the reward should make sampled pass@1 non-trivial"
+
+    # The metrics agree with the per-prompt records they summarise.
+    recs = res["records"]
+    for r in recs:
+        assert len(r["samples"]) == n
+        assert r["num_correct"] == sum(s[:1] != "" and ord(s[0]) % 2 == 0 for s in r["samples"])
+        assert r["greedy_correct"] == (r["greedy_response"][:1] != "" and ord(r["greedy_response"][0]) % 2 == 0)
+    assert m["eval/pass@1"] == pytest.approx(sum(r["num_correct"] for r in recs) / (n * len(recs)))
+    assert m["eval/pass@8"] == pytest.approx(sum(r["num_correct"] > 0 for r in recs) / len(recs))
+    assert m["eval/pass@1_greedy"] == pytest.approx(sum(r["greedy_correct"] for r in recs) / len(recs))
+    assert res["run"]["rollout"]["temperature"] == 1.0  # greedy did not leak into the sampling config
+
+    # Greedy responses are the model's argmax decode; sampled ones are not all identical.
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for r in recs:
+        assert r["greedy_response"] == _argmax_decode(model, tok, r["prompt"], new_tokens), r["prompt"]
+    assert any(len(set(r["samples"])) > 1 for r in recs), "sampling after the greedy pass must still sample"
+
+
+def test_cli_rejects_k_above_n_before_loading_anything(tmp_path, capsys):
+    from launch.evaluate import main
+
+    rc = main(["--model", str(tmp_path / "missing"), "--data", "builtin:arithmetic", "--n", "4", "--ks", "1,8"])
+    assert rc == 2
+    assert "ks [8] are outside [1, n=4]" in capsys.readouterr().err
