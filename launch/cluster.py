@@ -6,6 +6,17 @@ import os
 from rlplat.config.schema import RayConfig
 
 ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false"}
+_LOOPBACK = ("127.0.0.1", "localhost")
+
+
+def pin_to_loopback(cfg: RayConfig) -> None:
+    """Make an embedded cluster really bind to 127.0.0.1.
+
+    Ray replaces a loopback ``_node_ip_address`` by the machine's outward address unless its
+    "local-only cluster" switch is set, which Ray reads once at import: call this before anything
+    imports ray. A driver joining a cluster is left alone (the other nodes must reach it)."""
+    if cfg.host in _LOOPBACK and not (cfg.address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def start_ray(cfg: RayConfig) -> str:

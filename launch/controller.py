@@ -23,6 +23,8 @@ from actors.scorer import create_scorer_actor
 from actors.trainer.group import TrainerGroup
 from launch.loops import LOOPS
 from launch.checkpoint import Checkpointer
+from launch.evaluate import engines_generate_fn, evaluate
+from launch.monitoring import MetricsExporter
 from launch.metrics import MetricsWriter, PhaseTimer, progress_line, truncate_metrics
 from rlplat import advantages
 from rlplat.algorithms import AlgorithmPlan
@@ -46,6 +48,9 @@ class Controller:
         reward = ray.remote(num_cpus=cfg.resources.reward_cpus)(RewardWorker)
         self.reward = reward.options(name="reward-0").remote(cfg.reward)
         ray.get([self.reward.ready.remote()] + [e.ready.remote() for e in self.engines])
+        if cfg.trainer.eval_every:  # held-out prompts render now: an over-long one fails at startup
+            self.eval_rows = load_prompts(cfg.data, "eval")[: cfg.trainer.eval_max_prompts]
+            self.eval_ids = render_prompts(self.eval_rows, tokenizer, cfg.data)
         self.probe = self._make_probe()
         self.loop = LOOPS.get(plan.loop)(self)
         self._write_actor_list()
@@ -175,6 +180,18 @@ class Controller:
         engine_lps = ray.get([e.sequence_logprobs.remote(p, r) for e in self.engines])
         return {"sync/logprob_max_abs_diff": max((torch.tensor(lp) - trainer_lp).abs().max().item() for lp in engine_lps)}
 
+    def evaluate(self) -> Dict[str, float]:
+        """Greedy pass@1 and sampled pass@k on held-out prompts, on the engines' current weights."""
+        t = self.cfg.trainer
+
+        def score(responses, answers, prompts):
+            return ray.get(self.reward.score.remote(responses, answers, prompts))
+
+        result = evaluate(engines_generate_fn(self.engines, self.pad_id), self.eval_rows, self.eval_ids, score,
+                          n=t.eval_n, ks=list(t.eval_ks), greedy_fn=engines_generate_fn(self.engines, self.pad_id, greedy=True),
+                          correct_threshold=self.cfg.reward.correct_threshold, seed=t.seed + 10**6)
+        return result.metrics
+
     # ----------------------------------------------------------------- metrics
     def batch_metrics(self, batch: Batch, prefix: str = "") -> Dict[str, float]:
         correct = (batch.rewards >= self.cfg.reward.correct_threshold).float()
@@ -228,14 +245,19 @@ class Controller:
         self.checkpointer = Checkpointer(self.run_dir, self.cfg.trainer.keep_last)
         start_step = self.resume()
         writer = MetricsWriter(self.run_dir)
+        exporter = MetricsExporter(self.run_dir, run_name=os.path.basename(self.run_dir))  # dashboard + TensorBoard
         started = time.time()
         every, last = self.cfg.trainer.save_every, self.cfg.trainer.max_steps - 1
         try:
             for step in range(start_step, self.cfg.trainer.max_steps):
                 metrics = self.loop.step(step)
+                if self.cfg.trainer.eval_every and ((step + 1) % self.cfg.trainer.eval_every == 0 or step == last):
+                    metrics.update(self.evaluate())  # every loop ends its step with the engines in sync
                 writer.write(metrics)
+                exporter.write(metrics)
                 print(progress_line(step, self.cfg.trainer.max_steps, metrics, started, start_step), flush=True)
                 if step == last or (every and (step + 1) % every == 0):
                     self.save(step)
         finally:
             writer.close()
+            exporter.close()

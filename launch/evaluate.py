@@ -6,120 +6,65 @@ CLI (runs one rollout engine in this process, no Ray)::
         [--split eval] [--n 16] [--ks 1,8,16] [--max-new-tokens 8] [--backend vllm|hf] \\
         [--reward arithmetic|module:function] [--out results.json] [--limit N]
 
-prints a metric table and writes JSON ``{"metrics", "n", "ks", "records", "run"}``.
+prints a metric table and writes JSON ``{"metrics", "n", "ks", "records", "run"}``. The vLLM
+engine runs in this process (it sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` before importing vLLM),
+which is why ``main`` only runs under ``if __name__ == "__main__"``.
 
 Library: ``evaluate(generate_fn, rows, prompt_ids, score, n, ks, greedy_fn=...)`` takes the
 generation and scoring as callables, so the controller can run it on its Ray engines and reward
 worker (``engines_generate_fn``); metrics are named ``eval/pass@1_greedy`` and ``eval/pass@{k}``.
 
-Greedy decoding. The engines take their sampling settings from the ``RolloutConfig`` they were
-built with, and both treat ``temperature <= 0`` as greedy (HF: ``do_sample=False``; vLLM:
-``SamplingParams(temperature=0)``), but config validation requires ``temperature > 0`` for
-training and ``generate`` has no per-call override. ``greedy_decoding(engine)`` therefore
-switches a *live* engine to greedy for the duration of a ``with`` block and back afterwards,
-per backend (``GREEDY_SWITCHES``): vLLM re-reads ``engine.rollout`` on every ``generate`` call,
-so a copy with ``temperature=0`` is swapped in; the HF engine builds its ``GenerationConfig``
-once, so a copy with ``do_sample=False`` is swapped in. One engine (one copy of the weights)
-serves both passes. This reaches into two engine attributes; a ``temperature`` argument on
-``generate`` would make it unnecessary.
+Greedy pass@1 runs on the same engines with ``generate(..., greedy=True)`` (argmax decoding
+whatever the rollout config's sampling settings), so one copy of the weights serves both passes.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
 import sys
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from rlplat.batch import Batch
 from rlplat.evaluation import GREEDY_KEY, METRIC_PREFIX, EvalResult, check_ks, summarize
-from rlplat.registry import Registry
 
-# (prompt_ids, group_size, meta) -> Batch of len(prompt_ids) * group_size rows, prompt-major,
-# with meta repeated per row and meta["response_text"] / meta["finish_reason"] filled in.
-GenerateFn = Callable[[List[List[int]], int, Dict[str, List[Any]]], Batch]
+# (prompt_ids, group_size, meta, seed) -> Batch of len(prompt_ids) * group_size rows, prompt-major,
+# with meta repeated per row and meta["response_text"] / meta["finish_reason"] filled in. ``seed``
+# (None: the engine's own stream) is the engines' per-call sampling seed (vLLM: prompt i uses
+# ``seed + i * group_size`` onwards; HF: torch is reseeded once per call), so the same seed gives
+# the same samples whatever the engine ran before.
+GenerateFn = Callable[[List[List[int]], int, Dict[str, List[Any]], Optional[int]], Batch]
 # (responses, answers, prompts) -> rlplat.rewards.runner.RewardOutcome (RewardWorker.score's signature).
 ScoreFn = Callable[[List[str], List[Optional[str]], List[str]], Any]
 
-# ----------------------------------------------------------------------------- greedy decoding
-GREEDY_SWITCHES: Registry[Callable[[Any], Any]] = Registry("greedy decoding switch")
-
-
-@GREEDY_SWITCHES.register("vllm")
-@contextmanager
-def _vllm_greedy(engine: Any) -> Iterator[None]:
-    saved = engine.rollout
-    greedy = copy.copy(saved)
-    greedy.temperature = 0.0  # SamplingParams(temperature=0): argmax, top-k/top-p ignored
-    engine.rollout = greedy
-    try:
-        yield
-    finally:
-        engine.rollout = saved
-
-
-@GREEDY_SWITCHES.register("hf")
-@contextmanager
-def _hf_greedy(engine: Any) -> Iterator[None]:
-    saved = engine.generation_config
-    greedy = copy.deepcopy(saved)
-    greedy.do_sample = False
-    # Sampling knobs are meaningless for argmax; None keeps transformers from warning about them.
-    greedy.temperature = greedy.top_p = greedy.top_k = None
-    engine.generation_config = greedy
-    try:
-        yield
-    finally:
-        engine.generation_config = saved
-
-
-@contextmanager
-def greedy_decoding(engine: Any) -> Iterator[None]:
-    """Inside the block, ``engine.generate`` decodes greedily (argmax); restored on exit.
-    ``engine.backend`` picks the switch. Not thread-safe: a Ray actor runs one call at a time."""
-    with GREEDY_SWITCHES.get(engine.backend)(engine):
-        yield
-
-
+# ----------------------------------------------------------------------------- generate functions
 def engine_generate_fn(engine: Any, pad_id: int, greedy: bool = False) -> GenerateFn:
     """A ``GenerateFn`` over an in-process engine (``actors.rollout.make_engine``)."""
 
-    def generate(prompt_ids: List[List[int]], group_size: int, meta: Dict[str, List[Any]]) -> Batch:
-        if greedy:
-            with greedy_decoding(engine):
-                return engine.generate(prompt_ids, group_size, 0, pad_id, meta)
-        return engine.generate(prompt_ids, group_size, 0, pad_id, meta)
+    def generate(prompt_ids: List[List[int]], group_size: int, meta: Dict[str, List[Any]],
+                 seed: Optional[int] = None) -> Batch:
+        return engine.generate(prompt_ids, group_size, 0, pad_id, meta, seed, greedy=greedy)
 
     return generate
 
 
-def _greedy_generate_on_actor(engine: Any, prompt_ids, group_size, group_offset, pad_id, meta) -> Batch:
-    """Runs inside a rollout actor through ``ActorHandle.__ray_call__`` (``engine`` = the instance)."""
-    with greedy_decoding(engine):
-        return engine.generate(prompt_ids, group_size, group_offset, pad_id, meta)
-
-
 def engines_generate_fn(engines: Sequence[Any], pad_id: int, greedy: bool = False) -> GenerateFn:
     """A ``GenerateFn`` over Ray rollout actors: contiguous prompt chunks per engine, as
-    ``Controller.generate`` does. Greedy calls run ``greedy_decoding`` inside the actor via
-    ``__ray_call__``, so the training engines need no restart and no second copy of the weights."""
+    ``Controller.generate`` does; the training engines serve evaluation with their current weights."""
     import ray
 
-    def generate(prompt_ids: List[List[int]], group_size: int, meta: Dict[str, List[Any]]) -> Batch:
+    def generate(prompt_ids: List[List[int]], group_size: int, meta: Dict[str, List[Any]],
+                 seed: Optional[int] = None) -> Batch:
         bounds = [round(i * len(prompt_ids) / len(engines)) for i in range(len(engines) + 1)]
         futures = []
         for engine, a, b in zip(engines, bounds, bounds[1:]):
             if a == b:
                 continue
-            args = (prompt_ids[a:b], group_size, a, pad_id, {k: v[a:b] for k, v in meta.items()})
-            if greedy:
-                futures.append(engine.__ray_call__.remote(_greedy_generate_on_actor, *args))
-            else:
-                futures.append(engine.generate.remote(*args))
+            chunk_seed = None if seed is None else seed + a * group_size  # Controller.generate's rule
+            futures.append(engine.generate.remote(prompt_ids[a:b], group_size, a, pad_id,
+                                                  {k: v[a:b] for k, v in meta.items()}, chunk_seed, greedy=greedy))
         return Batch.concat(ray.get(futures), pad_id=pad_id)
 
     return generate
@@ -151,6 +96,7 @@ def evaluate(
     correct_threshold: float = 1.0,
     reward_timeout_s: float = 10.0,
     keep_samples: bool = False,
+    seed: Optional[int] = None,
 ) -> EvalResult:
     """Sampled pass@k (``n`` samples per prompt from ``generate_fn``) and, when ``greedy_fn`` is
     given, greedy pass@1 (one argmax response per prompt) of ``rows`` (``PromptRow``s) whose
@@ -160,6 +106,9 @@ def evaluate(
     (``arithmetic``, ``module:function``) run here in a ``RewardRunner``. A sample is correct when
     its reward is valid and ``>= correct_threshold``; a failed reward counts as incorrect and is
     counted in ``eval/reward_invalid``. Greedy and sampled responses are scored in one call.
+    ``seed`` goes to the sampled generation: a fixed seed makes evaluations at different training
+    steps use the same random numbers (less noise between them) and leaves the engines' own
+    sampling streams alone.
 
     Metrics: ``eval/pass@{k}`` per k, ``eval/pass@1_greedy``, ``eval/reward_mean`` (valid sampled
     rewards), ``eval/reward_invalid``, ``eval/response_tokens_mean`` and ``eval/truncated_frac``
@@ -179,7 +128,7 @@ def evaluate(
 
     t0 = time.perf_counter()
     greedy = greedy_fn(ids, 1, meta) if greedy_fn is not None else None
-    sampled = generate_fn(ids, n, meta)
+    sampled = generate_fn(ids, n, meta, seed)
     seconds_generate = time.perf_counter() - t0
     if greedy is not None:
         _check_order(greedy, rows, 1, "greedy")
@@ -198,6 +147,8 @@ def evaluate(
     else:
         outcome = score(texts, answers, prompts)
     seconds_reward = time.perf_counter() - t0
+    if outcome.rewards.numel() != len(texts):
+        raise RuntimeError(f"evaluate: the reward returned {outcome.rewards.numel()} values for {len(texts)} responses")
 
     rewards = outcome.rewards.float()
     correct = outcome.valid & (rewards >= correct_threshold)  # NaN >= x is False anyway
@@ -238,9 +189,12 @@ def evaluate(
 
 
 def format_table(metrics: Dict[str, float]) -> str:
-    """Two aligned columns: pass@ metrics first, then the rest, each group sorted by name."""
+    """Two aligned columns: greedy pass@1, sampled pass@k by ascending k, then the rest by name."""
     def order(name: str):
-        return (0 if "pass@" in name else 1, name)
+        if name == GREEDY_KEY:
+            return (0, 0, name)
+        k = name[len(METRIC_PREFIX + "pass@"):]
+        return (1, int(k), name) if name.startswith(METRIC_PREFIX + "pass@") and k.isdigit() else (2, 0, name)
 
     names = sorted(metrics, key=order)
     width = max(len(n) for n in names)
@@ -280,6 +234,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--backend", default="vllm", help="rollout backend: vllm | hf")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (CPU; 1 avoids OpenMP spin-waiting on a busy machine)")
     p.add_argument("--max-model-len", type=int, default=None, help="default: longest prompt + --max-new-tokens")
     p.add_argument("--max-num-seqs", type=int, default=r.max_num_seqs)
     p.add_argument("--cpu-kv-cache-gb", type=float, default=r.cpu_kv_cache_gb)
@@ -304,24 +260,25 @@ def _resolve_model(path: str, flag: str) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from actors.rollout import ROLLOUT_BACKENDS, make_engine
-    from launch.preflight import load_tokenizer
     from rlplat.config.errors import ConfigError
     from rlplat.config.schema import DataConfig, RolloutConfig
-    from rlplat.data import load_prompts, render_prompts
     from rlplat.rewards import resolve_reward
-    from rlplat.rewards.runner import RewardRunner
 
     t0 = time.perf_counter()
-    try:
+    try:  # cheap checks first: importing the engines (transformers) takes seconds
         ks = check_ks(args.ks, args.n)
         if not args.temperature > 0:
             raise ConfigError(f"--temperature={args.temperature} must be > 0 (greedy pass@1 is computed separately)")
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit={args.limit} must be >= 1")
+        resolve_reward(args.reward, "--reward")
+        from actors.rollout import ROLLOUT_BACKENDS, make_engine
+        from launch.preflight import load_tokenizer
+        from rlplat.data import load_prompts, render_prompts
+        from rlplat.rewards.runner import RewardRunner
+
         if args.backend not in ROLLOUT_BACKENDS:
             raise ConfigError(f"--backend={args.backend}: choose one of {ROLLOUT_BACKENDS.names()}")
-        resolve_reward(args.reward, "--reward")
         model = _resolve_model(args.model, "--model")
         tok_path = _resolve_model(args.tokenizer, "--tokenizer") if args.tokenizer else model
         tokenizer = load_tokenizer(tok_path, "--tokenizer" if args.tokenizer else "--model")
@@ -337,6 +294,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"rlplat: evaluate: {exc}", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rollout = RolloutConfig(
         backend=args.backend, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -354,7 +315,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             engine_generate_fn(engine, pad_id), rows, prompt_ids,
             lambda r, a, p: runner.score(list(zip(r, a, p))), args.n, ks,
             greedy_fn=None if args.no_greedy else engine_generate_fn(engine, pad_id, greedy=True),
-            correct_threshold=args.threshold, keep_samples=args.save_samples,
+            correct_threshold=args.threshold, keep_samples=args.save_samples, seed=args.seed,
         )
     result.metrics[METRIC_PREFIX + "seconds_start"] = seconds_start
     print(f"{args.model} on {args.data} ({args.split}, {len(rows)} prompts, n={args.n}, backend={args.backend})")

@@ -45,8 +45,9 @@ class MetricsExporter:
 
     Ray: one ``ray.util.metrics.Gauge`` per key, created on first sight, tagged ``run=<run_name>`` so
     several runs on one cluster are told apart. Gauges only export from a process connected to Ray
-    (the driver is), so with Ray not initialised the Ray side is skipped silently. The metrics agent
-    pushes to Prometheus every ``RAY_metrics_report_interval_ms`` (10 s by default).
+    (the driver is), so with Ray not initialised the Ray side is skipped silently. A value reaches the
+    node's ``/metrics`` endpoint (what Prometheus scrapes) within ``RAY_metrics_report_interval_ms``
+    (10 s by default).
     TensorBoard: scalars under ``<run_dir>/tensorboard`` with ``global_step = metrics["step"]``,
     flushed every step. Values that are not numbers are skipped by both.
     """

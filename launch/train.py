@@ -43,8 +43,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     run_dir = prepare_run_dir(cfg)
 
-    from launch.cluster import start_ray
-    from launch.controller import Controller
+    from launch.cluster import pin_to_loopback, start_ray
+
+    pin_to_loopback(cfg.ray)
+    from launch.controller import Controller  # imports ray
 
     mode = start_ray(cfg.ray)
     print(f"rlplat: {plan.name} on a {mode} Ray cluster; run directory {run_dir}", flush=True)

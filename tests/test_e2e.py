@@ -44,7 +44,8 @@ REQUIRED = ("step", "reward/mean", "loss/policy", "time/step", "throughput/token
 
 
 def test_grpo_vllm_zero2(tmp_path, tiny_models):
-    out, rows, log = train(tmp_path, "grpo", "rollout.backend=vllm", "trainer.zero_stage=2")
+    out, rows, log = train(tmp_path, "grpo", "rollout.backend=vllm", "trainer.zero_stage=2", "trainer.eval_every=3",
+                           "trainer.eval_max_prompts=8", "trainer.eval_n=4", "trainer.eval_ks=[1,4]")
     for r in rows:
         assert all(k in r for k in REQUIRED), sorted(r)
         assert r["samples"] > 0 and r["throughput/tokens_per_s"] > 0
@@ -53,6 +54,10 @@ def test_grpo_vllm_zero2(tmp_path, tiny_models):
     assert_weights_arrived(rows)
     assert rows[0]["div/kl_ref"] < 1e-6  # the policy starts at the reference
     assert "ETA" in log and "step 3/3" in log
+    final = rows[-1]  # held-out evaluation at the last step, logged like training metrics
+    assert 0 <= final["eval/pass@1"] <= final["eval/pass@4"] <= 1 and 0 <= final["eval/pass@1_greedy"] <= 1
+    assert "eval/pass@1" not in rows[0]
+    assert (out / "tensorboard").is_dir()
     actors = json.loads((out / "actors.json").read_text())
     assert {"rollout-0", "trainer-rank0", "trainer-rank1", "scorer-reference-0", "reward-0"} <= set(actors)
     check_hf_export(out / "checkpoints" / "step_000002")

@@ -81,6 +81,60 @@ def test_eval_result_json_has_no_nan():
     assert json.loads(json.dumps(r.to_json()))["metrics"] == {"eval/pass@1": 0.5, "eval/reward_mean": None}
 
 
+# ----------------------------------------------------------------------------- evaluate() with fakes
+def _fake_generate(texts_of_prompt):
+    """A GenerateFn whose j-th response to prompt i is ``texts_of_prompt(i, j, group_size)``."""
+    from actors.rollout import Sample, build_rollout_batch
+
+    def generate(prompt_ids, group_size, meta, seed=None):
+        samples = [[Sample([5], [-1.0], texts_of_prompt(i, j, group_size), "stop") for j in range(group_size)]
+                   for i in range(len(prompt_ids))]
+        return build_rollout_batch(prompt_ids, samples, 0, PAD_ID, meta)
+
+    return generate
+
+
+def _fake_score(responses, answers, prompts):
+    """Reward 1 when the response equals the answer; the response "boom" fails (NaN, invalid)."""
+    from rlplat.rewards.runner import RewardOutcome
+
+    valid = torch.tensor([r != "boom" for r in responses])
+    rewards = torch.tensor([float(r == a) if r != "boom" else float("nan") for r, a in zip(responses, answers)])
+    return RewardOutcome(rewards=rewards, valid=valid, errors=int((~valid).sum()))
+
+
+def test_evaluate_counts_greedy_sampled_and_failed_rewards():
+    from launch.evaluate import evaluate
+    from rlplat.data import PromptRow
+
+    rows = [PromptRow(prompt=f"{i}+0=", answer=str(i), index=10 + i) for i in range(3)]
+    ids = [[BOS_ID, 4 + i] for i in range(3)]
+    # prompt 0: 2 of 4 samples right; prompt 1: none right, one reward fails; prompt 2: all right.
+    table = {0: ["0", "x", "0", "x"], 1: ["x", "boom", "x", "x"], 2: ["2"] * 4}
+    sampled = _fake_generate(lambda i, j, g: table[i][j])
+    greedy = _fake_generate(lambda i, j, g: str(i) if i != 1 else "boom")
+    res = evaluate(sampled, rows, ids, _fake_score, n=4, ks=[1, 4], greedy_fn=greedy, keep_samples=True)
+    m = res.metrics
+    assert m["eval/pass@1"] == pytest.approx((2 / 4 + 0 + 1) / 3)
+    assert m["eval/pass@4"] == pytest.approx(2 / 3)
+    assert m["eval/pass@1_greedy"] == pytest.approx(2 / 3)
+    assert m["eval/reward_invalid"] == 2.0  # one greedy, one sampled
+    assert m["eval/reward_mean"] == pytest.approx(6 / 11)  # over the 11 valid sampled rewards
+    assert [r["num_correct"] for r in res.records] == [2, 0, 4]
+    assert [r["index"] for r in res.records] == [10, 11, 12]
+    assert res.records[1]["greedy_reward"] is None and res.records[1]["rewards"][1] is None
+
+    no_greedy = evaluate(sampled, rows, ids, _fake_score, n=4, ks=[1])
+    assert "eval/pass@1_greedy" not in no_greedy.metrics and "greedy_response" not in no_greedy.records[0]
+
+    def shuffled(prompt_ids, group_size, meta, seed=None):  # an engine pool that returns prompts out of order
+        batch = sampled(prompt_ids, group_size, meta, seed)
+        return batch.select(torch.arange(len(batch)).flip(0))
+
+    with pytest.raises(RuntimeError, match="not laid out prompt-major"):
+        evaluate(shuffled, rows, ids, _fake_score, n=4, ks=[1])
+
+
 # ----------------------------------------------------------------------------- CLI, HF backend
 def _build_tiny_llama(out_dir: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -128,11 +182,16 @@ def test_cli_hf_backend_writes_consistent_pass_at_k(tmp_path, monkeypatch, capsy
     monkeypatch.syspath_prepend(str(tmp_path))  # reward workers inherit sys.path
     out = tmp_path / "results.json"
     n, ks, new_tokens = 8, [1, 2, 4, 8], 6
-    rc = main([
+    threads = torch.get_num_threads()
+    args = [
         "--model", str(model_dir), "--data", "builtin:arithmetic", "--split", "eval", "--limit", "6",
         "--backend", "hf", "--n", str(n), "--ks", ",".join(map(str, ks)), "--max-new-tokens", str(new_tokens),
-        "--reward", "evalreward:first_char_even", "--out", str(out), "--save-samples",
-    ])
+        "--reward", "evalreward:first_char_even", "--save-samples", "--threads", "1", "--seed", "3",
+    ]
+    try:
+        rc = main(args + ["--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)  # --threads is process-wide; later tests keep their setting
     assert rc == 0
     assert "eval/pass@1_greedy" in capsys.readouterr().out
     res = json.loads(out.read_text())
@@ -162,6 +221,16 @@ def test_cli_hf_backend_writes_consistent_pass_at_k(tmp_path, monkeypatch, capsy
     for r in recs:
         assert r["greedy_response"] == _argmax_decode(model, tok, r["prompt"], new_tokens), r["prompt"]
     assert any(len(set(r["samples"])) > 1 for r in recs), "sampling after the greedy pass must still sample"
+
+    # The seed fixes the samples: without the greedy pass first, the same seed draws the same ones.
+    out2 = tmp_path / "no_greedy.json"
+    try:
+        assert main(args + ["--no-greedy", "--out", str(out2)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    res2 = json.loads(out2.read_text())
+    assert [r["samples"] for r in res2["records"]] == [r["samples"] for r in recs]
+    assert "eval/pass@1_greedy" not in res2["metrics"]
 
 
 def test_cli_rejects_k_above_n_before_loading_anything(tmp_path, capsys):

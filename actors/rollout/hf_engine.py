@@ -67,6 +67,8 @@ class HFRolloutEngine:
             return_dict_in_generate=True,
             output_logits=True,  # raw logits, before temperature / top-k / top-p
         )
+        self.greedy_config = GenerationConfig(**{**self.generation_config.to_dict(), "do_sample": False,
+                                                 "temperature": None, "top_p": None, "top_k": None})
         self.weight_version = 0
 
     # ----------------------------------------------------------------- sampling
@@ -79,10 +81,12 @@ class HFRolloutEngine:
         pad_id: int,
         meta: Optional[Dict[str, List[Any]]] = None,
         seed: Optional[int] = None,
+        greedy: bool = False,
     ) -> Batch:
         """``group_size`` responses per prompt as a Batch of ``len(prompt_ids) * group_size`` rows
         (prompt-major); ``logprobs["rollout"]`` holds raw log-probs of the sampled tokens.
-        ``seed`` reseeds torch's generator first, so a step is reproducible (resume)."""
+        ``seed`` reseeds torch's generator first, so a step is reproducible (resume);
+        ``greedy`` decodes by argmax (evaluation's pass@1)."""
         if seed is not None:
             torch.manual_seed(seed)
         if group_size < 1:
@@ -92,11 +96,11 @@ class HFRolloutEngine:
         step = max(1, int(self.rollout.max_num_seqs))
         samples: List[Sample] = []
         for start in range(0, len(rows), step):
-            samples.extend(self._sample(rows[start : start + step]))
+            samples.extend(self._sample(rows[start : start + step], greedy))
         grouped = [samples[i * group_size : (i + 1) * group_size] for i in range(len(prompt_ids))]
         return build_rollout_batch(prompt_ids, grouped, group_offset, pad_id, meta)
 
-    def _sample(self, prompts: List[List[int]]) -> List[Sample]:
+    def _sample(self, prompts: List[List[int]], greedy: bool = False) -> List[Sample]:
         p = max(len(x) for x in prompts)
         ids = torch.full((len(prompts), p), self._gen_pad, dtype=torch.long)
         attn = torch.zeros((len(prompts), p), dtype=torch.long)
@@ -106,7 +110,7 @@ class HFRolloutEngine:
         out = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=attn.to(self.device),
-            generation_config=self.generation_config,
+            generation_config=self.greedy_config if greedy else self.generation_config,
         )
         new = out.sequences[:, p:].cpu()  # [n, T]
         logits = torch.stack(out.logits, dim=1).float()  # [n, T, V]

@@ -108,12 +108,14 @@ class VLLMRolloutEngine:
         pad_id: int,
         meta: Optional[Dict[str, List[Any]]] = None,
         seed: Optional[int] = None,
+        greedy: bool = False,
     ) -> Batch:
         """``group_size`` responses per prompt (``SamplingParams.n``) as a Batch of
         ``len(prompt_ids) * group_size`` rows (prompt-major). Responses keep the EOS token
         when one was sampled (``finish_reason="stop"``). With ``seed``, prompt i samples with
         seeds ``seed + i * group_size + j`` (vLLM gives child j of a request ``seed + j``), so a
-        step is reproducible whatever the engine did before (resume)."""
+        step is reproducible whatever the engine did before (resume). ``greedy``: argmax decoding
+        (evaluation's pass@1), whatever the rollout config's sampling settings."""
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         r = self.rollout
@@ -121,7 +123,7 @@ class VLLMRolloutEngine:
         params = self._sampling_params(
             n=group_size,
             max_tokens=r.max_new_tokens,
-            temperature=max(r.temperature, 0.0),
+            temperature=0.0 if greedy else max(r.temperature, 0.0),  # vLLM: temperature 0 is argmax
             top_p=r.top_p,
             top_k=max(r.top_k, 0),  # 0 disables top-k
             logprobs=0,  # just the sampled token's log-prob

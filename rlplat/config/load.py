@@ -49,21 +49,22 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), valid
             layers.append((path, OmegaConf.load(path)))
         except Exception as exc:  # yaml syntax errors come in several types
             raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
-    overrides = list(overrides)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"command-line override '{item}' is not of the form key=value")
-    if overrides:
-        try:
-            layers.append(("command line", OmegaConf.from_dotlist(overrides)))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"command line: cannot parse overrides {overrides}: {exc}") from None
     merged = base
     for source, layer in layers:
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as exc:
             raise _explain(exc, source) from None
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"command-line override '{item}' is not of the form key=value")
+        try:
+            value = OmegaConf.from_dotlist([f"v={text}"]).v  # YAML typing: 3 -> int, null -> None
+            # update() walks list indices too: algorithm.divergences.0.coef.value=0.01
+            OmegaConf.update(merged, key, value, merge=True, force_add=False)
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, "command line") from None
     try:
         cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:

@@ -28,9 +28,9 @@ def check_model_path(key: str, path: Optional[str]) -> None:
     if path is None:
         return
     if path.startswith("builtin:"):
-        from rlplat.models.tiny import BUILTIN_MODELS
+        from rlplat.models.tiny import BUILTIN_PREFIX, SIZES
 
-        _one_of(key, path, [f"builtin:{n}" for n in BUILTIN_MODELS])
+        _one_of(key, path, [BUILTIN_PREFIX + n for n in SIZES.names()])
         return
     expanded = os.path.expanduser(path)
     if os.path.isdir(expanded):
@@ -83,6 +83,10 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"trainer.lr={t.lr} must be > 0")
     if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
         raise ConfigError(f"trainer.adam_betas={list(t.adam_betas)} must be two numbers in [0, 1)")
+    if t.eval_every:
+        _at_least("trainer.eval_n", t.eval_n, 1)
+        if not t.eval_ks or any(not 1 <= k <= t.eval_n for k in t.eval_ks):
+            raise ConfigError(f"trainer.eval_ks={list(t.eval_ks)} must be non-empty with every k in 1..trainer.eval_n ({t.eval_n})")
     _one_of("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])
     _one_of("rollout.backend", r.backend, ["vllm", "hf"])
     _at_least("rollout.num_engines", r.num_engines, 1)

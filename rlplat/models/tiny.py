@@ -1,0 +1,265 @@
+"""Tiny Llama models built locally (no model hub): a policy and a larger teacher that share the
+character tokenizer of ``rlplat.models.tokenizer``.
+
+A build writes a normal Hugging Face directory (config.json, model.safetensors in float32,
+generation_config.json, tokenizer files) plus ``rlplat_build.json`` describing the build, so
+``AutoModelForCausalLM.from_pretrained``, ``AutoTokenizer.from_pretrained`` and vLLM load it.
+
+Warm start: a short supervised run on 2-digit addition from the task's train split (prompt
+``"12+35="`` -> target ``" 47<eos>"``, loss on the target tokens only), so the policy starts with
+a low but nonzero accuracy and the teacher with a clearly higher one. The run uses one CPU
+thread: builds then agree bit for bit across machines with different core counts, and do not
+thrash when Ray actors share the cores.
+
+Special paths ``"builtin:tiny-policy"`` / ``"builtin:tiny-teacher"`` resolve, through
+``resolve_model_path``, to a build cached once per machine (``ensure_tiny_model``).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+import torch
+import transformers
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from rlplat.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer, save_tokenizer, vocab_size
+from rlplat.registry import Registry
+from rlplat.tasks.arithmetic import ArithmeticTask, score
+
+# Bump when the architecture, tokenizer or warm-start recipe changes: cached builds are keyed by it.
+CACHE_VERSION = "v1"
+BUILD_INFO_FILE = "rlplat_build.json"
+BUILTIN_PREFIX = "builtin:tiny-"
+# The warm-start task; its held-out split is never trained on.
+WARM_START_TASK = ArithmeticTask(digits=2, ops=("+",))
+EVAL_PROBLEMS = 200
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Architecture and warm-start recipe of one size. ``head_dim`` stays >= 32 because vLLM's
+    CPU attention rejects smaller heads. ``lr`` peaks after ``warmup_steps`` then decays (cosine)
+    to 0 at ``warm_start_steps``; ``batch_size`` is problems per step."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    warm_start_steps: int
+    lr: float
+    head_dim: int = 32
+    max_position_embeddings: int = 256
+    batch_size: int = 64
+    warmup_steps: int = 50
+
+
+SIZES: Registry[TinySpec] = Registry("tiny model size")
+# ~0.8M parameters; 600 steps give roughly 10-20% held-out accuracy.
+SIZES.register("policy")(
+    TinySpec(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2,
+             warm_start_steps=600, lr=5e-3)
+)
+# ~4.8M parameters; 600 steps give a clearly better accuracy than the policy.
+SIZES.register("teacher")(
+    TinySpec(hidden_size=256, intermediate_size=768, num_layers=6, num_heads=8, num_kv_heads=4,
+             warm_start_steps=600, lr=3e-3)
+)
+
+
+def tiny_config(size: str) -> LlamaConfig:
+    """The LlamaConfig of ``size`` (a name in ``SIZES``), special ids matching the tokenizer."""
+    spec = SIZES.get(size)
+    if spec.hidden_size != spec.num_heads * spec.head_dim:
+        raise ValueError(f"tiny '{size}': hidden_size {spec.hidden_size} != num_heads * head_dim")
+    if spec.head_dim < 32:
+        raise ValueError(f"tiny '{size}': head_dim {spec.head_dim} < 32 is rejected by vLLM's CPU attention")
+    return LlamaConfig(
+        vocab_size=vocab_size(),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=False,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        dtype="float32",
+    )
+
+
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _collate(tokenizer: PreTrainedTokenizerFast, rows: List[Dict[str, str]]) -> Dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` / ``attention_mask`` Long [B, T] and ``labels`` Long [B, T]
+    (-100 on the prompt and padding, so only `` answer<eos>`` is learned)."""
+    prompts = tokenizer([r["prompt"] for r in rows])["input_ids"]
+    targets = tokenizer([" " + r["answer"] for r in rows], add_special_tokens=False)["input_ids"]
+    seqs = [p + t + [EOS_ID] for p, t in zip(prompts, targets)]
+    labels = [[-100] * len(p) + t + [EOS_ID] for p, t in zip(prompts, targets)]
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [PAD_ID] * (width - len(s)) for s in seqs])
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
+        "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels]),
+    }
+
+
+def warm_start(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: TinySpec,
+               steps: int, seed: int) -> float:
+    """Supervised training in place for ``steps`` AdamW steps; returns the last batch's mean
+    cross-entropy (nats per target token), NaN when ``steps == 0``."""
+    if steps <= 0:
+        return float("nan")
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    warmup = min(spec.warmup_steps, steps)
+
+    def lr_scale(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_scale)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for step in range(steps):
+        rows = WARM_START_TASK.generate("train", spec.batch_size, seed=seed * 1_000_003 + step, unique=False)
+        loss = model(**_collate(tokenizer, rows)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    model.eval()
+    return float(loss.item())
+
+
+@torch.no_grad()
+def heldout_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast,
+                     rows: List[Dict[str, str]], max_new_tokens: int = 8) -> float:
+    """Share of ``rows`` whose greedy completion ``score``s 1.0 (a fraction in [0, 1])."""
+    if not rows:
+        raise ValueError("heldout_accuracy needs at least one row")
+    model.eval()
+    enc = tokenizer([r["prompt"] for r in rows], padding=True, padding_side="left", return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID)
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return sum(score(t, r["answer"]) for t, r in zip(texts, rows)) / len(rows)
+
+
+def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int = 0,
+                     warm_start_steps: Optional[int] = None) -> Dict[str, Any]:
+    """Initialise (seeded), optionally warm-start, evaluate and save a tiny model in ``out_dir``.
+
+    ``warm_start_steps=None`` uses the size's default; 0 saves the random initialisation.
+    Returns the build info also written to ``out_dir/rlplat_build.json``: parameter count,
+    warm-start seconds (wall) and final loss, held-out greedy accuracy on 200 problems.
+    """
+    spec = SIZES.get(size)
+    steps = spec.warm_start_steps if warm_start_steps is None else int(warm_start_steps)
+    if steps < 0:
+        raise ValueError(f"warm_start_steps must be >= 0, got {steps}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    with _single_thread():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(tiny_config(size)).to(torch.float32)
+        start = time.time()
+        final_loss = warm_start(model, tokenizer, spec, steps, seed)
+        seconds = time.time() - start
+        heldout = WARM_START_TASK.generate("heldout", EVAL_PROBLEMS, seed=0)
+        accuracy = heldout_accuracy(model, tokenizer, heldout)
+    model.generation_config = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    model.save_pretrained(str(out))
+    save_tokenizer(out)
+    info = {
+        "size": size,
+        "seed": seed,
+        "warm_start_steps": steps,
+        "cache_version": CACHE_VERSION,
+        "spec": asdict(spec),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "warm_start_seconds": round(seconds, 2),
+        "final_loss": None if math.isnan(final_loss) else final_loss,
+        "heldout_accuracy": accuracy,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    (out / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info
+
+
+def default_cache_root() -> Path:
+    """``$RLPLAT_CACHE/models`` when RLPLAT_CACHE is set, else ``~/.cache/rlplat/models``."""
+    env = os.environ.get("RLPLAT_CACHE")
+    return Path(env) / "models" if env else Path.home() / ".cache" / "rlplat" / "models"
+
+
+def ensure_tiny_model(size: str, cache_dir: Union[str, Path, None] = None, seed: int = 0,
+                      warm_start_steps: Optional[int] = None) -> str:
+    """Path of a cached build of ``size``, building it on first use.
+
+    The build lands in ``<cache_dir or default_cache_root()>/<size>-v1`` for the default
+    recipe (seed 0, default steps), or ``<size>-v1-seed<S>-steps<N>`` otherwise. It is built in a
+    temporary sibling directory and renamed into place, so no reader ever sees a half-written
+    model; an exclusive file lock makes concurrent callers wait for one build instead of racing.
+    """
+    spec = SIZES.get(size)
+    steps = spec.warm_start_steps if warm_start_steps is None else int(warm_start_steps)
+    name = f"{size}-{CACHE_VERSION}"
+    if (seed, steps) != (0, spec.warm_start_steps):
+        name += f"-seed{seed}-steps{steps}"
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    final = root / name
+    if (final / BUILD_INFO_FILE).is_file():
+        return str(final)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / BUILD_INFO_FILE).is_file():  # another process built it while we waited
+            return str(final)
+        if final.exists():
+            raise RuntimeError(f"{final} exists but is not a complete rlplat build ({BUILD_INFO_FILE} "
+                               "missing); delete it to rebuild")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+        try:
+            build_tiny_model(tmp, size=size, seed=seed, warm_start_steps=steps)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return str(final)
+
+
+def resolve_model_path(path: str) -> str:
+    """``"builtin:tiny-<size>"`` -> local directory of that cached build; any other string
+    (a local path or a hub id) is returned unchanged."""
+    if not path.startswith("builtin:"):
+        return path
+    size = path[len(BUILTIN_PREFIX):] if path.startswith(BUILTIN_PREFIX) else None
+    if size not in SIZES:
+        valid = ", ".join(BUILTIN_PREFIX + s for s in SIZES.names())
+        raise ValueError(f"unknown built-in model '{path}'; valid: {valid}")
+    return ensure_tiny_model(size)
