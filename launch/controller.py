@@ -25,6 +25,7 @@ from launch.loops import LOOPS
 from launch.checkpoint import Checkpointer
 from launch.evaluate import engines_generate_fn, evaluate
 from launch.monitoring import MetricsExporter
+from launch.placement import colocated_group
 from launch.metrics import MetricsWriter, PhaseTimer, progress_line, truncate_metrics
 from rlplat import advantages
 from rlplat.algorithms import AlgorithmPlan
@@ -43,8 +44,11 @@ class Controller:
         # Rendering every prompt up front makes an over-long prompt fail now, not at step 500.
         self.prompt_ids = dict(zip((r.index for r in self.rows), render_prompts(self.rows, tokenizer, cfg.data)))
         self.engines = self._start_engines()
-        self.trainer = TrainerGroup(cfg, model_paths["policy"], cfg.trainer.num_ranks, cfg.resources)
-        self.scorers = {role: self._start_scorer(role) for role in sorted(plan.scorer_roles)}
+        roles = sorted(plan.scorer_roles)
+        self.placement = colocated_group(cfg.resources, cfg.trainer.num_ranks, roles)
+        self.trainer = TrainerGroup(cfg, model_paths["policy"], cfg.trainer.num_ranks, cfg.resources,
+                                    placement_group=self.placement)
+        self.scorers = {role: self._start_scorer(role, j) for j, role in enumerate(roles)}
         reward = ray.remote(num_cpus=cfg.resources.reward_cpus)(RewardWorker)
         self.reward = reward.options(name="reward-0").remote(cfg.reward)
         ray.get([self.reward.ready.remote()] + [e.ready.remote() for e in self.engines])
@@ -68,14 +72,15 @@ class Controller:
             for i in range(cfg.rollout.num_engines)
         ]
 
-    def _start_scorer(self, role: str):
+    def _start_scorer(self, role: str, index: int):
         res = self.cfg.resources
         role_cfg = getattr(self.cfg.roles, role, None)
         micro = role_cfg.micro_batch_tokens if role_cfg is not None else self.cfg.trainer.micro_batch_tokens
         return create_scorer_actor(
             role, self.paths[role], dtype=self.cfg.model.dtype, micro_batch_tokens=micro,
             trust_remote_code=self.cfg.model.trust_remote_code, temperature=self.cfg.rollout.temperature,
-            num_cpus=res.scorer_cpus, num_gpus=res.scorer_gpus, name=f"scorer-{role}-0")
+            num_cpus=res.scorer_cpus, num_gpus=res.scorer_gpus, name=f"scorer-{role}-0",
+            placement_group=self.placement, bundle_index=index % self.cfg.trainer.num_ranks)
 
     def _make_probe(self) -> Batch:
         """A fixed sequence whose log-probs must agree between trainer and engines after every sync."""
@@ -214,6 +219,8 @@ class Controller:
         for h in handles:
             ray.kill(h)
         self.trainer.shutdown()
+        if self.placement is not None:
+            ray.util.remove_placement_group(self.placement)
 
     # ------------------------------------------------------------- checkpoints
     def save(self, step: int) -> str:

@@ -101,7 +101,7 @@ def test_grpo_hf_zero3(tmp_path, tiny_models):
 
 
 def test_kdrl_teacher_divergence(tmp_path, tiny_models):
-    out, rows, _ = train(tmp_path, "kdrl", "rollout.backend=hf")
+    out, rows, _ = train(tmp_path, "kdrl", "rollout.backend=hf", "resources.colocate=true")  # one PACK group
     assert_weights_arrived(rows)
     assert all(r["coef/kd_teacher"] == pytest.approx(5e-3 - 5e-5 * r["step"]) for r in rows)
     assert any(r.get("div/kd_teacher", 0.0) > 0 for r in rows)  # the student is not the teacher

@@ -1,0 +1,83 @@
+"""The built-in arithmetic task: determinism, disjoint splits, the exact checker, jsonl I/O."""
+import pytest
+
+from rlplat.tasks import TASKS
+from rlplat.tasks.arithmetic import ArithmeticTask, read_jsonl, score, write_jsonl
+
+
+def test_generate_is_deterministic_and_seed_dependent():
+    task = ArithmeticTask(digits=2, ops=("+", "-", "*"))
+    a = task.generate("train", 50, seed=3)
+    assert a == task.generate("train", 50, seed=3)
+    assert a != task.generate("train", 50, seed=4)
+
+
+def test_rows_have_correct_answers():
+    task = ArithmeticTask(digits=3, ops=("+", "-", "*"))
+    for row in task.generate("train", 200, seed=0):
+        expr = row["prompt"]
+        assert expr.endswith("=")
+        assert int(row["answer"]) == eval(expr[:-1])  # noqa: S307 - our own digits and one operator
+        assert int(row["answer"]) >= 0  # subtraction orders its operands
+
+
+def test_train_and_heldout_are_disjoint_across_seeds():
+    task = ArithmeticTask(digits=2)
+    train = {r["prompt"] for s in range(3) for r in task.generate("train", 500, seed=s)}
+    held = {r["prompt"] for s in range(3) for r in task.generate("heldout", 500, seed=s)}
+    assert train and held and not (train & held)
+    assert all(task.split_of(p) == "heldout" for p in held)
+
+
+def test_unique_rows_and_exhausted_split_error():
+    task = ArithmeticTask(digits=1, heldout_fraction=0.5)  # 100 problems in all
+    rows = task.generate("train", 20, seed=0)
+    assert len({r["prompt"] for r in rows}) == 20
+    with pytest.raises(ValueError, match="unique 'heldout' problems"):
+        task.generate("heldout", 100, seed=0)
+    assert len(task.generate("heldout", 100, seed=0, unique=False)) == 100
+
+
+def test_bad_configuration_is_named():
+    with pytest.raises(KeyError, match="'/'"):
+        ArithmeticTask(ops=("/",))
+    with pytest.raises(ValueError, match="digits"):
+        ArithmeticTask(digits=0)
+    with pytest.raises(ValueError, match="split"):
+        ArithmeticTask().generate("test", 1, seed=0)
+
+
+@pytest.mark.parametrize(
+    "response, answer, expected",
+    [
+        ("47", "47", 1.0),
+        (" 47", "47", 1.0),
+        (" 47<eos>", "47", 1.0),
+        ("47 is the answer, not 12", "47", 1.0),
+        ("The answer is 47.", "47", 1.0),
+        ("47.0", "47", 1.0),
+        ("46", "47", 0.0),
+        ("4 7", "47", 0.0),
+        ("12 then 47", "47", 0.0),
+        ("<eos>47", "47", 0.0),
+        ("", "47", 0.0),
+        ("   ", "47", 0.0),
+        ("no number", "47", 0.0),
+        ("-47", "47", 0.0),
+        ("470", "47", 0.0),
+    ],
+)
+def test_score(response, answer, expected):
+    assert score(response, answer) == expected
+
+
+def test_jsonl_round_trip(tmp_path):
+    rows = ArithmeticTask().generate("heldout", 10, seed=1)
+    path = tmp_path / "sub" / "heldout.jsonl"
+    assert write_jsonl(path, rows) == 10
+    assert read_jsonl(path) == rows
+    assert set(read_jsonl(path)[0]) == {"prompt", "answer"}
+
+
+def test_registered():
+    assert TASKS.get("arithmetic") is ArithmeticTask
