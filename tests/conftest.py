@@ -25,6 +25,6 @@ def tiny_models(tmp_path_factory):
     """Paths of the built-in tiny policy and teacher (built once into a per-session cache)."""
     from rlplat.models.tiny import ensure_tiny_model
 
-    cache = os.environ.get("RLPLAT_CACHE") or str(tmp_path_factory.mktemp("rlplat-cache"))
-    os.environ["RLPLAT_CACHE"] = cache
-    return {"policy": ensure_tiny_model("policy", cache_dir=cache), "teacher": ensure_tiny_model("teacher", cache_dir=cache)}
+    # The CLI runs in the tests resolve builtin:tiny-* through the same cache (inherited env).
+    os.environ.setdefault("RLPLAT_CACHE", str(tmp_path_factory.mktemp("rlplat-cache")))
+    return {"policy": ensure_tiny_model("policy"), "teacher": ensure_tiny_model("teacher")}

@@ -1,10 +1,12 @@
 """``ray job submit`` against a real local head on 127.0.0.1: the documented cluster entry point."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -22,14 +24,15 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head():
     """A head node started with ``ray start --head --block`` in its own process group."""
     port, dash = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rj-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     head = subprocess.Popen(
         [f"{BIN}/ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2", "--disable-usage-stats",
-         "--temp-dir", str(tmp_path / "ray")],
+         "--temp-dir", temp_dir],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 180
@@ -47,6 +50,7 @@ def ray_head(tmp_path):
         head.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_job_submit_runs_training(tmp_path, tiny_models, ray_head):

@@ -153,6 +153,7 @@ def test_ensure_tiny_model_builds_once_even_concurrently(tmp_path, monkeypatch):
     path = paths[0]
     assert os.path.basename(path) == "policy-v1-seed0-steps0"
     assert str(calls[0]) != path  # built elsewhere, then renamed into place
+    assert os.stat(path).st_mode & 0o777 == 0o755
     mtime = os.stat(os.path.join(path, "model.safetensors")).st_mtime_ns
     assert ensure_tiny_model("policy", cache_dir=tmp_path, warm_start_steps=0) == path
     assert len(calls) == 1

@@ -57,7 +57,7 @@ def prepare(ctrl) -> dict:
     store = {"fingerprint": _fingerprint(ctrl), "exploration_rows": exploration, "rehearsal": None}
     if rehearsal:
         stored = Batch.concat(rehearsal, pad_id=ctrl.pad_id)
-        stored.logprobs = {"initial": ctrl.trainer.compute_logprobs(stored)}
+        stored.logprobs = {"initial": ctrl.trainer.compute_logprobs(stored), "rollout": stored.logprobs["rollout"]}
         stored.rewards = torch.ones(len(stored))
         stored.kind = torch.full((len(stored),), DATA_REHEARSAL, dtype=torch.long)
         store["rehearsal"] = stored.to_dict()

@@ -253,6 +253,7 @@ def ensure_tiny_model(size: str, cache_dir: Union[str, Path, None] = None, seed:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
             build_tiny_model(tmp, size=size, seed=seed, warm_start_steps=steps)
+            tmp.chmod(0o755)  # mkdtemp makes it owner-only; the cache should read like any directory
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
