@@ -29,7 +29,8 @@ class RewardWorker:
                 raise ValueError(f"unknown reward config keys {unknown}; allowed: {sorted(known)}")
             reward_cfg = RewardConfig(**reward_cfg)
         self.cfg = reward_cfg
-        self.runner = RewardRunner(reward_cfg.fn, reward_cfg.timeout_s, reward_cfg.num_workers)
+        self.runner = RewardRunner(reward_cfg.fn, reward_cfg.timeout_s, reward_cfg.num_workers,
+                                   memory_limit_mb=reward_cfg.memory_limit_mb)
 
     def ready(self) -> bool:
         """Block until the worker processes have loaded the function (raises ``RewardSetupError``)."""

@@ -110,11 +110,13 @@ def create_scorer_actor(
     name: Optional[str] = None,
     placement_group: Any = None,
     bundle_index: int = 0,
+    max_restarts: int = 0,
 ):
     """A Ray actor handle running ``Scorer`` (named ``f"scorer-{role}"`` unless ``name`` is given)."""
     import ray
 
-    opts: Dict[str, Any] = dict(name=name or f"scorer-{role}", num_cpus=num_cpus, num_gpus=num_gpus)
+    opts: Dict[str, Any] = dict(name=name or f"scorer-{role}", num_cpus=num_cpus, num_gpus=num_gpus,
+                                max_restarts=max_restarts)
     if placement_group is not None:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

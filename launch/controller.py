@@ -17,12 +17,13 @@ import ray
 import torch
 
 from actors.reward_worker import RewardWorker
-from actors.rollout import ROLLOUT_BACKENDS
+from actors.rollout import ROLLOUT_BACKENDS, StaleWeightsError
 from actors.rollout.weights import pack
 from actors.scorer import create_scorer_actor
 from actors.trainer.group import TrainerGroup
 from launch.loops import LOOPS
 from launch.checkpoint import Checkpointer
+from launch.faults import kill_actors
 from launch.evaluate import engines_generate_fn, evaluate
 from launch.monitoring import MetricsExporter
 from launch.placement import colocated_group
@@ -49,13 +50,15 @@ class Controller:
         self.trainer = TrainerGroup(cfg, model_paths["policy"], cfg.trainer.num_ranks, cfg.resources,
                                     placement_group=self.placement)
         self.scorers = {role: self._start_scorer(role, j) for j, role in enumerate(roles)}
-        reward = ray.remote(num_cpus=cfg.resources.reward_cpus)(RewardWorker)
+        reward = ray.remote(num_cpus=cfg.resources.reward_cpus, max_restarts=cfg.resources.max_actor_restarts)(RewardWorker)
         self.reward = reward.options(name="reward-0").remote(cfg.reward)
         ray.get([self.reward.ready.remote()] + [e.ready.remote() for e in self.engines])
         if cfg.trainer.eval_every:  # held-out prompts render now: an over-long one fails at startup
             self.eval_rows = load_prompts(cfg.data, "eval")[: cfg.trainer.eval_max_prompts]
             self.eval_ids = render_prompts(self.eval_rows, tokenizer, cfg.data)
         self.probe = self._make_probe()
+        self.weight_version = 0  # bumped at every sync; engines refuse to sample from another
+        self.actor_restarts = 0
         self.loop = LOOPS.get(plan.loop)(self)
         self._write_actor_list()
 
@@ -65,7 +68,8 @@ class Controller:
         cls = ROLLOUT_BACKENDS.get(cfg.rollout.backend)
         # vLLM's engine core runs inside the actor process (no extra processes on a CPU budget).
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-        remote = ray.remote(num_cpus=res.rollout_cpus, num_gpus=res.rollout_gpus * cfg.rollout.tensor_parallel_size)(cls)
+        remote = ray.remote(num_cpus=res.rollout_cpus, num_gpus=res.rollout_gpus * cfg.rollout.tensor_parallel_size,
+                            max_restarts=res.max_actor_restarts)(cls)
         return [
             remote.options(name=f"rollout-{i}", runtime_env={"env_vars": env}).remote(
                 self.paths["policy"], self.paths["tokenizer"], cfg.rollout, cfg.model.dtype, cfg.trainer.seed + i)
@@ -80,7 +84,8 @@ class Controller:
             role, self.paths[role], dtype=self.cfg.model.dtype, micro_batch_tokens=micro,
             trust_remote_code=self.cfg.model.trust_remote_code, temperature=self.cfg.rollout.temperature,
             num_cpus=res.scorer_cpus, num_gpus=res.scorer_gpus, name=f"scorer-{role}-0",
-            placement_group=self.placement, bundle_index=index % self.cfg.trainer.num_ranks)
+            placement_group=self.placement, bundle_index=index % self.cfg.trainer.num_ranks,
+            max_restarts=res.max_actor_restarts)
 
     def _make_probe(self) -> Batch:
         """A fixed sequence whose log-probs must agree between trainer and engines after every sync."""
@@ -114,12 +119,51 @@ class Controller:
             meta = {"prompt": [r.prompt for r in chunk], "answer": [r.answer for r in chunk], "row_index": [r.index for r in chunk]}
             ids = [self.prompt_ids[r.index] for r in chunk]
             chunk_seed = None if seed is None else seed + a * group_size
-            futures.append(engine.generate.remote(ids, group_size, group_offset + a, self.pad_id, meta, chunk_seed))
-        return Batch.concat(ray.get(futures), pad_id=self.pad_id)
+            futures.append(lambda e=engine, i=ids, o=group_offset + a, m=meta, sd=chunk_seed: e.generate.remote(
+                i, group_size, o, self.pad_id, m, sd, weight_version=self.weight_version))
+        return self.recoverable(lambda: Batch.concat(ray.get([f() for f in futures]), pad_id=self.pad_id))
 
     def reward_outcome(self, batch: Batch):
         """``RewardOutcome`` of every sample (runs on the reward worker, never on the driver)."""
-        return ray.get(self.reward.score.remote(batch.meta["response_text"], batch.meta["answer"], batch.meta["prompt"]))
+        m = batch.meta
+        return self.recoverable(lambda: ray.get(self.reward.score.remote(m["response_text"], m["answer"], m["prompt"])))
+
+    def score_roles(self, batch: Batch, roles: List[str]) -> Dict[str, torch.Tensor]:
+        """Float [B, R] log-probs of ``batch``'s responses under each scorer role."""
+        return self.recoverable(lambda: dict(zip(roles, ray.get([self.scorers[r].score.remote(batch) for r in roles]))))
+
+    # --------------------------------------------------------------- recovery
+    def recoverable(self, call):
+        """Run ``call``; when a rollout engine, scorer or the reward worker died (Ray restarts it,
+        up to ``resources.max_actor_restarts`` times) or an engine no longer holds the current
+        weights, bring every actor back to the current state and run ``call`` again. Sampling
+        is seeded per step, so the retried call returns the same samples: none are lost or
+        duplicated. Trainer ranks are not retried: their failure stops the run."""
+        for attempt in range(self.cfg.resources.max_actor_restarts + 1):
+            try:
+                return call()
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, StaleWeightsError) as exc:
+                if attempt == self.cfg.resources.max_actor_restarts:
+                    raise
+                self._recover(exc)
+
+    def _recover(self, exc: Exception, timeout_s: float = 600.0) -> None:
+        print(f"rlplat: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}; recovering and retrying", flush=True)
+        self.actor_restarts += 1
+        pings = [e.ready for e in self.engines] + [self.reward.ready] + [s.info for s in self.scorers.values()]
+        deadline = time.time() + timeout_s
+        for ping in pings:  # a restarting actor refuses calls (ActorUnavailableError) until it is back
+            while True:
+                try:
+                    ray.get(ping.remote())
+                    break
+                except ray.exceptions.ActorUnavailableError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(1.0)
+        self._push_weights()
+        if hasattr(self.loop, "after_recover"):
+            self.loop.after_recover()
 
     def score_and_reward(self, batch: Batch, timer: PhaseTimer, roles: Optional[List[str]] = None) -> Tuple[Batch, Dict[str, float]]:
         """Rewards, scorer log-probs and the trainer's "old" log-probs, all in flight together.
@@ -127,14 +171,22 @@ class Controller:
         Returns the batch without the groups whose reward failed (their baseline is meaningless;
         the failures are counted in ``reward/*`` and written to ``reward_failures.jsonl``)."""
         roles = sorted(self.scorers) if roles is None else roles
-        reward_ref = self.reward.score.remote(batch.meta["response_text"], batch.meta["answer"], batch.meta["prompt"])
+        m = batch.meta
+        reward_ref = self.reward.score.remote(m["response_text"], m["answer"], m["prompt"])  # in flight meanwhile
         with timer.phase("score"):
-            role_refs = {role: self.scorers[role].score.remote(batch) for role in roles}
+            role_refs = [self.scorers[r].score.remote(batch) for r in roles]
             batch.logprobs["old"] = self.trainer.compute_logprobs(batch)
-            for role, ref in role_refs.items():
-                batch.logprobs[role] = ray.get(ref)
+            try:
+                batch.logprobs.update(zip(roles, ray.get(role_refs)))
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                self._recover(exc)
+                batch.logprobs.update(self.score_roles(batch, roles))
         with timer.phase("reward"):
-            outcome = ray.get(reward_ref)
+            try:
+                outcome = ray.get(reward_ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                self._recover(exc)
+                outcome = self.reward_outcome(batch)
         metrics = outcome.metrics()
         if outcome.num_invalid:
             self._log_reward_failures(outcome)
@@ -174,15 +226,22 @@ class Controller:
     def sync_weights(self) -> Dict[str, float]:
         """Trainer -> every rollout engine through the Ray object store, then the probe check."""
         t0 = time.perf_counter()
+        self.weight_version += 1
         self.weights_ref = ray.put(pack(self.trainer.get_weights()))  # one copy in the object store
-        ray.get([e.update_weights.remote(self.weights_ref) for e in self.engines])
-        return {"sync/seconds": time.perf_counter() - t0, **self.check_sync()}
+        self.recoverable(self._push_weights)
+        seconds = time.perf_counter() - t0
+        return {"sync/seconds": seconds, "faults/actor_restarts": float(self.actor_restarts), **self.check_sync()}
+
+    def _push_weights(self) -> None:
+        """The current trainer weights (``weights_ref``, version ``weight_version``) into every engine."""
+        if self.weight_version:
+            ray.get([e.update_weights.remote(self.weights_ref, self.weight_version) for e in self.engines])
 
     def check_sync(self) -> Dict[str, float]:
         """Largest |engine log-prob - trainer log-prob| over the probe's tokens, across engines."""
         trainer_lp = self.trainer.compute_logprobs(self.probe)[0]
         p, r = self.probe.prompt_ids[0].tolist(), self.probe.response_ids[0].tolist()
-        engine_lps = ray.get([e.sequence_logprobs.remote(p, r) for e in self.engines])
+        engine_lps = self.recoverable(lambda: ray.get([e.sequence_logprobs.remote(p, r) for e in self.engines]))
         return {"sync/logprob_max_abs_diff": max((torch.tensor(lp) - trainer_lp).abs().max().item() for lp in engine_lps)}
 
     def evaluate(self) -> Dict[str, float]:
@@ -257,7 +316,14 @@ class Controller:
         every, last = self.cfg.trainer.save_every, self.cfg.trainer.max_steps - 1
         try:
             for step in range(start_step, self.cfg.trainer.max_steps):
-                metrics = self.loop.step(step)
+                kill_actors(step)
+                try:
+                    metrics = self.loop.step(step)
+                except ray.exceptions.RayActorError as exc:  # what recoverable() left: a trainer rank
+                    raise RuntimeError(
+                        f"step {step}: a trainer rank died ({str(exc).splitlines()[0][:300]}); the trainer group "
+                        f"was stopped. Last complete checkpoint: {self.checkpointer.latest() or 'none'}; "
+                        "rerun with trainer.resume=auto to continue from it") from exc
                 if self.cfg.trainer.eval_every and ((step + 1) % self.cfg.trainer.eval_every == 0 or step == last):
                     metrics.update(self.evaluate())  # every loop ends its step with the engines in sync
                 writer.write(metrics)

@@ -130,3 +130,27 @@ def test_cluster_example_parses_and_only_lacks_its_shared_paths():
     with pytest.raises(ConfigError, match="data.train_path='/shared/data/gsm8k/train.parquet' does not exist"):
         load_config(path)
     assert yaml.safe_load(open(os.path.join(ROOT, "launch", "runtime_env.yaml")))["pip"]["packages"]
+
+
+def test_teacher_with_another_tokenizer_fails_before_any_actor_starts(tmp_path):
+    """KDRL compares per-token log-probs, so the teacher must tokenise like the student."""
+    import json as _json
+
+    from rlplat.models.tiny import build_tiny_model
+
+    student, teacher = tmp_path / "student", tmp_path / "teacher"
+    build_tiny_model(student, size="policy", warm_start_steps=0)
+    build_tiny_model(teacher, size="policy", warm_start_steps=0)
+    spec = _json.loads((teacher / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["a"], vocab["b"] = vocab["b"], vocab["a"]  # same size, different ids
+    (teacher / "tokenizer.json").write_text(_json.dumps(spec))
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.train", "--config", os.path.join(ROOT, "configs", "kdrl.yaml"),
+         f"model.path={student}", f"roles.teacher.path={teacher}", f"trainer.output_dir={tmp_path / 'run'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "roles.teacher.path" in proc.stderr and "different tokenizer" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() and "Ray" not in proc.stdout
+    assert time.perf_counter() - t0 < 120

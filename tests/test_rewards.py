@@ -47,6 +47,11 @@ REWARD_MODULE = textwrap.dedent(
             os._exit(7)
         return 2.0
 
+    def hungry(response, answer, prompt):
+        if response == "eat":
+            return float(len(bytearray(int(answer) * 2**20)))  # allocates `answer` MiB
+        return 1.0
+
     NOT_CALLABLE = 3
 
     def two_args(response, answer):
@@ -245,3 +250,17 @@ def test_reward_worker_under_ray(reward_module):
         assert outcome.rewards[0].item() == 0.5
     finally:
         ray.shutdown()
+
+
+def test_memory_limit_turns_a_runaway_reward_into_a_counted_error(reward_module):
+    """Reward code that executes model output runs in a subprocess with an address-space cap."""
+    from rlplat.rewards.runner import RewardRunner
+
+    runner = RewardRunner("rl_test_rewards:hungry", timeout_s=30.0, memory_limit_mb=200)
+    try:
+        outcome = runner.score([("eat", "1000", "p0"), ("eat", "50", "p1"), ("ok", None, "p2")])
+    finally:
+        runner.close()
+    assert outcome.valid.tolist() == [False, True, True]
+    assert outcome.errors == 1 and "MemoryError" in outcome.failures[0].message
+    assert outcome.rewards[1].item() == 50 * 2**20  # within the cap it works

@@ -14,7 +14,9 @@ Interface (``E`` = an engine):
     E(model_path, tokenizer_path, rollout: RolloutConfig, dtype: str, seed: int)
     E.generate(prompt_ids, group_size, group_offset, pad_id, meta=None) -> Batch
     E.sequence_logprobs(prompt_ids, response_ids) -> list[float]
-    E.update_weights(named_tensors) -> float (seconds)
+    E.update_weights(named_tensors, version=None) -> float (seconds); ``version`` labels the
+        weights, and ``generate(..., weight_version=v)`` raises StaleWeightsError unless the
+        engine holds version v (a restarted engine is back at version 0, its initial weights)
     E.ready() -> True;  E.info() -> dict
 
 Backends: ``vllm`` (``VLLMRolloutEngine``, the default) and ``hf`` (``HFRolloutEngine``,
@@ -48,6 +50,16 @@ class Sample:
     logprobs: List[float]
     text: str
     finish_reason: str  # "stop" (EOS / stop token) | "length" (hit max_new_tokens)
+
+
+class StaleWeightsError(RuntimeError):
+    """The engine does not hold the weights the caller expects (it was restarted, say)."""
+
+
+def check_weight_version(have: int, want: Optional[int]) -> None:
+    """Refuse to sample from weights other than the caller's ``want`` (None: no check)."""
+    if want is not None and have != want:
+        raise StaleWeightsError(f"engine holds weight version {have}, the caller expects {want}")
 
 
 def check_prompts(prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, max_model_len: int) -> None:

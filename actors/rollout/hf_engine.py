@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from actors.rollout import Sample, build_rollout_batch, check_prompts
+from actors.rollout import check_weight_version, Sample, build_rollout_batch, check_prompts
 from actors.rollout.weights import as_named_tensors
 from rlplat.batch import Batch
 
@@ -82,6 +82,7 @@ class HFRolloutEngine:
         meta: Optional[Dict[str, List[Any]]] = None,
         seed: Optional[int] = None,
         greedy: bool = False,
+        weight_version: Optional[int] = None,
     ) -> Batch:
         """``group_size`` responses per prompt as a Batch of ``len(prompt_ids) * group_size`` rows
         (prompt-major); ``logprobs["rollout"]`` holds raw log-probs of the sampled tokens.
@@ -89,6 +90,7 @@ class HFRolloutEngine:
         ``greedy`` decodes by argmax (evaluation's pass@1)."""
         if seed is not None:
             torch.manual_seed(seed)
+        check_weight_version(self.weight_version, weight_version)
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         check_prompts(prompt_ids, self.rollout.max_new_tokens, self.rollout.max_model_len)
@@ -146,7 +148,7 @@ class HFRolloutEngine:
 
     # ------------------------------------------------------------------ weights
     @torch.no_grad()
-    def update_weights(self, named_tensors: Any) -> float:
+    def update_weights(self, named_tensors: Any, version: Optional[int] = None) -> float:
         """Copy HF-named tensors (``PackedWeights``, dict or ``(name, tensor)`` list; a subset of
         the state dict is allowed) into the model in place. Returns the seconds it took."""
         t0 = time.perf_counter()
@@ -162,7 +164,7 @@ class HFRolloutEngine:
                     f"the model's is {tuple(targets[name].shape)}"
                 )
             targets[name].copy_(tensor)
-        self.weight_version += 1
+        self.weight_version = self.weight_version + 1 if version is None else version
         return time.perf_counter() - t0
 
     # -------------------------------------------------------------------- admin

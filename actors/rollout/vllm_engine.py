@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from actors.rollout import Sample, build_rollout_batch, check_prompts
+from actors.rollout import check_weight_version, Sample, build_rollout_batch, check_prompts
 from actors.rollout.weights import as_named_tensors
 from rlplat.batch import Batch
 
@@ -109,6 +109,7 @@ class VLLMRolloutEngine:
         meta: Optional[Dict[str, List[Any]]] = None,
         seed: Optional[int] = None,
         greedy: bool = False,
+        weight_version: Optional[int] = None,
     ) -> Batch:
         """``group_size`` responses per prompt (``SamplingParams.n``) as a Batch of
         ``len(prompt_ids) * group_size`` rows (prompt-major). Responses keep the EOS token
@@ -116,6 +117,7 @@ class VLLMRolloutEngine:
         seeds ``seed + i * group_size + j`` (vLLM gives child j of a request ``seed + j``), so a
         step is reproducible whatever the engine did before (resume). ``greedy``: argmax decoding
         (evaluation's pass@1), whatever the rollout config's sampling settings."""
+        check_weight_version(self.weight_version, weight_version)
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         r = self.rollout
@@ -160,7 +162,7 @@ class VLLMRolloutEngine:
         return [plp[k][seq[k]].logprob for k in range(len(prompt_ids), len(seq))]
 
     # ------------------------------------------------------------------ weights
-    def update_weights(self, named_tensors: Any) -> float:
+    def update_weights(self, named_tensors: Any, version: Optional[int] = None) -> float:
         """Load a full HF-named state dict (``PackedWeights``, dict or ``(name, tensor)`` list,
         CPU tensors from the Ray object store) into the running engine, in place. Returns seconds.
 
@@ -189,7 +191,7 @@ class VLLMRolloutEngine:
         )
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
-        self.weight_version += 1
+        self.weight_version = self.weight_version + 1 if version is None else version
         return time.perf_counter() - t0
 
     # -------------------------------------------------------------------- admin

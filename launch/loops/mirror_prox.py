@@ -50,6 +50,7 @@ class MirrorProxLoop:
         ray.get(self.judge.ready.remote())
         self.actors = [self.judge]
         self.snapshot_version = 0
+        self.snapshot_weights = None  # pi_k once refreshed (None: the snapshot is pi_0, its own start)
 
     def _win_rates(self, batch: Batch, opponents: Batch, exclude_self: bool) -> Tuple[torch.Tensor, Dict[str, float]]:
         """Float [B]: mean over opponents of P(y_i > o_j); NaN pairs are dropped and counted."""
@@ -91,10 +92,8 @@ class MirrorProxLoop:
             batch = ctrl.generate(rows, ctrl.plan.group_size, seed=ctrl.step_seed(step))
         batch.meta.setdefault("answer", [None] * len(batch))
         with timer.phase("score"):
-            refs = {role: ctrl.scorers[role].score.remote(batch) for role in ("reference", "snapshot")}
             batch.logprobs["old"] = ctrl.trainer.compute_logprobs(batch)
-            for role, ref in refs.items():
-                batch.logprobs[role] = ray.get(ref)
+            batch.logprobs.update(ctrl.score_roles(batch, ["reference", "snapshot"]))
         with timer.phase("reward"):
             win_half, metrics = self._win_rates(batch, batch, exclude_self=True)
         with timer.phase("train"):
@@ -114,6 +113,7 @@ class MirrorProxLoop:
         with timer.phase("sync"):
             metrics.update(ctrl.sync_weights())
             full_weights = unpack(ray.get(ctrl.weights_ref))
+            self.snapshot_weights = full_weights
             ray.get(ctrl.scorers["snapshot"].load_weights.remote(full_weights))
             self.snapshot_version += 1
         full_weights = dict(full_weights)
@@ -136,4 +136,10 @@ class MirrorProxLoop:
 
     def after_resume(self) -> None:
         """The snapshot is pi_k, the policy the restored checkpoint holds."""
-        ray.get(self.ctrl.scorers["snapshot"].load_weights.remote(unpack(ray.get(self.ctrl.weights_ref))))
+        self.snapshot_weights = unpack(ray.get(self.ctrl.weights_ref))
+        ray.get(self.ctrl.scorers["snapshot"].load_weights.remote(self.snapshot_weights))
+
+    def after_recover(self) -> None:
+        """A restarted snapshot scorer comes back with pi_0: give it pi_k again."""
+        if self.snapshot_weights is not None:
+            ray.get(self.ctrl.scorers["snapshot"].load_weights.remote(self.snapshot_weights))

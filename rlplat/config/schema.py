@@ -77,6 +77,7 @@ class RewardConfig:
     fn: str = "arithmetic"  # a registered reward name, or ``module:function``
     timeout_s: float = 10.0
     num_workers: int = 1
+    memory_limit_mb: int = 2048  # address space a reward call may add (0: unlimited)
     correct_threshold: float = 1.0  # reward >= this counts as correct (pass rates, KDRL masks)
 
 
@@ -171,6 +172,7 @@ class ResourcesConfig:
     scorer_gpus: float = 0.0
     reward_cpus: float = 0.1
     colocate: bool = False  # pack trainer ranks and scorers into one placement group
+    max_actor_restarts: int = 3  # rollout / scorer / reward actors Ray restarts after a crash
 
 
 @dataclass

@@ -61,7 +61,7 @@ _ORPHAN_CHECK_S = 1.0
 # the child) before anything of rlplat is imported.
 _CHILD_CODE = (
     "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
-    "from rlplat.rewards.runner import _child_main; _child_main(int(sys.argv[2]))"
+    "from rlplat.rewards.runner import _child_main; _child_main(int(sys.argv[2]), int(sys.argv[3]))"
 )
 
 
@@ -158,7 +158,20 @@ def _exit_when_orphaned() -> None:
             os._exit(1)
 
 
-def _child_main(fd: int) -> None:
+def _limit_memory(extra_mb: int) -> None:
+    """Cap this process's address space at what it uses now plus ``extra_mb``: a reward that
+    executes model output (code tasks) cannot take the machine's memory; it gets MemoryError."""
+    if extra_mb <= 0:
+        return
+    import resource
+
+    with open("/proc/self/statm") as f:
+        used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = used + extra_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _child_main(fd: int, memory_limit_mb: int = 0) -> None:
     conn = Connection(fd)
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
     try:
@@ -166,6 +179,7 @@ def _child_main(fd: int) -> None:
         warmup = getattr(fn, "warmup", None)
         if callable(warmup):
             warmup()
+        _limit_memory(memory_limit_mb)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent verbatim
         conn.send(("fatal", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
         return
@@ -186,11 +200,12 @@ def _child_main(fd: int) -> None:
 
 # ----------------------------------------------------------------------------- parent side
 class _Worker:
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, memory_limit_mb: int = 0) -> None:
         parent_sock, child_sock = socket.socketpair()
         fd = child_sock.fileno()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD_CODE, json.dumps([p for p in sys.path if isinstance(p, str)]), str(fd)],
+            [sys.executable, "-c", _CHILD_CODE, json.dumps([p for p in sys.path if isinstance(p, str)]), str(fd),
+             str(memory_limit_mb)],
             pass_fds=(fd,),
             start_new_session=True,  # own process group: a kill also stops the fn's subprocesses
         )
@@ -224,6 +239,7 @@ class RewardRunner:
         timeout_s: float,
         num_workers: int = 1,
         startup_timeout_s: float = 120.0,
+        memory_limit_mb: int = 0,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"reward.timeout_s must be > 0, got {timeout_s}")
@@ -250,7 +266,8 @@ class RewardRunner:
         self.timeout_s = float(timeout_s)
         self.startup_timeout_s = float(startup_timeout_s)
         self.restarts = 0  # workers replaced after a timeout or crash
-        self._workers: List[_Worker] = [_Worker(self._payload) for _ in range(num_workers)]
+        self.memory_limit_mb = int(memory_limit_mb)
+        self._workers: List[_Worker] = [_Worker(self._payload, self.memory_limit_mb) for _ in range(num_workers)]
 
     # -- lifecycle
     def __enter__(self) -> "RewardRunner":
@@ -373,7 +390,7 @@ class RewardRunner:
             self._done += 1
             if w.inflight:
                 self._pending.appendleft(list(w.inflight))
-        self._workers[self._workers.index(w)] = _Worker(self._payload)
+        self._workers[self._workers.index(w)] = _Worker(self._payload, self.memory_limit_mb)
         self.restarts += 1
 
     def _outcome(self, seconds: float) -> RewardOutcome:
