@@ -219,7 +219,11 @@ class Controller:
             # Mini-batches are made of whole groups: group-level masks and baselines stay intact.
             for chosen in groups[torch.randperm(len(groups), generator=gen)].chunk(alg.mini_batches):
                 mb = batch.select(torch.isin(batch.group_ids, chosen).nonzero().flatten())
-                collected.append(self.trainer.train(mb, step, (self.plan.loss, list(self.plan.terms))))
+                m = self.trainer.train(mb, step, (self.plan.loss, list(self.plan.terms)))
+                if m.get("trainer/skipped_nonfinite"):
+                    print(f"rlplat: step {step}: NaN/inf loss in {m['trainer/nonfinite_micro_batches']:.0f} "
+                          "micro-batch(es); that update was skipped", flush=True)
+                collected.append(m)
         keys = set().union(*collected)
         return {k: sum(m[k] for m in collected if k in m) / sum(1 for m in collected if k in m) for k in keys}
 

@@ -264,3 +264,36 @@ def test_scorer_topk_is_normalised_and_contains_the_argmax(model_dir):
     torch.testing.assert_close(at_token[on], score[on], atol=1e-5, rtol=0)
     top3, _ = scorer.topk_logits(batch, 3)
     torch.testing.assert_close(top3, values[..., :3], atol=1e-6, rtol=0)
+
+
+@pytest.mark.runtime
+def test_nonfinite_loss_skips_the_update_without_leaking_into_the_next(group, model_dir):
+    """A NaN in one row (on one rank) skips the whole update: parameters and Adam state unchanged,
+    and the next clean update equals a single-process AdamW step from the initial weights. ZeRO-3
+    stops with a clear error instead (it would leak the dropped gradients into the next update).
+    Kept last in this file: it ends the ZeRO-3 group."""
+    g, fresh = group
+    g.load_checkpoint(fresh, tag="fresh")
+    before = weights(g)
+    stage = g.zero_stage
+    from rlplat.modeling import load_causal_lm, response_logprobs
+
+    with torch.no_grad():
+        logp0 = response_logprobs(load_causal_lm(model_dir), make_batch(seed=1), 10_000)
+    poisoned = with_roles(make_batch(seed=1), logp0, seed=1)
+    poisoned.advantages[3] = float("nan")
+    if stage == 3:  # runs last for this group: the failure stops the group
+        with pytest.raises(Exception, match="cannot be skipped safely"):
+            g.train(poisoned, STEP, loss_spec())
+        return
+    metrics = g.train(poisoned, STEP, loss_spec())
+    assert metrics["trainer/skipped_nonfinite"] == 1.0 and metrics["trainer/nonfinite_micro_batches"] >= 1
+    after = weights(g)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+    clean = with_roles(make_batch(seed=1), logp0, seed=1)
+    metrics = g.train(clean, STEP, loss_spec())
+    assert metrics["trainer/skipped_nonfinite"] == 0.0
+    ref_params, _, _ = reference_update(model_dir, clean)
+    for name, value in weights(g).items():
+        torch.testing.assert_close(value, ref_params[name].detach(), atol=1e-5, rtol=0, msg=name)

@@ -65,7 +65,8 @@ def merge_rank_metrics(results: Sequence[RankMetrics]) -> Dict[str, float]:
         values = [r.stats[key] for r in results if key in r.stats]
         if key.startswith("time/"):
             out[key] = max(values)
-        elif key in ("trainer/micro_batches", "trainer/padding_micro_batches", "trainer/response_tokens"):
+        elif key in ("trainer/micro_batches", "trainer/padding_micro_batches", "trainer/response_tokens",
+                     "trainer/nonfinite_micro_batches"):
             out[key] = sum(values)
         else:
             out[key] = values[0]

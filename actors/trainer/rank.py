@@ -286,6 +286,7 @@ class TrainerRank:
         sums: Dict[str, float] = {}
         weighted: Dict[str, List[float]] = {}
         tokens = 0.0
+        nonfinite = 0
         for i in range(n):
             engine.set_gradient_accumulation_boundary(i == n - 1)
             real = i < len(mbs)
@@ -295,6 +296,11 @@ class TrainerRank:
             logp, entropy = res if want_entropy else (res, None)
             if real:
                 loss, metrics = loss_fn(logp, mb, step, totals, entropy)
+                if not bool(torch.isfinite(loss.detach())):
+                    # Keep the collective pattern of the other ranks, contribute nothing, skip below.
+                    nonfinite += 1
+                    engine.backward(logp.sum() * 0.0, scale_wrt_gas=False)
+                    continue
                 mb_tokens = float(mb.response_mask.sum())
                 tokens += mb_tokens
                 comp = loss_fn.component_tokens(mb)
@@ -309,12 +315,27 @@ class TrainerRank:
             else:
                 loss = logp.sum() * 0.0
             engine.backward(loss, scale_wrt_gas=False)
+        if self._agree_max(nonfinite):
+            # A NaN/inf loss on any rank: drop this mini-batch's gradients everywhere, no optimizer
+            # step (parameters and Adam state stay as they were), and report it.
+            engine.zero_grad()
+            if self.trainer_cfg.zero_stage == 3:
+                # Measured: ZeRO-3 keeps part of the dropped gradients in its partitions, so the
+                # next update would be wrong. Stop instead of training on a corrupted update.
+                raise RuntimeError(
+                    f"step {step}: NaN/inf loss in {nonfinite} micro-batch(es) on rank {self.rank}; under ZeRO-3 "
+                    "the update cannot be skipped safely. Resume from the last checkpoint (trainer.resume=auto) "
+                    "or use trainer.zero_stage <= 2, where such updates are skipped")
+            return RankMetrics(sums={}, weighted={}, stats={
+                "trainer/skipped_nonfinite": 1.0, "trainer/nonfinite_micro_batches": float(nonfinite),
+                "trainer/micro_batches": float(len(mbs)), "time/train_step_s": time.perf_counter() - t0})
         local_norm = self._stage0_grad_norm()
         engine.step()
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is None:
             grad_norm = local_norm
         stats = {
+            "trainer/skipped_nonfinite": 0.0,
             "trainer/micro_batches": float(len(mbs)),
             "trainer/padding_micro_batches": float(n - len(mbs)),
             "trainer/response_tokens": tokens,
