@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from actors.trainer.oom import budget_on_oom
 from rlplat.batch import Batch
 from rlplat.modeling import load_causal_lm, response_logits, response_logprobs
 
@@ -43,9 +44,11 @@ class Scorer:
     @torch.no_grad()
     def score(self, batch: Batch) -> torch.Tensor:
         """Float32 [B, R]: log-prob (nats) of each ``response_ids`` token under this role; 0 on padding."""
-        return response_logprobs(
-            self.model, batch, self.micro_batch_tokens, temperature=self.temperature, device=self.device
-        )
+        key = f"roles.{self.role}.micro_batch_tokens" if self.role != "snapshot" else "trainer.micro_batch_tokens"
+        with budget_on_oom(key, self.micro_batch_tokens, self.micro_batch_tokens):
+            return response_logprobs(
+                self.model, batch, self.micro_batch_tokens, temperature=self.temperature, device=self.device
+            )
 
     @torch.no_grad()
     def topk_logits(self, batch: Batch, k: int) -> Tuple[torch.Tensor, torch.Tensor]:

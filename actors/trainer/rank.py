@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from actors.trainer.oom import budget_on_oom
 from rlplat.batch import Batch
 from rlplat.config.schema import ModelConfig, TrainerConfig
 from rlplat.modeling import load_causal_lm, micro_batch_logprobs
@@ -264,7 +265,8 @@ class TrainerRank:
         for i in range(n):
             if i < len(mbs):
                 idx, mb = mbs[i]
-                lp = micro_batch_logprobs(engine, mb, temperature=self.temperature)
+                with budget_on_oom("trainer.micro_batch_tokens", self.trainer_cfg.micro_batch_tokens, mb.input_ids.numel()):
+                    lp = micro_batch_logprobs(engine, mb, temperature=self.temperature)
                 out[idx, : lp.shape[1]] = lp.float().cpu()
             else:
                 micro_batch_logprobs(engine, self._padding_batch(), temperature=self.temperature)
@@ -292,7 +294,8 @@ class TrainerRank:
             real = i < len(mbs)
             mb = mbs[i][1] if real else self._padding_batch()
             want_entropy = self.entropy_metrics and real
-            res = micro_batch_logprobs(engine, mb, temperature=self.temperature, with_entropy=want_entropy)
+            with budget_on_oom("trainer.micro_batch_tokens", self.trainer_cfg.micro_batch_tokens, mb.input_ids.numel()):
+                res = micro_batch_logprobs(engine, mb, temperature=self.temperature, with_entropy=want_entropy)
             logp, entropy = res if want_entropy else (res, None)
             if real:
                 loss, metrics = loss_fn(logp, mb, step, totals, entropy)
@@ -314,7 +317,8 @@ class TrainerRank:
                         acc[1] += w
             else:
                 loss = logp.sum() * 0.0
-            engine.backward(loss, scale_wrt_gas=False)
+            with budget_on_oom("trainer.micro_batch_tokens", self.trainer_cfg.micro_batch_tokens, mb.input_ids.numel()):
+                engine.backward(loss, scale_wrt_gas=False)
         if self._agree_max(nonfinite):
             # A NaN/inf loss on any rank: drop this mini-batch's gradients everywhere, no optimizer
             # step (parameters and Adam state stay as they were), and report it.
