@@ -34,6 +34,9 @@ from rlplat.batch import Batch
 from rlplat.config.schema import RunConfig
 from rlplat.data import PromptRow, load_prompts, render_prompts
 
+# A rollout, scorer or reward actor died or is restarting: recoverable (see Controller.recoverable).
+ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
 
 class Controller:
     """``model_paths`` maps role ("policy", "tokenizer", "reference", "teacher", ...) to a path or hub id."""
@@ -126,7 +129,11 @@ class Controller:
     def reward_outcome(self, batch: Batch):
         """``RewardOutcome`` of every sample (runs on the reward worker, never on the driver)."""
         m = batch.meta
-        return self.recoverable(lambda: ray.get(self.reward.score.remote(m["response_text"], m["answer"], m["prompt"])))
+        return self.score_texts(m["response_text"], m["answer"], m["prompt"])
+
+    def score_texts(self, responses, answers, prompts):
+        """``RewardOutcome`` of raw texts on the reward worker (``RewardWorker.score``'s signature)."""
+        return self.recoverable(lambda: ray.get(self.reward.score.remote(responses, answers, prompts)))
 
     def score_roles(self, batch: Batch, roles: List[str]) -> Dict[str, torch.Tensor]:
         """Float [B, R] log-probs of ``batch``'s responses under each scorer role."""
@@ -142,7 +149,7 @@ class Controller:
         for attempt in range(self.cfg.resources.max_actor_restarts + 1):
             try:
                 return call()
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, StaleWeightsError) as exc:
+            except ACTOR_LOST + (StaleWeightsError,) as exc:
                 if attempt == self.cfg.resources.max_actor_restarts:
                     raise
                 self._recover(exc)
@@ -178,13 +185,13 @@ class Controller:
             batch.logprobs["old"] = self.trainer.compute_logprobs(batch)
             try:
                 batch.logprobs.update(zip(roles, ray.get(role_refs)))
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            except ACTOR_LOST as exc:
                 self._recover(exc)
                 batch.logprobs.update(self.score_roles(batch, roles))
         with timer.phase("reward"):
             try:
                 outcome = ray.get(reward_ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            except ACTOR_LOST as exc:
                 self._recover(exc)
                 outcome = self.reward_outcome(batch)
         metrics = outcome.metrics()
@@ -251,11 +258,7 @@ class Controller:
     def evaluate(self) -> Dict[str, float]:
         """Greedy pass@1 and sampled pass@k on held-out prompts, on the engines' current weights."""
         t = self.cfg.trainer
-
-        def score(responses, answers, prompts):
-            return ray.get(self.reward.score.remote(responses, answers, prompts))
-
-        result = evaluate(engines_generate_fn(self.engines, self.pad_id), self.eval_rows, self.eval_ids, score,
+        result = evaluate(engines_generate_fn(self.engines, self.pad_id), self.eval_rows, self.eval_ids, self.score_texts,
                           n=t.eval_n, ks=list(t.eval_ks), greedy_fn=engines_generate_fn(self.engines, self.pad_id, greedy=True),
                           correct_threshold=self.cfg.reward.correct_threshold, seed=t.seed + 10**6)
         return result.metrics
