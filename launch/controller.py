@@ -255,12 +255,18 @@ class Controller:
         engine_lps = self.recoverable(lambda: ray.get([e.sequence_logprobs.remote(p, r) for e in self.engines]))
         return {"sync/logprob_max_abs_diff": max((torch.tensor(lp) - trainer_lp).abs().max().item() for lp in engine_lps)}
 
-    def evaluate(self) -> Dict[str, float]:
-        """Greedy pass@1 and sampled pass@k on held-out prompts, on the engines' current weights."""
+    def evaluate(self, step: int) -> Dict[str, float]:
+        """Greedy pass@1 and sampled pass@k on held-out prompts, on the engines' current weights.
+        Every sample, its reward and the greedy response go to ``<run_dir>/eval/step_<step>.json``
+        (``step`` -1: before the first update), for offline comparisons between runs."""
         t = self.cfg.trainer
         result = evaluate(engines_generate_fn(self.engines, self.pad_id), self.eval_rows, self.eval_ids, self.score_texts,
                           n=t.eval_n, ks=list(t.eval_ks), greedy_fn=engines_generate_fn(self.engines, self.pad_id, greedy=True),
-                          correct_threshold=self.cfg.reward.correct_threshold, seed=t.seed + 10**6)
+                          correct_threshold=self.cfg.reward.correct_threshold, keep_samples=True, seed=t.seed + 10**6)
+        out_dir = os.path.join(self.run_dir, "eval")
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, f"step_{step}.json"), "w") as f:
+            json.dump({"step": step, **result.to_json()}, f)
         return result.metrics
 
     # ----------------------------------------------------------------- metrics
@@ -322,6 +328,10 @@ class Controller:
         started = time.time()
         every, last = self.cfg.trainer.save_every, self.cfg.trainer.max_steps - 1
         try:
+            if self.cfg.trainer.eval_every and self.cfg.trainer.eval_before_train and start_step == 0:
+                initial = {"step": -1, **self.evaluate(-1)}
+                writer.write(initial)
+                exporter.write(initial)
             for step in range(start_step, self.cfg.trainer.max_steps):
                 kill_actors(step)
                 try:
@@ -332,7 +342,7 @@ class Controller:
                         f"was stopped. Last complete checkpoint: {self.checkpointer.latest() or 'none'}; "
                         "rerun with trainer.resume=auto to continue from it") from exc
                 if self.cfg.trainer.eval_every and ((step + 1) % self.cfg.trainer.eval_every == 0 or step == last):
-                    metrics.update(self.evaluate())  # every loop ends its step with the engines in sync
+                    metrics.update(self.evaluate(step))  # every loop ends its step with the engines in sync
                 writer.write(metrics)
                 exporter.write(metrics)
                 print(progress_line(step, self.cfg.trainer.max_steps, metrics, started, start_step), flush=True)

@@ -20,8 +20,20 @@ def resolve_model_path(path: str) -> str:
     return resolve_builtin(path)
 
 
+def prebuild_builtin_models(cfg: RunConfig) -> None:
+    """Build every missing ``builtin:tiny-*`` model of the config at once (first run only)."""
+    paths = [cfg.model.path, cfg.model.tokenizer, cfg.roles.reference.path, cfg.roles.teacher.path, cfg.roles.preference.path]
+    builtin = [p for p in paths if p and p.startswith("builtin:")]
+    if len(builtin) > 1:
+        from rlplat.models.tiny import BUILTIN_PREFIX, SIZES, ensure_tiny_models
+
+        sizes = [p[len(BUILTIN_PREFIX):] for p in builtin if p.startswith(BUILTIN_PREFIX)]
+        ensure_tiny_models([s for s in sizes if s in SIZES])  # unknown names fail below, with their key
+
+
 def resolve_paths(cfg: RunConfig, plan: AlgorithmPlan) -> Dict[str, str]:
     """role -> local path or hub id for the policy, its tokenizer and every scorer role in the plan."""
+    prebuild_builtin_models(cfg)
     policy = resolve_model_path(cfg.model.path)
     paths = {"policy": policy, "tokenizer": resolve_model_path(cfg.model.tokenizer) if cfg.model.tokenizer else policy,
              "snapshot": policy}

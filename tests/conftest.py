@@ -23,8 +23,8 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Paths of the built-in tiny policy and teacher (built once into a per-session cache)."""
-    from rlplat.models.tiny import ensure_tiny_model
+    from rlplat.models.tiny import ensure_tiny_models
 
     # The CLI runs in the tests resolve builtin:tiny-* through the same cache (inherited env).
     os.environ.setdefault("RLPLAT_CACHE", str(tmp_path_factory.mktemp("rlplat-cache")))
-    return {"policy": ensure_tiny_model("policy"), "teacher": ensure_tiny_model("teacher")}
+    return ensure_tiny_models(["policy", "teacher"])  # built side by side, one process each

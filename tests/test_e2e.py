@@ -28,7 +28,7 @@ def train(tmp_path, config, *overrides, steps=3):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(steps))
+    assert [r["step"] for r in rows] in (list(range(steps)), list(range(-1, steps)))  # -1: evaluated before training
     assert (out / "config.yaml").is_file()
     return out, rows, proc.stdout
 
@@ -46,6 +46,12 @@ REQUIRED = ("step", "reward/mean", "loss/policy", "time/step", "throughput/token
 def test_grpo_vllm_zero2(tmp_path, tiny_models):
     out, rows, log = train(tmp_path, "grpo", "rollout.backend=vllm", "trainer.zero_stage=2", "trainer.eval_every=3",
                            "trainer.eval_max_prompts=8", "trainer.eval_n=4", "trainer.eval_ks=[1,4]")
+    initial, rows = rows[0], rows[1:]  # the initial policy is evaluated before the first update
+    assert initial["step"] == -1 and 0 <= initial["eval/pass@1"] <= initial["eval/pass@4"] <= 1
+    for step in (-1, 2):
+        saved = json.loads((out / "eval" / f"step_{step}.json").read_text())
+        assert len(saved["records"]) == 8 and all(len(r["samples"]) == len(r["rewards"]) == 4 for r in saved["records"])
+        assert saved["metrics"]["eval/pass@4"] == (initial if step == -1 else rows[-1])["eval/pass@4"]
     for r in rows:
         assert all(k in r for k in REQUIRED), sorted(r)
         assert r["samples"] > 0 and r["throughput/tokens_per_s"] > 0

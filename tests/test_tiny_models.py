@@ -4,6 +4,7 @@ import json
 import math
 import os
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,12 +100,18 @@ def test_policy_dir_loads_and_ids_match(policy_dir):
     assert torch.equal(out[:, :6], enc["input_ids"]) and 6 < out.shape[1] <= 6 + 3
 
 
-def test_teacher_is_larger_and_shares_tokenizer(policy_dir, teacher_dir):
+def test_built_policy_is_about_5m_parameters_and_the_teacher_far_stronger(tiny_models):
+    """The default builds: a ~5M-parameter policy with room for RL, a teacher far more accurate."""
+    pol = json.loads((Path(tiny_models["policy"]) / BUILD_INFO_FILE).read_text())
+    tea = json.loads((Path(tiny_models["teacher"]) / BUILD_INFO_FILE).read_text())
+    assert 4e6 < pol["num_parameters"] < 20e6
+    assert 0.3 < pol["heldout_accuracy"] < 0.8
+    assert tea["heldout_accuracy"] >= 0.9 and tea["heldout_accuracy"] > pol["heldout_accuracy"] + 0.2
+
+
+def test_teacher_shares_tokenizer(policy_dir, teacher_dir):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (policy_dir / name).read_text() == (teacher_dir / name).read_text()
-    pol = json.loads((policy_dir / BUILD_INFO_FILE).read_text())
-    tea = json.loads((teacher_dir / BUILD_INFO_FILE).read_text())
-    assert tea["num_parameters"] > 2 * pol["num_parameters"]
     assert AutoConfig.from_pretrained(str(teacher_dir)).vocab_size == AutoConfig.from_pretrained(str(policy_dir)).vocab_size
     assert AutoConfig.from_pretrained(str(teacher_dir)).head_dim >= 32
 
@@ -151,7 +158,7 @@ def test_ensure_tiny_model_builds_once_even_concurrently(tmp_path, monkeypatch):
         t.join()
     assert len(calls) == 1 and len(set(paths)) == 1
     path = paths[0]
-    assert os.path.basename(path) == "policy-v1-seed0-steps0"
+    assert os.path.basename(path) == "policy-v2-seed0-steps0"
     assert str(calls[0]) != path  # built elsewhere, then renamed into place
     assert os.stat(path).st_mode & 0o777 == 0o755
     mtime = os.stat(os.path.join(path, "model.safetensors")).st_mtime_ns
@@ -163,7 +170,7 @@ def test_ensure_tiny_model_builds_once_even_concurrently(tmp_path, monkeypatch):
 
 
 def test_ensure_tiny_model_refuses_foreign_directory(tmp_path):
-    (tmp_path / "policy-v1-seed0-steps0").mkdir()
+    (tmp_path / "policy-v2-seed0-steps0").mkdir()
     with pytest.raises(RuntimeError, match="not a complete rlplat build"):
         ensure_tiny_model("policy", cache_dir=tmp_path, warm_start_steps=0)
 

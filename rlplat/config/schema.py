@@ -155,6 +155,7 @@ class TrainerConfig:
     grad_clip: float = 1.0
     micro_batch_tokens: int = 4096  # token budget of one training forward/backward
     eval_every: int = 0  # 0: never; else held-out evaluation every N steps and at the end
+    eval_before_train: bool = True  # with eval_every > 0: also evaluate the initial policy (logged as step -1)
     eval_n: int = 8  # samples per held-out prompt for pass@k
     eval_ks: List[int] = field(default_factory=lambda: [1, 4, 8])
     eval_max_prompts: int = 64

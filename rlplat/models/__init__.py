@@ -5,6 +5,7 @@ from rlplat.models.tiny import (
     build_tiny_model,
     default_cache_root,
     ensure_tiny_model,
+    ensure_tiny_models,
     heldout_accuracy,
     resolve_model_path,
     tiny_config,
@@ -19,7 +20,7 @@ from rlplat.models.tokenizer import (
 )
 
 __all__ = [
-    "SIZES", "TinySpec", "build_tiny_model", "default_cache_root", "ensure_tiny_model",
+    "SIZES", "TinySpec", "build_tiny_model", "default_cache_root", "ensure_tiny_model", "ensure_tiny_models",
     "heldout_accuracy", "resolve_model_path", "tiny_config",
     "BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID", "build_tokenizer", "save_tokenizer",
 ]
