@@ -228,6 +228,14 @@ def default_cache_root() -> Path:
     return Path(env) / "models" if env else Path.home() / ".cache" / "rlplat" / "models"
 
 
+def _cache_name(size: str, seed: int = 0, steps: Optional[int] = None) -> str:
+    """Directory name of a cached build: ``<size>-<CACHE_VERSION>`` for the default recipe."""
+    default = SIZES.get(size).warm_start_steps
+    if (seed, default if steps is None else steps) == (0, default):
+        return f"{size}-{CACHE_VERSION}"
+    return f"{size}-{CACHE_VERSION}-seed{seed}-steps{steps}"
+
+
 def ensure_tiny_model(size: str, cache_dir: Union[str, Path, None] = None, seed: int = 0,
                       warm_start_steps: Optional[int] = None) -> str:
     """Path of a cached build of ``size``, building it on first use.
@@ -239,9 +247,7 @@ def ensure_tiny_model(size: str, cache_dir: Union[str, Path, None] = None, seed:
     """
     spec = SIZES.get(size)
     steps = spec.warm_start_steps if warm_start_steps is None else int(warm_start_steps)
-    name = f"{size}-{CACHE_VERSION}"
-    if (seed, steps) != (0, spec.warm_start_steps):
-        name += f"-seed{seed}-steps{steps}"
+    name = _cache_name(size, seed, steps)
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     final = root / name
     if (final / BUILD_INFO_FILE).is_file():
@@ -273,7 +279,7 @@ def ensure_tiny_models(sizes: Sequence[str], cache_dir: Union[str, Path, None] =
     for size in sizes:
         SIZES.get(size)  # an unknown size fails before anything starts
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-    missing = [s for s in sizes if not (root / f"{s}-{CACHE_VERSION}" / BUILD_INFO_FILE).is_file()]
+    missing = [s for s in sizes if not (root / _cache_name(s) / BUILD_INFO_FILE).is_file()]
     background = [
         subprocess.Popen([sys.executable, "-c",
                           f"from rlplat.models.tiny import ensure_tiny_model; ensure_tiny_model({s!r}, {str(root)!r})"])
