@@ -299,8 +299,20 @@ def model_facts(path: Optional[str]) -> Optional[Dict[str, Any]]:
     spec = info.get("spec", {})
     return {"path": path, "resolved": resolved, "num_parameters": info.get("num_parameters"),
             "heldout_accuracy": info.get("heldout_accuracy"), "warm_start_steps": info.get("warm_start_steps"),
+            "heldout_carry_free_rate": info.get("heldout_carry_free_rate"),
+            "careless_steps": spec.get("careless_steps"), "careless_rate": spec.get("careless_rate"),
             "size": info.get("size"), "layers": spec.get("num_layers"), "hidden_size": spec.get("hidden_size"),
             "cache_version": info.get("cache_version")}
+
+
+def careless_text(facts: Dict[str, Any]) -> str:
+    """How much of a built-in model's warm start imitated the careless demonstrator, and the share
+    of held-out problems it answers with the sum without carries ("" for older builds)."""
+    if not facts.get("careless_steps"):
+        return ""
+    return (f", the last {facts['careless_steps']} of them imitating a demonstrator who drops the carries in "
+            f"{fmt(facts['careless_rate'])} of the problems; {fmt(facts['heldout_carry_free_rate'])} of held-out "
+            "answers are the sum without carries")
 
 
 def read_run_config(run_dir: str) -> Dict[str, Any]:
@@ -522,8 +534,8 @@ def write_markdown(path: str, result: Dict[str, Any]) -> None:
         if facts and facts.get("num_parameters") is not None:
             lines.append(f"- {role} model `{facts['path']}`: {facts['num_parameters']:,} parameters "
                          f"({facts['layers']} layers, hidden {facts['hidden_size']}), warm-start held-out greedy "
-                         f"accuracy {fmt(facts['heldout_accuracy'])} after {facts['warm_start_steps']} warm-start steps "
-                         f"(`rlplat_build.json`, cache {facts['cache_version']})")
+                         f"accuracy {fmt(facts['heldout_accuracy'])} after {facts['warm_start_steps']} warm-start steps"
+                         f"{careless_text(facts)} (`rlplat_build.json`, cache {facts['cache_version']})")
         elif facts:
             lines.append(f"- {role} model `{facts['path']}` (no rlplat_build.json)")
     lines += [f"- finished {result['finished']}", ""]

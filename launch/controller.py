@@ -27,7 +27,7 @@ from launch.faults import kill_actors
 from launch.evaluate import engines_generate_fn, evaluate
 from launch.monitoring import MetricsExporter
 from launch.placement import colocated_group
-from launch.metrics import MetricsWriter, PhaseTimer, progress_line, truncate_metrics
+from launch.metrics import MetricsWriter, PhaseTimer, eval_line, progress_line, truncate_metrics
 from rlplat import advantages
 from rlplat.algorithms import AlgorithmPlan
 from rlplat.batch import Batch
@@ -332,6 +332,7 @@ class Controller:
                 initial = {"step": -1, **self.evaluate(-1)}
                 writer.write(initial)
                 exporter.write(initial)
+                print(eval_line(-1, initial), flush=True)
             for step in range(start_step, self.cfg.trainer.max_steps):
                 kill_actors(step)
                 try:
@@ -346,6 +347,8 @@ class Controller:
                 writer.write(metrics)
                 exporter.write(metrics)
                 print(progress_line(step, self.cfg.trainer.max_steps, metrics, started, start_step), flush=True)
+                if "eval/pass@1" in metrics:
+                    print(eval_line(step, metrics), flush=True)
                 if step == last or (every and (step + 1) % every == 0):
                     self.save(step)
         finally:

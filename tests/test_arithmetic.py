@@ -2,7 +2,7 @@
 import pytest
 
 from rlplat.tasks import TASKS
-from rlplat.tasks.arithmetic import ArithmeticTask, read_jsonl, score, write_jsonl
+from rlplat.tasks.arithmetic import ArithmeticTask, read_jsonl, score, sum_without_carries, write_jsonl
 
 
 def test_generate_is_deterministic_and_seed_dependent():
@@ -81,3 +81,19 @@ def test_jsonl_round_trip(tmp_path):
 
 def test_registered():
     assert TASKS.get("arithmetic") is ArithmeticTask
+
+
+@pytest.mark.parametrize("left, right, expected", [
+    (38, 45, 73), (99, 99, 88), (50, 60, 10), (5, 7, 2), (12, 35, 47), (0, 0, 0), (905, 8, 903), (1, 999, 990),
+])
+def test_sum_without_carries(left, right, expected):
+    assert sum_without_carries(left, right) == expected
+
+
+def test_sum_without_carries_differs_exactly_when_a_carry_happens():
+    for a in range(100):
+        for b in range(100):
+            carries = a % 10 + b % 10 >= 10 or a // 10 + b // 10 + (a % 10 + b % 10 >= 10) >= 10
+            assert (sum_without_carries(a, b) != a + b) == carries
+    with pytest.raises(ValueError, match="non-negative"):
+        sum_without_carries(-1, 3)

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.runtime
 SMALL = [
     "data.prompts_per_step=4", "data.builtin_train_size=48", "algorithm.group_size=4",
     "trainer.num_ranks=2", "trainer.micro_batch_tokens=256", "rollout.cpu_kv_cache_gb=0.05",
+    "trainer.eval_every=0",  # the configs evaluate every 10 steps; tests of evaluation turn it back on
 ]
 
 

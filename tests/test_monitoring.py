@@ -119,3 +119,15 @@ def test_ray_gauges_reach_prometheus():
     assert _series(result["lines"], "ray_rlplat_reward_mean") == {"run-a": 0.75, "run-b": -2.0}
     assert _series(result["lines"], "ray_rlplat_half_loss_policy") == {"run-a": -1.5}
     assert _series(result["lines"], "ray_rlplat_step") == {"run-a": 2.0, "run-b": 2.0}
+
+
+def test_driver_log_lines_name_the_step_and_the_figures():
+    from launch.metrics import eval_line, progress_line
+
+    metrics = {"eval/pass@1": 0.82, "eval/pass@1_greedy": 0.9375, "eval/pass@8": 0.953, "eval/pass@4": 0.9,
+               "eval/num_prompts": 64.0, "eval/samples_per_prompt": 8.0, "eval/pass@1_foo": 1.0}
+    assert eval_line(9, metrics) == ("eval after step 10: held-out pass@1 0.820 (greedy 0.938), pass@4 0.900, "
+                                     "pass@8 0.953 on 64 prompts x 8")
+    assert eval_line(-1, metrics).startswith("eval before training: held-out pass@1 0.820")
+    line = progress_line(4, 30, {"reward/mean": 0.75, "reward/pass_rate": 0.75, "time/step": 2.0}, started=0.0)
+    assert line.startswith("step 5/30 reward 0.750 pass 0.750") and "ETA" in line

@@ -14,6 +14,7 @@ from rlplat.models import tiny
 from rlplat.models.tiny import (
     BUILD_INFO_FILE,
     SIZES,
+    TinySpec,
     build_tiny_model,
     ensure_tiny_model,
     resolve_model_path,
@@ -28,6 +29,7 @@ from rlplat.models.tokenizer import (
     build_tokenizer,
     save_tokenizer,
 )
+from rlplat.tasks.arithmetic import sum_without_carries
 
 SAMPLES = ["12+35= 47", "a  b\n\tc , . !", " leading and trailing ", "x ,y .", "(3*4)-5=7?", CHARACTERS]
 
@@ -100,13 +102,44 @@ def test_policy_dir_loads_and_ids_match(policy_dir):
     assert torch.equal(out[:, :6], enc["input_ids"]) and 6 < out.shape[1] <= 6 + 3
 
 
-def test_built_policy_is_about_5m_parameters_and_the_teacher_far_stronger(tiny_models):
-    """The default builds: a ~5M-parameter policy with room for RL, a teacher far more accurate."""
+def test_built_policy_is_about_5m_parameters_and_careless_the_teacher_right(tiny_models):
+    """The default builds: a ~5M-parameter policy whose errors are mostly dropped carries (room for
+    RL to fix), and a teacher at least as large that adds correctly."""
     pol = json.loads((Path(tiny_models["policy"]) / BUILD_INFO_FILE).read_text())
     tea = json.loads((Path(tiny_models["teacher"]) / BUILD_INFO_FILE).read_text())
-    assert 4e6 < pol["num_parameters"] < 20e6
-    assert 0.3 < pol["heldout_accuracy"] < 0.8
-    assert tea["heldout_accuracy"] >= 0.9 and tea["heldout_accuracy"] > pol["heldout_accuracy"] + 0.2
+    assert 4e6 < pol["num_parameters"] < 20e6 and tea["num_parameters"] >= pol["num_parameters"]
+    assert 0.5 < pol["heldout_accuracy"] < 0.85
+    assert pol["heldout_carry_free_rate"] > 0.5 * (1 - pol["heldout_accuracy"])
+    assert tea["heldout_accuracy"] >= 0.9 and tea["heldout_carry_free_rate"] < 0.05
+
+
+def test_careless_phase_is_the_last_steps_and_drops_carries(monkeypatch):
+    seen = []
+    real_collate = tiny._collate
+    monkeypatch.setattr(tiny, "_collate", lambda tok, rows: seen.append(rows) or real_collate(tok, rows))
+    spec = TinySpec(hidden_size=64, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
+                    warm_start_steps=3, lr=1e-3, batch_size=32, careless_steps=1, careless_rate=1.0)
+    torch.manual_seed(0)
+    model = tiny.LlamaForCausalLM(tiny.LlamaConfig(
+        vocab_size=tiny.vocab_size(), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32))
+    warm_start(model, build_tokenizer(), spec, steps=3, seed=0)
+    assert len(seen) == 3
+
+    def operands(row):
+        return [int(x) for x in row["prompt"].rstrip("=").split("+")]
+
+    assert all(r["answer"] == str(sum(operands(r))) for rows in seen[:2] for r in rows)
+    assert all(r["answer"] == str(sum_without_carries(*operands(r))) for r in seen[2])  # rate 1.0: every one
+    assert any(sum_without_carries(*operands(r)) != sum(operands(r)) for r in seen[2])  # some of the 32 carry
+
+
+def test_careless_rate_is_a_probability():
+    rows = [{"prompt": "38+45=", "answer": "83"}] * 2000
+    out = tiny._careless(rows, 0.5, tiny.random.Random(0))
+    share = sum(r["answer"] == "73" for r in out) / len(out)
+    assert 0.45 < share < 0.55 and {r["answer"] for r in out} == {"73", "83"}
+    assert rows[0]["answer"] == "83"  # the input rows are not modified
 
 
 def test_teacher_shares_tokenizer(policy_dir, teacher_dir):
@@ -158,7 +191,7 @@ def test_ensure_tiny_model_builds_once_even_concurrently(tmp_path, monkeypatch):
         t.join()
     assert len(calls) == 1 and len(set(paths)) == 1
     path = paths[0]
-    assert os.path.basename(path) == "policy-v2-seed0-steps0"
+    assert os.path.basename(path) == f"policy-{tiny.CACHE_VERSION}-seed0-steps0"
     assert str(calls[0]) != path  # built elsewhere, then renamed into place
     assert os.stat(path).st_mode & 0o777 == 0o755
     mtime = os.stat(os.path.join(path, "model.safetensors")).st_mtime_ns
@@ -170,7 +203,7 @@ def test_ensure_tiny_model_builds_once_even_concurrently(tmp_path, monkeypatch):
 
 
 def test_ensure_tiny_model_refuses_foreign_directory(tmp_path):
-    (tmp_path / "policy-v2-seed0-steps0").mkdir()
+    (tmp_path / f"policy-{tiny.CACHE_VERSION}-seed0-steps0").mkdir()
     with pytest.raises(RuntimeError, match="not a complete rlplat build"):
         ensure_tiny_model("policy", cache_dir=tmp_path, warm_start_steps=0)
 
@@ -192,3 +225,10 @@ def test_resolve_model_path(monkeypatch):
         resolve_model_path("builtin:tiny-huge")
     with pytest.raises(ValueError, match="unknown built-in model 'builtin:gpt'"):
         resolve_model_path("builtin:gpt")
+
+
+def test_carry_free_rate_counts_only_wrong_answers_that_dropped_the_carry():
+    rows = [{"prompt": "38+45=", "answer": "83"}, {"prompt": "12+35=", "answer": "47"}, {"prompt": "9+9=", "answer": "18"}]
+    # 73: the dropped carry; 47 is right (and carry-free, since nothing carries); 17: some other error
+    assert tiny.carry_free_rate([" 73", "47", "17"], rows) == pytest.approx(1 / 3)
+    assert tiny.carry_free_rate(["83", "47", " 8<eos>"], rows) == pytest.approx(1 / 3)

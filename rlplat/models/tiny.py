@@ -1,4 +1,4 @@
-"""Tiny Llama models built locally (no model hub): a policy and a larger teacher that share the
+"""Tiny Llama models built locally (no model hub): a policy and a stronger teacher that share the
 character tokenizer of ``rlplat.models.tokenizer``.
 
 A build writes a normal Hugging Face directory (config.json, model.safetensors in float32,
@@ -6,10 +6,16 @@ generation_config.json, tokenizer files) plus ``rlplat_build.json`` describing t
 ``AutoModelForCausalLM.from_pretrained``, ``AutoTokenizer.from_pretrained`` and vLLM load it.
 
 Warm start: a short supervised run on 2-digit addition from the task's train split (prompt
-``"12+35="`` -> target ``" 47<eos>"``, loss on the target tokens only), so the policy starts with
-a low but nonzero accuracy and the teacher with a clearly higher one. The run uses one CPU
-thread: builds then agree bit for bit across machines with different core counts, and do not
-thrash when Ray actors share the cores.
+``"12+35="`` -> target ``" 47<eos>"``, loss on the target tokens only). The teacher learns from
+correct targets only. The policy's last steps imitate a *careless demonstrator* who drops every
+carry in half of the problems (``38+45=`` -> ``" 73"``): the policy can add, but has learned to
+forget carries at random, a systematic error that is cheap to find and fix with a verifier (an
+RL run raises its held-out pass@1 from about 0.6 to about 0.9 in 30 steps on 2 CPU cores), while
+the teacher shows the right behaviour. Plain under-training does not give that: a policy that
+simply has not learned addition yet makes errors RL cannot fix within minutes on a CPU.
+
+The run uses one CPU thread: builds then agree bit for bit across machines with different core
+counts, and do not thrash when Ray actors share the cores.
 
 Special paths ``"builtin:tiny-policy"`` / ``"builtin:tiny-teacher"`` resolve, through
 ``resolve_model_path``, to a build cached once per machine (``ensure_tiny_model``).
@@ -21,6 +27,7 @@ import fcntl
 import json
 import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -36,10 +43,10 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 from rlplat.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer, save_tokenizer, vocab_size
 from rlplat.registry import Registry
-from rlplat.tasks.arithmetic import ArithmeticTask, score
+from rlplat.tasks.arithmetic import ArithmeticTask, score, sum_without_carries
 
 # Bump when the architecture, tokenizer or warm-start recipe changes: cached builds are keyed by it.
-CACHE_VERSION = "v2"
+CACHE_VERSION = "v3"
 BUILD_INFO_FILE = "rlplat_build.json"
 BUILTIN_PREFIX = "builtin:tiny-"
 # The warm-start task; its held-out split is never trained on.
@@ -51,7 +58,9 @@ EVAL_PROBLEMS = 200
 class TinySpec:
     """Architecture and warm-start recipe of one size. ``head_dim`` stays >= 32 because vLLM's
     CPU attention rejects smaller heads. ``lr`` peaks after ``warmup_steps`` then decays (cosine)
-    to 0 at ``warm_start_steps``; ``batch_size`` is problems per step."""
+    to 0 at ``warm_start_steps``; ``batch_size`` is problems per step. The last
+    ``careless_steps`` steps replace each target, with probability ``careless_rate``, by the sum
+    without carries (the careless demonstrator of the module docstring)."""
 
     hidden_size: int
     intermediate_size: int
@@ -64,21 +73,25 @@ class TinySpec:
     max_position_embeddings: int = 256
     batch_size: int = 64
     warmup_steps: int = 50
+    careless_steps: int = 0
+    careless_rate: float = 0.0
 
 
 SIZES: Registry[TinySpec] = Registry("tiny model size")
-# ~4.8M parameters; 600 steps give roughly 60% held-out greedy accuracy (sampled pass@1 ~55%,
-# pass@16 ~90%: headroom for RL). 4 min to build on one thread.
+# ~5.0M parameters. 700 correct steps reach ~95% held-out greedy accuracy; the 200 careless ones
+# bring it to ~70% (sampled pass@1 ~0.6, pass@16 ~1.0), most errors being dropped carries.
+# 6 min to build on one thread. Four layers: six learn addition about 1.5x slower.
 SIZES.register("policy")(
-    TinySpec(hidden_size=256, intermediate_size=768, num_layers=6, num_heads=8, num_kv_heads=4,
-             warm_start_steps=600, lr=2e-3)
+    TinySpec(hidden_size=320, intermediate_size=960, num_layers=4, num_heads=10, num_kv_heads=5,
+             warm_start_steps=900, lr=2e-3, careless_steps=200, careless_rate=0.5)
 )
-# ~3.2M parameters; 700 steps give roughly 95% held-out accuracy: smaller than the policy but far
-# more accurate (what KDRL needs is a stronger teacher with the same tokenizer), and it builds
-# in under 4 minutes, side by side with the policy.
+# The policy's recipe without the careless demonstrator: ~97% held-out accuracy. ALGORITHMS.md
+# calls the KDRL teacher larger; a wider one (hidden 384, 7.2M) learned far slower with this
+# recipe (20% after 800 steps), so the teacher is stronger, not larger. The addition skill
+# appears abruptly and late: the same teacher on an 800-step schedule reached only 25%.
 SIZES.register("teacher")(
-    TinySpec(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=8, num_kv_heads=4,
-             warm_start_steps=700, lr=2e-3)
+    TinySpec(hidden_size=320, intermediate_size=960, num_layers=4, num_heads=10, num_kv_heads=5,
+             warm_start_steps=900, lr=2e-3)
 )
 
 
@@ -155,6 +168,8 @@ def _train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: Ti
     loss = torch.tensor(float("nan"))
     for step in range(steps):
         rows = WARM_START_TASK.generate("train", spec.batch_size, seed=seed * 1_000_003 + step, unique=False)
+        if step >= steps - spec.careless_steps:
+            rows = _careless(rows, spec.careless_rate, random.Random(f"careless/{seed}/{step}"))
         loss = model(**_collate(tokenizer, rows)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -165,18 +180,47 @@ def _train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: Ti
     return float(loss.item())
 
 
+def _careless(rows: List[Dict[str, str]], rate: float, rng: random.Random) -> List[Dict[str, str]]:
+    """``rows`` (addition problems ``"a+b="``) with each answer, with probability ``rate``,
+    replaced by the sum without carries."""
+    out = []
+    for row in rows:
+        if rng.random() < rate:
+            left, right = (int(x) for x in row["prompt"].rstrip("=").split("+"))
+            row = dict(row, answer=str(sum_without_carries(left, right)))
+        out.append(row)
+    return out
+
+
 @torch.no_grad()
-def heldout_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast,
-                     rows: List[Dict[str, str]], max_new_tokens: int = 8) -> float:
-    """Share of ``rows`` whose greedy completion ``score``s 1.0 (a fraction in [0, 1])."""
+def greedy_answers(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast,
+                   rows: List[Dict[str, str]], max_new_tokens: int = 8) -> List[str]:
+    """The greedy completion text of each row's prompt (special tokens dropped)."""
     if not rows:
-        raise ValueError("heldout_accuracy needs at least one row")
+        raise ValueError("greedy_answers needs at least one row")
     model.eval()
     enc = tokenizer([r["prompt"] for r in rows], padding=True, padding_side="left", return_tensors="pt")
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID)
-    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def heldout_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast,
+                     rows: List[Dict[str, str]], max_new_tokens: int = 8) -> float:
+    """Share of ``rows`` whose greedy completion ``score``s 1.0 (a fraction in [0, 1])."""
+    texts = greedy_answers(model, tokenizer, rows, max_new_tokens)
     return sum(score(t, r["answer"]) for t, r in zip(texts, rows)) / len(rows)
+
+
+def carry_free_rate(texts: Sequence[str], rows: List[Dict[str, str]]) -> float:
+    """Share of ``rows`` (addition problems) whose answer in ``texts`` is wrong and equals the sum
+    without carries: the careless demonstrator's error (a fraction in [0, 1])."""
+    wrong_the_careless_way = 0
+    for text, row in zip(texts, rows):
+        left, right = (int(x) for x in row["prompt"].rstrip("=").split("+"))
+        careless = str(sum_without_carries(left, right))
+        wrong_the_careless_way += careless != row["answer"] and score(text, careless) == 1.0
+    return wrong_the_careless_way / len(rows)
 
 
 def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int = 0,
@@ -185,7 +229,8 @@ def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int 
 
     ``warm_start_steps=None`` uses the size's default; 0 saves the random initialisation.
     Returns the build info also written to ``out_dir/rlplat_build.json``: parameter count,
-    warm-start seconds (wall) and final loss, held-out greedy accuracy on 200 problems.
+    warm-start seconds (wall) and final loss, held-out greedy accuracy on 200 problems and the
+    share of them answered with the sum without carries.
     """
     spec = SIZES.get(size)
     steps = spec.warm_start_steps if warm_start_steps is None else int(warm_start_steps)
@@ -201,7 +246,8 @@ def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int 
         final_loss = warm_start(model, tokenizer, spec, steps, seed)
         seconds = time.time() - start
         heldout = WARM_START_TASK.generate("heldout", EVAL_PROBLEMS, seed=0)
-        accuracy = heldout_accuracy(model, tokenizer, heldout)
+        answers = greedy_answers(model, tokenizer, heldout)
+        accuracy = sum(score(t, r["answer"]) for t, r in zip(answers, heldout)) / len(heldout)
     model.generation_config = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     model.save_pretrained(str(out))
     save_tokenizer(out)
@@ -215,6 +261,7 @@ def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int 
         "warm_start_seconds": round(seconds, 2),
         "final_loss": None if math.isnan(final_loss) else final_loss,
         "heldout_accuracy": accuracy,
+        "heldout_carry_free_rate": carry_free_rate(answers, heldout),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }

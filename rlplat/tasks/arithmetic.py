@@ -48,6 +48,19 @@ def _mul(a: int, b: int) -> Tuple[int, int, int]:
     return a, b, operator.mul(a, b)
 
 
+def sum_without_carries(left: int, right: int) -> int:
+    """``left + right`` with every carry dropped: each digit is the digit-wise sum mod 10
+    (``38 + 45 -> 73``, ``99 + 99 -> 88``). The classic systematic addition error, used to build
+    a demonstrator whose mistakes RL can find and fix (``rlplat.models.tiny``)."""
+    if left < 0 or right < 0:
+        raise ValueError(f"sum_without_carries takes non-negative operands, got {left} and {right}")
+    total, place = 0, 1
+    while left or right:
+        total += (left % 10 + right % 10) % 10 * place
+        left, right, place = left // 10, right // 10, place * 10
+    return total
+
+
 Row = Dict[str, str]
 
 # Rejection sampling gives up after this many draws per requested row (plus a floor), so an
