@@ -116,10 +116,18 @@ def test_kdrl_teacher_divergence(tmp_path, tiny_models):
     assert "scorer-teacher-0" in actors and "scorer-reference-0" not in actors
 
 
+def test_dph_rl_exploration_pool_too_small_is_named():
+    from launch.loops.rehearsal import check_exploration_pool
+
+    check_exploration_pool(48, 4, prompts_per_step=4, k=4)
+    with pytest.raises(ValueError, match=r"solves 45 of 48 .* all 4 samples, leaving 3 .* data.prompts_per_step=4"):
+        check_exploration_pool(48, 3, prompts_per_step=4, k=4)
+
+
 def test_dph_rl_rehearsal(tmp_path, tiny_models):
-    # pi_0 = the warm-started teacher (~97% held-out accuracy): most prompts are solved in all k
-    # samples (rehearsal), the rest are explored.
-    out, rows, _ = train(tmp_path, "dph_rl", "rollout.backend=hf", "model.path=builtin:tiny-teacher",
+    # pi_0 = the built-in policy (sampled pass@1 ~0.6): some prompts are solved in all k samples
+    # (rehearsal), the rest are explored. (The 97%-accurate teacher leaves too few to explore.)
+    out, rows, _ = train(tmp_path, "dph_rl", "rollout.backend=hf",
                          "algorithm.dph_rl.samples_per_prompt=4", "algorithm.dph_rl.rehearsal_per_step=4")
     actors = json.loads((out / "actors.json").read_text())
     assert not any(a.startswith("scorer-") for a in actors)  # no reference model in DPH-RL
@@ -134,7 +142,7 @@ def test_dph_rl_rehearsal(tmp_path, tiny_models):
 
     store = torch.load(out / "dph_rehearsal.pt", weights_only=False)
     stored = Batch.from_dict(store["rehearsal"])
-    fresh = response_logprobs(load_causal_lm(tiny_models["teacher"]), stored, micro_batch_tokens=10_000)
+    fresh = response_logprobs(load_causal_lm(tiny_models["policy"]), stored, micro_batch_tokens=10_000)
     assert (fresh - stored.logprobs["initial"]).abs().max().item() < 1e-4
 
 

@@ -78,6 +78,17 @@ def load_or_prepare(ctrl) -> dict:
     return prepare(ctrl)
 
 
+def check_exploration_pool(num_prompts: int, num_explore: int, prompts_per_step: int, k: int) -> None:
+    """Raise a ``ValueError`` naming the keys to change when pi_0 leaves fewer exploration prompts
+    (not solved in all ``k`` samples) than one step draws. The pi_0 split is already on disk and
+    does not depend on ``data.prompts_per_step``: a rerun with a lower one reuses it."""
+    if num_explore < prompts_per_step:
+        raise ValueError(
+            f"DPH-RL: pi_0 solves {num_prompts - num_explore} of {num_prompts} training prompts in all {k} samples, "
+            f"leaving {num_explore} to explore, fewer than data.prompts_per_step={prompts_per_step}; lower "
+            "data.prompts_per_step, raise algorithm.dph_rl.samples_per_prompt or add training prompts")
+
+
 @LOOPS.register("rehearsal")
 class RehearsalLoop:
     def __init__(self, ctrl) -> None:
@@ -88,6 +99,8 @@ class RehearsalLoop:
         self.prepare_seconds = time.perf_counter() - t0
         by_index = {r.index: r for r in ctrl.rows}
         explore_rows = [by_index[i] for i in store["exploration_rows"]] or list(ctrl.rows)
+        check_exploration_pool(len(ctrl.rows), len(explore_rows), cfg.data.prompts_per_step,
+                               cfg.algorithm.dph_rl.samples_per_prompt)
         self.sampler = PromptSampler(explore_rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
         self.stored = Batch.from_dict(store["rehearsal"]) if store["rehearsal"] is not None else None
         self.num_rehearsal_prompts = len(ctrl.rows) - len(store["exploration_rows"])
