@@ -411,9 +411,9 @@ def execute(run: RunSpec, args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def last_metrics_row(run_dir: str) -> Dict[str, Any]:
-    rows = []
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    from launch.metrics import read_metrics
+
+    rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     return rows[-1] if rows else {}
 
 

@@ -304,9 +304,9 @@ def run_rlplat(args: argparse.Namespace, overrides: List[str], num_steps: int, w
     metrics_path = os.path.join(out, "metrics.jsonl")
     if rc != 0 or not os.path.isfile(metrics_path):
         raise RuntimeError(f"rlplat run failed (exit {rc}); log {work}/rlplat.log:\n{tail}")
-    with open(metrics_path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    rows = [r for r in rows if r["step"] >= 0]  # step -1: an evaluation before training, not a step
+    from launch.metrics import read_metrics
+
+    rows = [r for r in read_metrics(metrics_path) if r["step"] >= 0]  # step -1: an evaluation before training, not a step
     if [r["step"] for r in rows] != list(range(num_steps)):
         raise RuntimeError(f"rlplat logged steps {[r['step'] for r in rows]}, expected 0..{num_steps - 1}")
     steps = []

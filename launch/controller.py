@@ -267,6 +267,7 @@ class Controller:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, f"step_{step}.json"), "w") as f:
             json.dump({"step": step, **result.to_json()}, f)
+        print(eval_line(step, result.metrics), flush=True)
         return result.metrics
 
     # ----------------------------------------------------------------- metrics
@@ -332,7 +333,6 @@ class Controller:
                 initial = {"step": -1, **self.evaluate(-1)}
                 writer.write(initial)
                 exporter.write(initial)
-                print(eval_line(-1, initial), flush=True)
             for step in range(start_step, self.cfg.trainer.max_steps):
                 kill_actors(step)
                 try:
@@ -347,8 +347,6 @@ class Controller:
                 writer.write(metrics)
                 exporter.write(metrics)
                 print(progress_line(step, self.cfg.trainer.max_steps, metrics, started, start_step), flush=True)
-                if "eval/pass@1" in metrics:
-                    print(eval_line(step, metrics), flush=True)
                 if step == last or (every and (step + 1) % every == 0):
                     self.save(step)
         finally:

@@ -62,8 +62,9 @@ def eval_line(step: int, metrics: Dict[str, float]) -> str:
     """One human line for a held-out evaluation (``step`` -1: before training), e.g.
     ``eval after step 10: held-out pass@1 0.820 (greedy 0.938), pass@8 0.953 on 64 prompts x 8``."""
     when = "before training" if step < 0 else f"after step {step + 1}"
-    ks = sorted(int(k.split("@")[1]) for k in metrics if k.startswith("eval/pass@") and k[len("eval/pass@"):].isdigit())
-    top = [f"pass@{k} {metrics[f'eval/pass@{k}']:.3f}" for k in ks if k > 1]
+    prefix = "eval/pass@"
+    ks = sorted(int(key[len(prefix):]) for key in metrics if key.startswith(prefix) and key[len(prefix):].isdigit())
+    top = [f"pass@{k} {metrics[prefix + str(k)]:.3f}" for k in ks if k > 1]
     return (f"eval {when}: held-out pass@1 {metrics['eval/pass@1']:.3f} "
             f"(greedy {metrics.get('eval/pass@1_greedy', float('nan')):.3f})" + "".join(f", {t}" for t in top) +
             f" on {metrics['eval/num_prompts']:.0f} prompts x {metrics['eval/samples_per_prompt']:.0f}")

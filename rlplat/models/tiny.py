@@ -180,16 +180,16 @@ def _train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: Ti
     return float(loss.item())
 
 
+def _carry_free_answer(row: Dict[str, str]) -> str:
+    """The sum without carries of an addition problem ``{"prompt": "a+b=", ...}``, as text."""
+    left, right = (int(x) for x in row["prompt"].rstrip("=").split("+"))
+    return str(sum_without_carries(left, right))
+
+
 def _careless(rows: List[Dict[str, str]], rate: float, rng: random.Random) -> List[Dict[str, str]]:
     """``rows`` (addition problems ``"a+b="``) with each answer, with probability ``rate``,
     replaced by the sum without carries."""
-    out = []
-    for row in rows:
-        if rng.random() < rate:
-            left, right = (int(x) for x in row["prompt"].rstrip("=").split("+"))
-            row = dict(row, answer=str(sum_without_carries(left, right)))
-        out.append(row)
-    return out
+    return [dict(row, answer=_carry_free_answer(row)) if rng.random() < rate else row for row in rows]
 
 
 @torch.no_grad()
@@ -205,11 +205,15 @@ def greedy_answers(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast,
     return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def answer_accuracy(texts: Sequence[str], rows: List[Dict[str, str]]) -> float:
+    """Share of ``rows`` whose answer in ``texts`` ``score``s 1.0 (a fraction in [0, 1])."""
+    return sum(score(t, r["answer"]) for t, r in zip(texts, rows)) / len(rows)
+
+
 def heldout_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast,
                      rows: List[Dict[str, str]], max_new_tokens: int = 8) -> float:
     """Share of ``rows`` whose greedy completion ``score``s 1.0 (a fraction in [0, 1])."""
-    texts = greedy_answers(model, tokenizer, rows, max_new_tokens)
-    return sum(score(t, r["answer"]) for t, r in zip(texts, rows)) / len(rows)
+    return answer_accuracy(greedy_answers(model, tokenizer, rows, max_new_tokens), rows)
 
 
 def carry_free_rate(texts: Sequence[str], rows: List[Dict[str, str]]) -> float:
@@ -217,8 +221,7 @@ def carry_free_rate(texts: Sequence[str], rows: List[Dict[str, str]]) -> float:
     without carries: the careless demonstrator's error (a fraction in [0, 1])."""
     wrong_the_careless_way = 0
     for text, row in zip(texts, rows):
-        left, right = (int(x) for x in row["prompt"].rstrip("=").split("+"))
-        careless = str(sum_without_carries(left, right))
+        careless = _carry_free_answer(row)
         wrong_the_careless_way += careless != row["answer"] and score(text, careless) == 1.0
     return wrong_the_careless_way / len(rows)
 
@@ -247,7 +250,7 @@ def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int 
         seconds = time.time() - start
         heldout = WARM_START_TASK.generate("heldout", EVAL_PROBLEMS, seed=0)
         answers = greedy_answers(model, tokenizer, heldout)
-        accuracy = sum(score(t, r["answer"]) for t, r in zip(answers, heldout)) / len(heldout)
+        accuracy = answer_accuracy(answers, heldout)
     model.generation_config = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     model.save_pretrained(str(out))
     save_tokenizer(out)
