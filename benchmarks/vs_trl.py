@@ -114,11 +114,13 @@ def build_job(args: argparse.Namespace, overrides: List[str], model_path: str) -
     """The job both sides run, read from rlplat's resolved config: prompts per step in rlplat's
     order and the TRL settings equivalent to the config. Raises ``ValueError`` for a config that
     TRL's ``GRPOTrainer`` cannot reproduce."""
+    from rlplat import algorithms
     from rlplat.config import load_config
     from rlplat.data import PromptSampler, load_prompts
 
     cfg = load_config(args.config, overrides)
     alg, roll, tr = cfg.algorithm, cfg.rollout, cfg.trainer
+    loss_agg = algorithms.get(alg.name).plan(cfg).loss.agg  # algorithm.loss_agg or the algorithm's default
     problems = []
     if alg.name != "grpo":
         problems.append(f"algorithm.name={alg.name} (only grpo)")
@@ -126,8 +128,8 @@ def build_job(args: argparse.Namespace, overrides: List[str], model_path: str) -
         problems.append("algorithm.ppo_epochs and algorithm.mini_batches must be 1 (one update per step)")
     if alg.dynamic_sampling or alg.dual_clip is not None:
         problems.append("algorithm.dynamic_sampling / dual_clip have no TRL GRPOTrainer equivalent")
-    if alg.loss_agg not in TRL_LOSS_TYPE:
-        problems.append(f"algorithm.loss_agg={alg.loss_agg} (one of {sorted(TRL_LOSS_TYPE)})")
+    if loss_agg not in TRL_LOSS_TYPE:
+        problems.append(f"algorithm.loss_agg={loss_agg} (one of {sorted(TRL_LOSS_TYPE)})")
     if alg.advantage not in TRL_SCALE_REWARDS or alg.advantage_params:
         problems.append(f"algorithm.advantage={alg.advantage} (one of {sorted(TRL_SCALE_REWARDS)}, no params)")
     beta = 0.0
@@ -152,7 +154,7 @@ def build_job(args: argparse.Namespace, overrides: List[str], model_path: str) -
         "max_new_tokens": roll.max_new_tokens, "temperature": roll.temperature, "top_p": roll.top_p,
         "top_k": max(roll.top_k, 0), "lr": tr.lr, "weight_decay": tr.weight_decay, "adam_betas": list(tr.adam_betas),
         "grad_clip": tr.grad_clip, "seed": tr.seed, "beta": beta, "eps_low": alg.eps_low, "eps_high": alg.eps_high,
-        "loss_type": TRL_LOSS_TYPE[alg.loss_agg], "scale_rewards": TRL_SCALE_REWARDS[alg.advantage],
+        "loss_type": TRL_LOSS_TYPE[loss_agg], "scale_rewards": TRL_SCALE_REWARDS[alg.advantage],
         "trl_threads": args.trl_threads, "batches": batches,
     }
 

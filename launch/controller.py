@@ -216,10 +216,12 @@ class Controller:
         fn = advantages.get(self.plan.advantage)
         batch.advantages = fn(batch.rewards, batch.group_ids, **dict(self.plan.advantage_params), **extra)
 
-    def train(self, batch: Batch, step: int) -> Dict[str, float]:
-        """PPO epochs over ``algorithm.mini_batches`` shuffled mini-batches; metrics averaged."""
+    def train(self, batch: Batch, step: int, update: int = 0) -> Dict[str, float]:
+        """PPO epochs over ``algorithm.mini_batches`` shuffled mini-batches; metrics averaged.
+        ``update`` numbers the calls within a step (Nash-MP's inner updates): each call shuffles
+        its own way, and a resumed run shuffles exactly as an uninterrupted one."""
         alg = self.cfg.algorithm
-        gen = torch.Generator().manual_seed(self.cfg.trainer.seed * 100003 + step)
+        gen = torch.Generator().manual_seed((self.cfg.trainer.seed * 100003 + step) * 2**16 + update)
         collected: List[Dict[str, float]] = []
         groups = batch.group_ids.unique()
         for _ in range(alg.ppo_epochs):
@@ -271,14 +273,17 @@ class Controller:
         return result.metrics
 
     # ----------------------------------------------------------------- metrics
-    def batch_metrics(self, batch: Batch, prefix: str = "") -> Dict[str, float]:
-        correct = (batch.rewards >= self.cfg.reward.correct_threshold).float()
-        return {
+    def batch_metrics(self, batch: Batch, prefix: str = "", pass_rate: bool = True) -> Dict[str, float]:
+        """Reward mean, response length and sample count; ``pass_rate``: also the share of rewards
+        reaching ``reward.correct_threshold`` (meaningless where rewards are win probabilities)."""
+        out = {
             f"{prefix}reward/mean": batch.rewards.mean().item(),
-            f"{prefix}reward/pass_rate": correct.mean().item(),
             f"{prefix}response/length_mean": batch.response_mask.sum(1).mean().item(),
             f"{prefix}samples": float(len(batch)),
         }
+        if pass_rate:
+            out[f"{prefix}reward/pass_rate"] = (batch.rewards >= self.cfg.reward.correct_threshold).float().mean().item()
+        return out
 
     def finish_step(self, step: int, metrics: Dict[str, float], timer: PhaseTimer, *batches: Batch) -> Dict[str, float]:
         metrics.update(timer.metrics())

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from rlplat import advantages as advantage_estimators
 from rlplat import divergences
 from rlplat import masks as masks_lib
 from rlplat.batch import DATA_EXPLORE, DATA_REHEARSAL, Batch
@@ -65,6 +66,13 @@ def _token_mean(v: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int]) ->
 def _seq_mean_token_mean(v: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int]) -> Tuple[torch.Tensor, str]:
     """Original GRPO: mean over a sequence's tokens, then over sequences."""
     return (v.sum(-1) / mask.sum(-1).clamp(min=1)).sum(), "seqs"
+
+
+@AGGREGATIONS.register("seq-mean-token-sum")
+def _seq_mean_token_sum(v: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int]) -> Tuple[torch.Tensor, str]:
+    """REINFORCE on sequences (Nash-MP): token sum per sequence, mean over sequences, so a
+    sequence's gradient is ``A * grad log pi(y)`` whatever its length."""
+    return v.sum(), "seqs"
 
 
 @AGGREGATIONS.register("seq-mean-token-sum-norm")
@@ -166,16 +174,44 @@ class DivergenceTerm:
         )
 
 
+@dataclass(frozen=True)
+class PolicyAdvantage:
+    """An advantage that depends on the policy being updated, so the loss recomputes it at every
+    optimizer update from the detached log-probs of the forward pass it trains on:
+    ``advantages.get(name)(batch.rewards, batch.group_ids, **params, **{kw: seq_logratio(logp, anchor)})``
+    for each ``(kw, anchor)`` in ``logratios`` (``anchor`` a role key of ``Batch.logprobs``).
+    Nash-MP's ``- beta sg(log pi/pi_ref) - beta/eta sg(log pi/pi_k)`` is one (docs/algorithms.md, Nash-MP):
+    computed once from the sampling policy, its last term would be 0 at every update."""
+
+    name: str
+    params: Tuple[Tuple[str, float], ...] = ()
+    logratios: Tuple[Tuple[str, str], ...] = ()
+
+    def __call__(self, logp: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Float[B] advantages of ``batch`` for the current log-probs ``logp`` Float[B, R]."""
+        if batch.rewards is None:
+            raise ValueError(f"advantage '{self.name}' needs batch.rewards")
+        ratios = {}
+        for kw, anchor in self.logratios:
+            if anchor not in batch.logprobs:
+                raise ValueError(f"advantage '{self.name}': batch.logprobs has no '{anchor}' role (has {sorted(batch.logprobs)})")
+            ratios[kw] = advantage_estimators.seq_logratio(logp, batch.logprobs[anchor].to(logp.dtype), batch.response_mask.to(logp.dtype))
+        return advantage_estimators.get(self.name)(batch.rewards.to(logp.dtype), batch.group_ids, **dict(self.params), **ratios)
+
+
 @dataclass
 class PolicyLossConfig:
     """Clip range ``[1 - eps_low, 1 + eps_high]``; ``dual_clip`` = c > 1 bounds the loss of a
-    negative-advantage token by ``-c * A`` (Ye et al., dual-clip PPO); ``agg`` a mode of ``AGGREGATIONS``."""
+    negative-advantage token by ``-c * A`` (Ye et al., dual-clip PPO); ``agg`` a mode of ``AGGREGATIONS``.
+    ``advantage``: None (use ``batch.advantages``, computed before training) or a ``PolicyAdvantage``
+    recomputed from the current policy in every micro-batch."""
 
     eps_low: float = 0.2
     eps_high: float = 0.2
     dual_clip: Optional[float] = None
     agg: str = "seq-mean-token-mean"
     norm_len: Optional[int] = None
+    advantage: Optional[PolicyAdvantage] = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.eps_low < 1:
@@ -257,14 +293,18 @@ def _surrogate(
     """Per-token clipped (and optionally dual-clipped) surrogate loss Float[B, R] and its stats."""
     if "old" not in batch.logprobs:
         raise ValueError(f"policy_loss: batch.logprobs has no 'old' role (has {sorted(batch.logprobs)})")
-    if batch.advantages is None:
+    if cfg.advantage is not None:
+        advantages = cfg.advantage(logp.detach(), batch)
+    elif batch.advantages is None:
         raise ValueError("policy_loss: batch.advantages is None but the batch has exploration rows")
+    else:
+        advantages = batch.advantages
     on = tok > 0
     # Sanitise before exp: a masked position with a huge log-ratio would give inf, and
     # where()'s zero gradient times inf is NaN.
     log_ratio = torch.where(on, logp - batch.logprobs["old"].to(logp.dtype), torch.zeros_like(logp))
     rho = log_ratio.exp()
-    adv = batch.advantages.to(logp.dtype)[:, None].expand_as(logp)
+    adv = advantages.to(logp.dtype)[:, None].expand_as(logp)
     adv = torch.where(on, adv, torch.zeros_like(adv))
     unclipped = -adv * rho
     clipped = -adv * rho.clamp(1 - cfg.eps_low, 1 + cfg.eps_high)
@@ -278,6 +318,7 @@ def _surrogate(
     stats = {
         "actor/clip_frac": _masked_mean(clip_active.to(logp.dtype), tok),
         "actor/ratio_mean": _masked_mean(rho.detach(), tok),
+        "actor/advantage_abs_mean": _masked_mean(adv.detach().abs(), tok),
     }
     return loss, stats
 

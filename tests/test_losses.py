@@ -11,6 +11,7 @@ from rlplat.config import CoefConfig, DivergenceTermConfig
 from rlplat.losses import (
     DivergenceTerm,
     LossTotals,
+    PolicyAdvantage,
     PolicyLossConfig,
     aggregate,
     loss_totals,
@@ -22,7 +23,7 @@ from rlplat.losses import (
 from rlplat.schedules import REGISTRY as SCHEDULES
 from rlplat.schedules import CoefSchedule
 
-MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 DT = torch.float64
 
 
@@ -54,6 +55,8 @@ def weights(mask, mode, norm_len=None):
         return mask / mask.sum()
     if mode == "seq-mean-token-mean":
         return mask / lens.clamp(min=1) / seqs
+    if mode == "seq-mean-token-sum":
+        return mask / seqs
     return mask / norm_len / seqs
 
 
@@ -538,3 +541,64 @@ def test_token_entropy_matches_direct_and_chunks():
         torch.testing.assert_close(token_entropy(logits, chunk_positions=chunk), direct)
     uniform = token_entropy(torch.zeros(1, 2, 8))
     torch.testing.assert_close(uniform, torch.full((1, 2), math.log(8)))
+
+
+# ============================================================================ policy-dependent advantage (Nash-MP)
+def nash_advantage(beta=0.1, eta=1.0):
+    return PolicyAdvantage("nash_mp", params=(("beta", beta), ("eta", eta)),
+                           logratios=(("seq_logratio_ref", "reference"), ("seq_logratio_snapshot", "snapshot")))
+
+
+def nash_batch():
+    lengths = [3, 1, 2, 4]
+    ref, snap = rand_lp(4, 4, seed=1), rand_lp(4, 4, seed=2)
+    return make_batch(lengths, rewards=[0.9, 0.2, 0.5, 0.7], old=snap.clone(), reference=ref, snapshot=snap)
+
+
+def test_policy_advantage_is_recomputed_from_the_policy_being_updated():
+    """The gradient is -A(pi) * rho * grad lp with A's log-ratios taken at the CURRENT log-probs,
+    not at the sampling policy's: away from pi_k the proximal term is non-zero and eta acts."""
+    batch = nash_batch()
+    lp = leaf(batch.logprobs["snapshot"] + 0.3 * rand_lp(4, 4, seed=3))  # pi has moved away from pi_k
+    mask = batch.response_mask
+    beta, eta = 0.1, 0.5
+    cfg = PolicyLossConfig(agg="seq-mean-token-sum", eps_low=0.99, eps_high=100.0, advantage=nash_advantage(beta, eta))
+    loss, metrics = policy_loss(lp, batch, cfg, [], step=0)
+    seq = lambda role: ((lp.detach() - batch.logprobs[role]) * mask).sum(-1)  # noqa: E731
+    adv = batch.rewards - 0.5 - beta * seq("reference") - (beta / eta) * seq("snapshot")
+    rho = (lp.detach() - batch.logprobs["old"]).exp()
+    expect = -adv[:, None] * rho * mask / len(batch)
+    torch.testing.assert_close(grad_of(loss, lp), expect, rtol=1e-10, atol=1e-14)
+    assert metrics["actor/advantage_abs_mean"] > 0
+
+
+def test_policy_advantage_eta_matters_only_away_from_the_snapshot():
+    batch = nash_batch()
+    grads = {}
+    for where, shift in (("at_snapshot", 0.0), ("moved", 0.3)):
+        for eta in (0.1, 10.0):
+            lp = leaf(batch.logprobs["snapshot"] + shift * rand_lp(4, 4, seed=3))
+            cfg = PolicyLossConfig(agg="seq-mean-token-sum", advantage=nash_advantage(0.1, eta))
+            grads[where, eta] = grad_of(policy_loss(lp, batch, cfg, [], step=0)[0], lp)
+    torch.testing.assert_close(grads["at_snapshot", 0.1], grads["at_snapshot", 10.0], rtol=0, atol=0)
+    assert (grads["moved", 0.1] - grads["moved", 10.0]).abs().max() > 1e-3
+
+
+def test_policy_advantage_per_micro_batch_equals_whole_batch():
+    """Recomputed per micro-batch from its own rows, the advantage splits like any other loss."""
+    batch = nash_batch()
+    lp = leaf(batch.logprobs["snapshot"] + 0.3 * rand_lp(4, 4, seed=3))
+    cfg = PolicyLossConfig(agg="seq-mean-token-sum", advantage=nash_advantage())
+    whole = grad_of(policy_loss(lp, batch, cfg, [], step=0)[0], lp)
+    totals = loss_totals(batch, [])
+    parts = sum(policy_loss(lp[rows], batch.select(rows), cfg, [], step=0, totals=totals)[0] for rows in ([0, 2], [1, 3]))
+    torch.testing.assert_close(grad_of(parts, lp), whole, rtol=1e-12, atol=1e-15)
+
+
+def test_seq_mean_token_sum_gives_each_sequence_its_full_reinforce_gradient():
+    """-A_i * grad log pi(y_i) / num_seqs whatever the length: no 1/len factor on the baseline."""
+    old = rand_lp(2, 5)
+    batch = make_batch([1, 5], adv=[0.5, 0.5], old=old)
+    lp = leaf(old)
+    g = grad_of(policy_loss(lp, batch, PolicyLossConfig(agg="seq-mean-token-sum"), [], step=0)[0], lp)
+    torch.testing.assert_close(g, -0.5 * batch.response_mask / 2, rtol=0, atol=1e-15)

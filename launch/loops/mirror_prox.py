@@ -8,8 +8,10 @@ From pi_k (held by the trainer, the rollout engines and the snapshot scorer):
 4. full step: the same y (on-policy for pi_k again) against o; ``inner_steps`` updates give
    pi_{k+1}; sync it into the engines and refresh the snapshot (exactly once per iteration).
 Both proximal steps are anchored at pi_k through the snapshot term of the advantage,
-``P(y > opp) - 1/2 - beta sg(log pi/pi_ref) - (beta/eta) sg(log pi/pi_k)``. This is not Nash-MD:
-no step is taken against a geometric mixture of pi and pi_ref.
+``P(y > opp) - 1/2 - beta sg(log pi/pi_ref) - (beta/eta) sg(log pi/pi_k)``, whose log-ratios the
+loss recomputes from the policy being updated at every inner update (at pi = pi_k the last term
+is 0: frozen at the sampling policy it would make eta inert). This is not Nash-MD: no step is
+taken against a geometric mixture of pi and pi_ref.
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from actors.preference import PreferenceWorker
 from actors.rollout.weights import unpack
 from launch.loops import LOOPS
 from launch.metrics import PhaseTimer
-from rlplat.advantages import seq_logratio
 from rlplat.batch import Batch
 from rlplat.data import PromptSampler
 
@@ -70,19 +71,15 @@ class MirrorProxLoop:
             raise RuntimeError("a sample has no valid preference against any opponent; see the preference failures above")
         return sums / counts, metrics
 
-    def _proximal_step(self, batch: Batch, win: torch.Tensor, step: int, prefix: str) -> Dict[str, float]:
+    def _proximal_step(self, batch: Batch, win: torch.Tensor, step: int, phase: int, prefix: str) -> Dict[str, float]:
+        """``inner_steps`` updates on ``batch`` against fixed win probabilities ``win``. The loss
+        recomputes the advantage's log-ratios to pi_ref and pi_k from the policy being updated at
+        every update (``PolicyAdvantage``), so the proximal term acts from the second update on."""
         ctrl = self.ctrl
         batch.rewards = win
-        # log pi/pi_ref and log pi/pi_k at the sampling policy (the trainer's "old" log-probs).
-        ratios = {
-            "seq_logratio_ref": seq_logratio(batch.logprobs["old"], batch.logprobs["reference"], batch.response_mask),
-            "seq_logratio_snapshot": seq_logratio(batch.logprobs["old"], batch.logprobs["snapshot"], batch.response_mask),
-        }
-        ctrl.compute_advantages(batch, beta=self.beta, eta=self.eta, **ratios)
-        collected = [ctrl.train(batch, step) for _ in range(self.inner_steps)]
+        collected = [ctrl.train(batch, step, update=phase * self.inner_steps + i) for i in range(self.inner_steps)]
         out = {f"{prefix}/{k}": sum(c[k] for c in collected) / len(collected) for k in collected[0]}
         out[f"{prefix}/win_rate"] = win.mean().item()
-        out[f"{prefix}/advantage_abs_mean"] = batch.advantages.abs().mean().item()
         return out
 
     def step(self, step: int) -> Dict[str, float]:
@@ -98,7 +95,7 @@ class MirrorProxLoop:
             win_half, metrics = self._win_rates(batch, batch, exclude_self=True)
         with timer.phase("train"):
             ctrl.trainer.snapshot_state()
-            metrics.update(self._proximal_step(batch, win_half, step, "half"))
+            metrics.update(self._proximal_step(batch, win_half, step, 0, "half"))
         with timer.phase("sync"):
             metrics.update({f"half/{k}": v for k, v in ctrl.sync_weights().items()})
             half_weights = unpack(ray.get(ctrl.weights_ref))
@@ -109,7 +106,7 @@ class MirrorProxLoop:
         metrics.update({f"full/{k}": v for k, v in m2.items()})
         with timer.phase("train"):
             ctrl.trainer.restore_state()
-            metrics.update(self._proximal_step(batch, win_full, step, "full"))
+            metrics.update(self._proximal_step(batch, win_full, step, 1, "full"))
         with timer.phase("sync"):
             metrics.update(ctrl.sync_weights())
             full_weights = unpack(ray.get(ctrl.weights_ref))
@@ -124,7 +121,7 @@ class MirrorProxLoop:
             "loss/policy": metrics["full/loss/policy"],
             "reward/mean": win_full.mean().item(),
         })
-        metrics.update(ctrl.batch_metrics(batch, prefix="samples/"))
+        metrics.update(ctrl.batch_metrics(batch, prefix="samples/", pass_rate=False))  # rewards are win probabilities
         return ctrl.finish_step(step, metrics, timer, batch, opponents)
 
     def state_dict(self) -> dict:

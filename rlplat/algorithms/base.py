@@ -52,6 +52,7 @@ class Algorithm:
     needs_preference: bool = False
     needs_opponents: bool = False
     extra_roles: FrozenSet[str] = frozenset()  # scorer roles needed beyond divergence anchors
+    loss_agg: str = "seq-mean-token-mean"  # used when algorithm.loss_agg is null
     samples_from = {"reference": "policy", "teacher": "policy", "snapshot": "policy", "initial": "anchor"}
 
     # ----------------------------------------------------------------- checks
@@ -96,6 +97,11 @@ class Algorithm:
         if self.needs_preference and not (alg.nash_mp.judge or cfg.roles.preference.path):
             raise ConfigError(f"algorithm '{self.name}' needs a preference model: set roles.preference.path or algorithm.nash_mp.judge")
 
+    def policy_advantage(self, cfg: RunConfig):
+        """An ``rlplat.losses.PolicyAdvantage`` when the advantage depends on the policy being
+        updated (recomputed in the loss at every update); None: advantages are computed once per batch."""
+        return None
+
     # ------------------------------------------------------------------ plan
     def plan(self, cfg: RunConfig) -> AlgorithmPlan:
         from rlplat.losses import DivergenceTerm, PolicyLossConfig
@@ -105,8 +111,8 @@ class Algorithm:
         terms = tuple(DivergenceTerm.from_config(t) for t in alg.divergences)
         roles = {ANCHOR_ROLES[t.anchor] for t in terms if ANCHOR_ROLES[t.anchor]} | set(self.extra_roles)
         loss = PolicyLossConfig(
-            eps_low=alg.eps_low, eps_high=alg.eps_high, dual_clip=alg.dual_clip, agg=alg.loss_agg,
-            norm_len=alg.norm_len or cfg.rollout.max_new_tokens,
+            eps_low=alg.eps_low, eps_high=alg.eps_high, dual_clip=alg.dual_clip, agg=alg.loss_agg or self.loss_agg,
+            norm_len=alg.norm_len or cfg.rollout.max_new_tokens, advantage=self.policy_advantage(cfg),
         )
         return AlgorithmPlan(
             name=self.name,

@@ -71,6 +71,15 @@ class NashMP(Algorithm):
     needs_preference = True
     needs_opponents = True
     extra_roles = frozenset({"reference", "snapshot"})  # the advantage's sequence log-ratios
+    loss_agg = "seq-mean-token-sum"  # REINFORCE: a per-token mean would bias the 1/2 baseline by length
+
+    def policy_advantage(self, cfg: RunConfig):
+        from rlplat.losses import PolicyAdvantage
+
+        n = cfg.algorithm.nash_mp
+        return PolicyAdvantage(
+            name=cfg.algorithm.advantage, params=(("beta", n.beta), ("eta", n.eta)),
+            logratios=(("seq_logratio_ref", "reference"), ("seq_logratio_snapshot", "snapshot")))
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
@@ -79,3 +88,6 @@ class NashMP(Algorithm):
             raise ConfigError(f"algorithm.nash_mp.beta={n.beta} and eta={n.eta} must both be > 0")
         if n.inner_steps < 1:
             raise ConfigError(f"algorithm.nash_mp.inner_steps={n.inner_steps} must be >= 1")
+        if cfg.algorithm.advantage_params:
+            raise ConfigError(f"algorithm.advantage_params={dict(cfg.algorithm.advantage_params)}: Nash-MP's advantage "
+                              "takes its parameters from algorithm.nash_mp (beta, eta); leave advantage_params empty")

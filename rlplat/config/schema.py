@@ -129,7 +129,7 @@ class AlgorithmConfig:
     eps_low: float = 0.2
     eps_high: float = 0.2
     dual_clip: Optional[float] = None
-    loss_agg: str = "seq-mean-token-mean"
+    loss_agg: Optional[str] = None  # None: the algorithm's (seq-mean-token-mean; nash_mp: seq-mean-token-sum)
     norm_len: Optional[int] = None  # seq-mean-token-sum-norm constant; default rollout.max_new_tokens
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer updates per PPO epoch

@@ -103,7 +103,8 @@ def validate_config(cfg: RunConfig) -> None:
     _one_of("data.format", d.format, ["auto", "jsonl", "parquet", "hf_disk"])
     _at_least("data.prompts_per_step", d.prompts_per_step, 1)
     _at_least("reward.timeout_s", cfg.reward.timeout_s, 0.001)
-    _one_of("algorithm.loss_agg", a.loss_agg, AGGREGATIONS)
+    if a.loss_agg is not None:
+        _one_of("algorithm.loss_agg", a.loss_agg, AGGREGATIONS)
     if not (0 <= a.eps_low < 1 and a.eps_high >= 0):
         raise ConfigError(f"algorithm.eps_low={a.eps_low} must be in [0, 1) and algorithm.eps_high={a.eps_high} >= 0")
     if a.dual_clip is not None and a.dual_clip <= 1:
