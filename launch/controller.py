@@ -30,7 +30,7 @@ from launch.placement import colocated_group
 from launch.metrics import MetricsWriter, PhaseTimer, eval_line, progress_line, truncate_metrics
 from rlplat import advantages
 from rlplat.algorithms import AlgorithmPlan
-from rlplat.batch import Batch
+from rlplat.batch import Batch, minibatch_seed
 from rlplat.config.schema import RunConfig
 from rlplat.data import PromptRow, load_prompts, render_prompts
 
@@ -221,18 +221,14 @@ class Controller:
         ``update`` numbers the calls within a step (Nash-MP's inner updates): each call shuffles
         its own way, and a resumed run shuffles exactly as an uninterrupted one."""
         alg = self.cfg.algorithm
-        gen = torch.Generator().manual_seed((self.cfg.trainer.seed * 100003 + step) * 2**16 + update)
+        gen = torch.Generator().manual_seed(minibatch_seed(self.cfg.trainer.seed, step, update))
         collected: List[Dict[str, float]] = []
-        groups = batch.group_ids.unique()
-        for _ in range(alg.ppo_epochs):
-            # Mini-batches are made of whole groups: group-level masks and baselines stay intact.
-            for chosen in groups[torch.randperm(len(groups), generator=gen)].chunk(alg.mini_batches):
-                mb = batch.select(torch.isin(batch.group_ids, chosen).nonzero().flatten())
-                m = self.trainer.train(mb, step, (self.plan.loss, list(self.plan.terms)))
-                if m.get("trainer/skipped_nonfinite"):
-                    print(f"rlplat: step {step}: NaN/inf loss in {m['trainer/nonfinite_micro_batches']:.0f} "
-                          "micro-batch(es); that update was skipped", flush=True)
-                collected.append(m)
+        for rows in batch.mini_batches(alg.mini_batches, alg.ppo_epochs, gen):
+            m = self.trainer.train(batch.select(rows), step, (self.plan.loss, list(self.plan.terms)))
+            if m.get("trainer/skipped_nonfinite"):
+                print(f"rlplat: step {step}: NaN/inf loss in {m['trainer/nonfinite_micro_batches']:.0f} "
+                      "micro-batch(es); that update was skipped", flush=True)
+            collected.append(m)
         keys = set().union(*collected)
         return {k: sum(m[k] for m in collected if k in m) / sum(1 for m in collected if k in m) for k in keys}
 

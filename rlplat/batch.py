@@ -29,6 +29,12 @@ DATA_EXPLORE = 0
 DATA_REHEARSAL = 1
 
 
+def minibatch_seed(run_seed: int, step: int, update: int = 0) -> int:
+    """Seed of the mini-batch shuffle of optimizer call ``update`` (< 2**16) of ``step``: every
+    call of a step (Nash-MP's inner updates) shuffles its own way, reproducibly across resumes."""
+    return (run_seed * 100003 + step) * 2**16 + update
+
+
 @dataclass
 class Batch:
     prompt_ids: torch.Tensor
@@ -172,6 +178,17 @@ class Batch:
             kind=torch.cat([b.kind for b in batches]),
             meta={k: [x for b in batches for x in b.meta[k]] for k in metas},
         )
+
+    def mini_batches(self, num: int, epochs: int, generator: torch.Generator) -> List[torch.Tensor]:
+        """Row indices of the ``epochs * num`` PPO mini-batches of this batch: each epoch shuffles
+        the groups with ``generator`` and cuts them into ``num`` chunks of whole groups (group-level
+        masks and baselines stay intact)."""
+        groups = self.group_ids.unique()
+        out = []
+        for _ in range(epochs):
+            for chosen in groups[torch.randperm(len(groups), generator=generator)].chunk(num):
+                out.append(torch.isin(self.group_ids, chosen).nonzero().flatten())
+        return out
 
     def split_by_token_budget(self, max_tokens: int, keep_groups: bool = False) -> List[torch.Tensor]:
         """Partition row indices into micro-batches whose padded size (rows x longest row)

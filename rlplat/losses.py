@@ -16,7 +16,7 @@ shrinks by that factor.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -26,6 +26,9 @@ from rlplat import masks as masks_lib
 from rlplat.batch import DATA_EXPLORE, DATA_REHEARSAL, Batch
 from rlplat.registry import Registry
 from rlplat.schedules import CoefSchedule
+
+if TYPE_CHECKING:
+    from rlplat.config.schema import DivergenceTermConfig
 
 POLICY_KEY = "policy"  # key of the surrogate's normalisers in a totals mapping
 
@@ -161,7 +164,7 @@ class DivergenceTerm:
         return divergences.get(self.divergence, **self.params)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "DivergenceTerm":
+    def from_config(cls, cfg: "DivergenceTermConfig") -> "DivergenceTerm":
         """From an ``rlplat.config.DivergenceTermConfig`` (or anything with its attributes)."""
         return cls(
             name=cfg.name,

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterable, Optional
+from typing import Dict, Iterable, Optional
 
 from rlplat.config.errors import ConfigError
 from rlplat.config.schema import RunConfig
+
+# Keys the schema holds for capabilities that are not built yet: any non-default value is refused.
+REFUSED: Dict[str, str] = {}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
