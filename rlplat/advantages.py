@@ -1,4 +1,4 @@
-"""Per-sequence advantage estimators (ALGORITHMS.md sections 1 and 4).
+"""Per-sequence advantage estimators (docs/algorithms.md#advantage-estimators and #nash-mp).
 
 Every estimator has the signature ``fn(rewards: Float[B], group_ids: Long[B], **params) -> Float[B]``;
 samples drawn for the same prompt share a group id (ids need not be contiguous or sorted).
@@ -111,7 +111,7 @@ def nash_mp(
     beta: float = 0.1,
     eta: float = 1.0,
 ) -> torch.Tensor:
-    """Nash-MP proximal-step advantage (section 4):
+    """Nash-MP proximal-step advantage (docs/algorithms.md#nash-mp):
     ``A = P(y > y') - 1/2 - beta * sg(log pi/pi_ref) - (beta/eta) * sg(log pi/pi_k)``.
 
     ``rewards`` Float[B]: each sample's win probability against its opponents, in [0, 1].

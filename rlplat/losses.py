@@ -1,7 +1,7 @@
 """The policy loss: clipped surrogate on exploration rows plus pluggable divergence terms.
 
 ``loss = aggregate(surrogate, explore tokens) + sum_terms coef_t * aggregate(D(logp, anchor), term tokens)``
-(ALGORITHMS.md sections 0-3). Rows of kind ``DATA_REHEARSAL`` get no surrogate (DPH-RL); each
+(docs/algorithms.md#the-shared-objective). Rows of kind ``DATA_REHEARSAL`` get no surrogate (DPH-RL); each
 divergence term selects its rows with a sequence mask from ``rlplat.masks``.
 
 Micro-batching and data parallelism: a mini-batch is split into micro-batches on each of

@@ -1,8 +1,8 @@
 """Per-sequence masks that choose which rows a divergence term applies to.
 
 Signature: ``fn(rewards: Float[B] | None, group_ids: Long[B], kind: Long[B], **params) -> Float[B]``
-with values in {0., 1.}. KDRL's reward-guided masking (section 2) is ``incorrect`` (response level)
-and ``group_no_correct`` (group level); DPH-RL's rehearsal term uses ``rehearsal`` (section 3).
+with values in {0., 1.}. KDRL's reward-guided masking (docs/algorithms.md#kdrl) is ``incorrect`` (response level)
+and ``group_no_correct`` (group level); DPH-RL's rehearsal term uses ``rehearsal`` (docs/algorithms.md#dph-rl).
 Adding a mask is one function plus one ``@register("name")`` line.
 """
 from __future__ import annotations

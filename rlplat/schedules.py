@@ -1,4 +1,4 @@
-"""Coefficient schedules ``beta_t`` for divergence terms (KDRL's linear annealing, section 2).
+"""Coefficient schedules ``beta_t`` for divergence terms (KDRL's linear annealing, docs/algorithms.md#kdrl).
 
 A schedule kind is a function ``fn(step, *, value, start, slope, floor, **params) -> float`` that
 takes the fields it needs and ignores the rest; adding a kind is one function plus one

@@ -1,4 +1,4 @@
-"""Advantage estimators (ALGORITHMS.md sections 1 and 4)."""
+"""Advantage estimators (docs/algorithms.md#advantage-estimators and #nash-mp)."""
 import math
 
 import pytest

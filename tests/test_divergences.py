@@ -1,4 +1,4 @@
-"""Exact checks of every divergence property in ALGORITHMS.md section 0.
+"""Exact checks of every divergence property in docs/algorithms.md#divergence-estimators.
 
 Expectations are computed exactly by enumerating a small vocabulary (V = 5) in float64:
 the per-token estimators are elementwise, so evaluating one on the whole vocabulary vector

@@ -1,5 +1,5 @@
 """Policy loss, aggregation, divergence terms, masks and coefficient schedules
-(ALGORITHMS.md sections 1-3)."""
+(docs/algorithms.md: #the-shared-objective, #loss-aggregation, #masks, #coefficient-schedules, #kdrl, #dph-rl)."""
 import math
 
 import pytest

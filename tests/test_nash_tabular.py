@@ -1,4 +1,4 @@
-"""Exact tabular Nash-MP (ALGORITHMS.md section 4): the Mirror-Prox update rule converges
+"""Exact tabular Nash-MP (docs/algorithms.md#nash-mp): the Mirror-Prox update rule converges
 linearly to the regularised equilibrium and beats one-step mirror descent at the same step size."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Nash-MP: one outer Mirror-Prox iteration per step (ALGORITHMS.md section 4).
+"""Nash-MP: one outer Mirror-Prox iteration per step (docs/algorithms.md#nash-mp).
 
 From pi_k (held by the trainer, the rollout engines and the snapshot scorer):
 1. sample y ~ pi_k, G per prompt; save pi_k's parameters AND optimizer state;

@@ -1,4 +1,4 @@
-"""The four algorithm families of ALGORITHMS.md, each a declaration on top of ``Algorithm``."""
+"""The four algorithm families of docs/algorithms.md, each a declaration on top of ``Algorithm``."""
 from __future__ import annotations
 
 from rlplat.algorithms.base import Algorithm

@@ -1,6 +1,6 @@
 """Exact tabular Nash-MP (Mirror Prox) on one prompt with a finite response set.
 
-The reference implementation of the update rule of ALGORITHMS.md section 4, used by the tests
+The reference implementation of the update rule of docs/algorithms.md#nash-mp, used by the tests
 to check convergence to the equilibrium of the regularised preference game
 ``pi*(y) ~ pi_ref(y) exp(P(y > pi*) / beta)``. Shapes: policies are Float[Y] on the simplex,
 ``pref`` is Float[Y, Y] with ``pref[y, y'] = P(y > y')`` and ``pref + pref.T == 1``.

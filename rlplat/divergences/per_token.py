@@ -4,7 +4,7 @@ Every estimator here maps ``(logp, anchor_logp)`` -> ``values``: log-probabiliti
 the sampled tokens under the policy and under the anchor, any equal shapes ``[...]``; values
 have the same shape (one per token). Only ``logp`` is differentiated; the anchor is detached.
 
-Two families (see ALGORITHMS.md section 0):
+Two families (see docs/algorithms.md#divergence-estimators):
 
 * tokens sampled from the policy pi (``samples="policy"``), ``log_r = anchor_logp - logp``:
   k1, k2, k3 and k3 straight-through (Schulman's estimators of KL(pi||anchor)).

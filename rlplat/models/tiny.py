@@ -85,7 +85,7 @@ SIZES.register("policy")(
     TinySpec(hidden_size=320, intermediate_size=960, num_layers=4, num_heads=10, num_kv_heads=5,
              warm_start_steps=900, lr=2e-3, careless_steps=200, careless_rate=0.5)
 )
-# The policy's recipe without the careless demonstrator: ~97% held-out accuracy. ALGORITHMS.md
+# The policy's recipe without the careless demonstrator: ~97% held-out accuracy. docs/algorithms.md#kdrl
 # calls the KDRL teacher larger; a wider one (hidden 384, 7.2M) learned far slower with this
 # recipe (20% after 800 steps), so the teacher is stronger, not larger. The addition skill
 # appears abruptly and late: the same teacher on an 800-step schedule reached only 25%.
