@@ -173,7 +173,8 @@ class Controller:
             self.loop.after_recover()
 
     def score_and_reward(self, batch: Batch, timer: PhaseTimer, roles: Optional[List[str]] = None) -> Tuple[Batch, Dict[str, float]]:
-        """Rewards, scorer log-probs and the trainer's "old" log-probs, all in flight together.
+        """Rewards, scorer log-probs and (unless the loss takes them from its own forward) the
+        trainer's "old" log-probs, all in flight together.
 
         Returns the batch without the groups whose reward failed (their baseline is meaningless;
         the failures are counted in ``reward/*`` and written to ``reward_failures.jsonl``)."""
@@ -182,7 +183,8 @@ class Controller:
         reward_ref = self.reward.score.remote(m["response_text"], m["answer"], m["prompt"])  # in flight meanwhile
         with timer.phase("score"):
             role_refs = [self.scorers[r].score.remote(batch) for r in roles]
-            batch.logprobs["old"] = self.trainer.compute_logprobs(batch)
+            if not self.plan.loss.old_from_forward:
+                batch.logprobs["old"] = self.trainer.compute_logprobs(batch)
             try:
                 batch.logprobs.update(zip(roles, ray.get(role_refs)))
             except ACTOR_LOST as exc:
@@ -284,7 +286,7 @@ class Controller:
     def finish_step(self, step: int, metrics: Dict[str, float], timer: PhaseTimer, *batches: Batch) -> Dict[str, float]:
         metrics.update(timer.metrics())
         tokens = sum(float(b.num_tokens.sum()) for b in batches)
-        metrics.update({"step": step, "throughput/tokens_per_s": tokens / metrics["time/step"]})
+        metrics.update({"step": step, "throughput/tokens": tokens, "throughput/tokens_per_s": tokens / metrics["time/step"]})
         return metrics
 
     def shutdown(self) -> None:
@@ -298,7 +300,7 @@ class Controller:
 
     # ------------------------------------------------------------- checkpoints
     def save(self, step: int) -> str:
-        state = {"loop": self.loop.state_dict(), "probe_logprobs": self.trainer.compute_logprobs(self.probe)[0].tolist(),
+        state = {"loop": self.loop.state_dict(), "wall": self.wall(), "probe_logprobs": self.trainer.compute_logprobs(self.probe)[0].tolist(),
                  "probe": {"prompt_ids": self.probe.prompt_ids[0].tolist(), "response_ids": self.probe.response_ids[0].tolist()}}
         path = self.checkpointer.save(step, self.trainer, state)
         print(f"rlplat: checkpoint {path}", flush=True)
@@ -314,6 +316,7 @@ class Controller:
             return 0
         state = self.checkpointer.load(path, self.trainer)
         self.loop.load_state_dict(state["loop"])
+        self.wall_offset = state.get("wall", 0.0)
         start = state["step"] + 1
         truncate_metrics(os.path.join(self.run_dir, "metrics.jsonl"), start)
         self.sync_weights()
@@ -322,7 +325,12 @@ class Controller:
         print(f"rlplat: resumed from {path}; continuing at step {start + 1}", flush=True)
         return start
 
+    def wall(self) -> float:
+        """Seconds since the run started, counting the time before a resume (``time/wall``)."""
+        return self.wall_offset + time.time() - self.wall_start
+
     def run(self) -> None:
+        self.wall_start, self.wall_offset = time.time(), 0.0
         self.checkpointer = Checkpointer(self.run_dir, self.cfg.trainer.keep_last)
         start_step = self.resume()
         writer = MetricsWriter(self.run_dir)
@@ -331,7 +339,7 @@ class Controller:
         every, last = self.cfg.trainer.save_every, self.cfg.trainer.max_steps - 1
         try:
             if self.cfg.trainer.eval_every and self.cfg.trainer.eval_before_train and start_step == 0:
-                initial = {"step": -1, **self.evaluate(-1)}
+                initial = {"step": -1, **self.evaluate(-1), "time/wall": self.wall()}
                 writer.write(initial)
                 exporter.write(initial)
             for step in range(start_step, self.cfg.trainer.max_steps):
@@ -345,6 +353,7 @@ class Controller:
                         "rerun with trainer.resume=auto to continue from it") from exc
                 if self.cfg.trainer.eval_every and ((step + 1) % self.cfg.trainer.eval_every == 0 or step == last):
                     metrics.update(self.evaluate(step))  # every loop ends its step with the engines in sync
+                metrics["time/wall"] = self.wall()
                 writer.write(metrics)
                 exporter.write(metrics)
                 print(progress_line(step, self.cfg.trainer.max_steps, metrics, started, start_step), flush=True)

@@ -207,7 +207,10 @@ class PolicyLossConfig:
     """Clip range ``[1 - eps_low, 1 + eps_high]``; ``dual_clip`` = c > 1 bounds the loss of a
     negative-advantage token by ``-c * A`` (Ye et al., dual-clip PPO); ``agg`` a mode of ``AGGREGATIONS``.
     ``advantage``: None (use ``batch.advantages``, computed before training) or a ``PolicyAdvantage``
-    recomputed from the current policy in every micro-batch."""
+    recomputed from the current policy in every micro-batch. ``old_from_forward``: the batch is used
+    for exactly one optimizer update on the weights that sampled it, so the proximal ("old")
+    log-probs are the detached log-probs of the training forward itself (rho == 1 exactly) and no
+    separate forward pass computes ``batch.logprobs["old"]``."""
 
     eps_low: float = 0.2
     eps_high: float = 0.2
@@ -215,6 +218,7 @@ class PolicyLossConfig:
     agg: str = "seq-mean-token-mean"
     norm_len: Optional[int] = None
     advantage: Optional[PolicyAdvantage] = None
+    old_from_forward: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.eps_low < 1:
@@ -294,8 +298,13 @@ def _surrogate(
     logp: torch.Tensor, batch: Batch, cfg: PolicyLossConfig, tok: torch.Tensor
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Per-token clipped (and optionally dual-clipped) surrogate loss Float[B, R] and its stats."""
-    if "old" not in batch.logprobs:
-        raise ValueError(f"policy_loss: batch.logprobs has no 'old' role (has {sorted(batch.logprobs)})")
+    if cfg.old_from_forward:
+        old = logp.detach()
+    elif "old" in batch.logprobs:
+        old = batch.logprobs["old"].to(logp.dtype)
+    else:
+        raise ValueError(f"policy_loss: batch.logprobs has no 'old' role (has {sorted(batch.logprobs)}) "
+                         "and the loss is not configured with old_from_forward")
     if cfg.advantage is not None:
         advantages = cfg.advantage(logp.detach(), batch)
     elif batch.advantages is None:
@@ -305,7 +314,7 @@ def _surrogate(
     on = tok > 0
     # Sanitise before exp: a masked position with a huge log-ratio would give inf, and
     # where()'s zero gradient times inf is NaN.
-    log_ratio = torch.where(on, logp - batch.logprobs["old"].to(logp.dtype), torch.zeros_like(logp))
+    log_ratio = torch.where(on, logp - old, torch.zeros_like(logp))
     rho = log_ratio.exp()
     adv = advantages.to(logp.dtype)[:, None].expand_as(logp)
     adv = torch.where(on, adv, torch.zeros_like(adv))

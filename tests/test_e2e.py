@@ -41,7 +41,7 @@ def assert_weights_arrived(rows):
         assert r["sync/seconds"] > 0
 
 
-REQUIRED = ("step", "reward/mean", "loss/policy", "time/step", "throughput/tokens_per_s")
+REQUIRED = ("step", "reward/mean", "loss/policy", "time/step", "time/wall", "throughput/tokens", "throughput/tokens_per_s")
 
 
 def test_grpo_vllm_zero2(tmp_path, tiny_models):
@@ -53,9 +53,13 @@ def test_grpo_vllm_zero2(tmp_path, tiny_models):
         saved = json.loads((out / "eval" / f"step_{step}.json").read_text())
         assert len(saved["records"]) == 8 and all(len(r["samples"]) == len(r["rewards"]) == 4 for r in saved["records"])
         assert saved["metrics"]["eval/pass@4"] == (initial if step == -1 else rows[-1])["eval/pass@4"]
+    walls = [r["time/wall"] for r in [initial, *rows]]
+    assert walls == sorted(walls) and walls[0] > 0
     for r in rows:
         assert all(k in r for k in REQUIRED), sorted(r)
         assert r["samples"] > 0 and r["throughput/tokens_per_s"] > 0
+        assert r["throughput/tokens"] == pytest.approx(r["throughput/tokens_per_s"] * r["time/step"])
+        assert r["actor/ratio_mean"] == 1.0  # one update per batch: "old" is the training forward, rho == 1
         assert r["div/kl_ref"] >= 0
         assert sum(r[f"time/{p}"] for p in ("generate", "score", "reward", "train", "sync")) <= r["time/step"]
     assert_weights_arrived(rows)

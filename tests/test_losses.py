@@ -602,3 +602,20 @@ def test_seq_mean_token_sum_gives_each_sequence_its_full_reinforce_gradient():
     lp = leaf(old)
     g = grad_of(policy_loss(lp, batch, PolicyLossConfig(agg="seq-mean-token-sum"), [], step=0)[0], lp)
     torch.testing.assert_close(g, -0.5 * batch.response_mask / 2, rtol=0, atol=1e-15)
+
+
+def test_old_from_forward_equals_a_separate_old_pass():
+    """One update on the sampling weights: the detached forward IS the old policy, exactly."""
+    lengths = [4, 2, 3, 1]
+    lp0 = rand_lp(4, 4)
+    explicit = make_batch(lengths, adv=[0.5, -1.0, 2.0, 0.0], old=lp0.clone(), reference=rand_lp(4, 4, seed=5))
+    implicit = make_batch(lengths, adv=[0.5, -1.0, 2.0, 0.0], reference=explicit.logprobs["reference"])
+    terms = [kd_term()]
+    terms[0].anchor = "reference"
+    a, b = leaf(lp0), leaf(lp0)
+    la, ma = policy_loss(a, explicit, PolicyLossConfig(), terms, step=0)
+    lb, mb = policy_loss(b, implicit, PolicyLossConfig(old_from_forward=True), terms, step=0)
+    assert la.item() == lb.item() and ma == mb
+    assert torch.equal(grad_of(la, a), grad_of(lb, b))
+    with pytest.raises(ValueError, match="no 'old' role"):
+        policy_loss(leaf(lp0), implicit, PolicyLossConfig(), terms, step=0)

@@ -51,6 +51,8 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_models):
     assert "resumed from" in log and "continuing at step 3" in log
     resumed, reference = metrics(crash_dir), metrics(ref_dir)
     assert [r["step"] for r in resumed] == [0, 1, 2, 3]
+    walls = [r["time/wall"] for r in resumed]  # the resumed run's clock continues the checkpoint's
+    assert walls == sorted(walls)
     for a, b in zip(resumed, reference):
         for key in COMPARED:
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key, a[key], b[key])

@@ -107,13 +107,14 @@ class RehearsalLoop:
         if self.stored is None:
             print("rlplat: DPH-RL found no prompt that pi_0 solves in every sample; training without rehearsal", flush=True)
 
-    def _rehearsal_rows(self, step: int, group_offset: int) -> Batch:
+    def _rehearsal_rows(self, step: int, group_offset: int, with_old: bool) -> Batch:
         n = self.ctrl.cfg.algorithm.dph_rl.rehearsal_per_step
         gen = torch.Generator().manual_seed(self.ctrl.cfg.trainer.seed * 7919 + step)
         idx = torch.randperm(len(self.stored), generator=gen)[:n]
         rows = self.stored.select(idx.sort().values)
         rows.group_ids = group_offset + torch.arange(len(rows))  # not a group: no baseline across them
-        rows.logprobs["old"] = rows.logprobs["initial"]  # unused: the surrogate skips rehearsal rows
+        if with_old:  # the roles of the rows they join; unused: the surrogate skips rehearsal rows
+            rows.logprobs["old"] = rows.logprobs["initial"]
         rows.advantages = torch.zeros(len(rows))
         return rows
 
@@ -126,8 +127,9 @@ class RehearsalLoop:
         metrics.update(ctrl.batch_metrics(batch))
         metrics.update({"dph/rehearsal_prompts": float(self.num_rehearsal_prompts), "dph/prepare_seconds": self.prepare_seconds})
         if self.stored is not None:
-            batch.logprobs["initial"] = torch.zeros_like(batch.logprobs["old"])  # masked out for explore rows
-            batch = Batch.concat([batch, self._rehearsal_rows(step, int(batch.group_ids.max()) + 1)], pad_id=ctrl.pad_id)
+            batch.logprobs["initial"] = torch.zeros_like(batch.response_mask)  # masked out for explore rows
+            rehearsal = self._rehearsal_rows(step, int(batch.group_ids.max()) + 1, with_old="old" in batch.logprobs)
+            batch = Batch.concat([batch, rehearsal], pad_id=ctrl.pad_id)
         with timer.phase("train"):
             metrics.update(ctrl.train(batch, step))
         with timer.phase("sync"):

@@ -53,6 +53,7 @@ class Algorithm:
     needs_opponents: bool = False
     extra_roles: FrozenSet[str] = frozenset()  # scorer roles needed beyond divergence anchors
     loss_agg: str = "seq-mean-token-mean"  # used when algorithm.loss_agg is null
+    several_updates_per_batch: bool = False  # the loop itself trains a batch more than once (Nash-MP)
     samples_from = {"reference": "policy", "teacher": "policy", "snapshot": "policy", "initial": "anchor"}
 
     # ----------------------------------------------------------------- checks
@@ -97,6 +98,12 @@ class Algorithm:
         if self.needs_preference and not (alg.nash_mp.judge or cfg.roles.preference.path):
             raise ConfigError(f"algorithm '{self.name}' needs a preference model: set roles.preference.path or algorithm.nash_mp.judge")
 
+    def one_update_per_batch(self, cfg: RunConfig) -> bool:
+        """True when every batch meets exactly one optimizer update, on the weights that sampled
+        it: then the "old" log-probs are the training forward's own (no separate pass)."""
+        alg = cfg.algorithm
+        return not self.several_updates_per_batch and alg.ppo_epochs == 1 and alg.mini_batches == 1
+
     def policy_advantage(self, cfg: RunConfig):
         """An ``rlplat.losses.PolicyAdvantage`` when the advantage depends on the policy being
         updated (recomputed in the loss at every update); None: advantages are computed once per batch."""
@@ -113,6 +120,7 @@ class Algorithm:
         loss = PolicyLossConfig(
             eps_low=alg.eps_low, eps_high=alg.eps_high, dual_clip=alg.dual_clip, agg=alg.loss_agg or self.loss_agg,
             norm_len=alg.norm_len or cfg.rollout.max_new_tokens, advantage=self.policy_advantage(cfg),
+            old_from_forward=self.one_update_per_batch(cfg),
         )
         return AlgorithmPlan(
             name=self.name,

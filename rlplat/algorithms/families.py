@@ -71,6 +71,7 @@ class NashMP(Algorithm):
     needs_preference = True
     needs_opponents = True
     extra_roles = frozenset({"reference", "snapshot"})  # the advantage's sequence log-ratios
+    several_updates_per_batch = True  # inner_steps updates per proximal step, two proximal steps
     loss_agg = "seq-mean-token-sum"  # REINFORCE: a per-token mean would bias the 1/2 baseline by length
 
     def policy_advantage(self, cfg: RunConfig):
