@@ -40,6 +40,19 @@ def test_plans_declare_the_roles_each_algorithm_needs():
     assert [kd.coef(s) for s in (0, 80, 1000)] == pytest.approx([5e-3, 1e-3, 1e-3])
 
 
+def test_loss_aggregation_defaults_to_the_algorithms_and_an_explicit_one_wins():
+    plan = lambda path, *o: algorithms.get(load_config(path, o).algorithm.name).plan(load_config(path, o))  # noqa: E731
+    nash = os.path.join(ROOT, "configs", "nash_mp.yaml")
+    assert load_config(nash).algorithm.loss_agg is None
+    assert plan(nash).loss.agg == "seq-mean-token-sum"  # REINFORCE on sequences
+    assert plan(nash, "algorithm.loss_agg=token-mean").loss.agg == "token-mean"
+    assert plan(CONFIGS[0], "algorithm.loss_agg=null").loss.agg == "seq-mean-token-mean"
+    # One update per batch: "old" comes from the training forward; several: from a separate pass.
+    assert plan(CONFIGS[0]).loss.old_from_forward and not plan(CONFIGS[0], "algorithm.ppo_epochs=2").loss.old_from_forward
+    assert not plan(nash).loss.old_from_forward
+    assert plan(nash).loss.advantage.params == (("beta", 0.1), ("eta", 1.0))
+
+
 def test_overrides_apply_with_types():
     cfg = load_config(CONFIGS[0], ["trainer.max_steps=3", "trainer.lr=0.5", "rollout.backend=hf", "model.path=builtin:tiny-policy"])
     assert cfg.trainer.max_steps == 3 and isinstance(cfg.trainer.max_steps, int)
@@ -73,6 +86,14 @@ MISTAKES = [
     ("nash_mp", ["algorithm.advantage=grpo"], ["algorithm.advantage", "nash_mp"]),
     ("grpo", ["rollout.max_new_tokens=500"], ["rollout.max_model_len", "rollout.max_new_tokens"]),
     ("grpo", ["trainer.max_steps"], ["trainer.max_steps", "key=value"]),
+    ("grpo", ["algorithm.divergences.0.divergence=full_reverse_kl"], ["algorithm.divergences[0].divergence", "full logits"]),
+    ("kdrl", ["algorithm.divergences.0.anchor=reference"], ["kdrl", "anchor 'teacher'"]),
+    ("dph_rl", ["algorithm.divergences.0.mask=all"], ["algorithm.divergences[0].mask", "rehearsal"]),
+    ("nash_mp", ["algorithm.nash_mp.beta=0"], ["algorithm.nash_mp.beta", "> 0"]),
+    ("nash_mp", ["algorithm.nash_mp.eta=-1"], ["eta=-1", "> 0"]),
+    ("nash_mp", ["algorithm.nash_mp.inner_steps=0"], ["algorithm.nash_mp.inner_steps", ">= 1"]),
+    ("nash_mp", ["algorithm.advantage_params={beta: 0.3}"], ["algorithm.advantage_params", "algorithm.nash_mp"]),
+    ("grpo", ["algorithm.advantage=nash_mp"], ["algorithm.advantage", "does not fit"]),
 ]
 
 

@@ -264,3 +264,15 @@ def test_memory_limit_turns_a_runaway_reward_into_a_counted_error(reward_module)
     assert outcome.valid.tolist() == [False, True, True]
     assert outcome.errors == 1 and "MemoryError" in outcome.failures[0].message
     assert outcome.rewards[1].item() == 50 * 2**20  # within the cap it works
+
+
+def test_checker_judge_is_an_antisymmetric_preference():
+    """Nash-MP needs P(a > b) + P(b > a) = 1 (so P(a > a) = 1/2): the 1/2 baseline relies on it."""
+    from rlplat.rewards.judges import checker_judge
+
+    answers = [" 83", " 73", "83", " x", ""]
+    for a in answers:
+        for b in answers:
+            p, q = checker_judge("38+45=", a, b, "83"), checker_judge("38+45=", b, a, "83")
+            assert 0.0 <= p <= 1.0 and p + q == 1.0
+    assert checker_judge("38+45=", " 83", " 73", "83") == 1.0
