@@ -53,7 +53,7 @@ def test_build_rollout_batch_layout():
         [Sample([7, EOS_ID], [-1.0, -2.0], "x", "stop"), Sample([8, 9, 10], [-0.5] * 3, "yzw", "length")],
         [Sample([11], [-3.0], "q", "length"), Sample([EOS_ID], [-0.1], "", "stop")],
     ]
-    b = build_rollout_batch(prompts, samples, group_offset=4, pad_id=PAD_ID, meta={"answer": ["A", "B"]})
+    b = build_rollout_batch(prompts, samples, group_offset=4, pad_id=PAD_ID, meta={"answer": ["A", "B"]}, weight_version=3)
     assert b.prompt_ids.tolist() == [[1, 5, 6], [1, 5, 6], [0, 0, 1], [0, 0, 1]]
     assert b.prompt_mask.tolist() == [[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]]
     assert b.response_ids.tolist() == [[7, EOS_ID, 0], [8, 9, 10], [11, 0, 0], [EOS_ID, 0, 0]]
@@ -65,6 +65,7 @@ def test_build_rollout_batch_layout():
         "answer": ["A", "A", "B", "B"],
         "response_text": ["x", "yzw", "q", ""],
         "finish_reason": ["stop", "length", "length", "stop"],
+        "weight_version": [3, 3, 3, 3],
     }
     with pytest.raises(ValueError, match="meta\\['answer'\\] has 1 entries"):
         build_rollout_batch(prompts, samples, 0, PAD_ID, meta={"answer": ["A"]})

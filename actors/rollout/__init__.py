@@ -83,12 +83,14 @@ def build_rollout_batch(
     group_offset: int,
     pad_id: int,
     meta: Optional[Dict[str, Sequence[Any]]] = None,
+    weight_version: int = 0,
 ) -> Batch:
     """Lay out ``samples[i][j]`` (response j of prompt i) as a ``Batch`` of B = sum_i len(samples[i]) rows.
 
     Rows are prompt-major (all responses of prompt 0, then prompt 1, ...). ``group_ids`` =
     ``group_offset + i``. ``meta[key]`` (one entry per prompt) is repeated once per response;
-    ``meta["response_text"]`` and ``meta["finish_reason"]`` are added. Padding: prompts on the
+    ``meta["response_text"]``, ``meta["finish_reason"]`` and ``meta["weight_version"]`` (the version
+    of the weights that sampled every row, for staleness) are added. Padding: prompts on the
     left, responses and their log-probs (0.0) on the right.
     """
     meta = dict(meta or {})
@@ -99,7 +101,7 @@ def build_rollout_batch(
             raise ValueError(
                 f"meta['{key}'] has {len(values)} entries, expected one per prompt ({len(prompt_ids)})"
             )
-    for key in ("response_text", "finish_reason"):
+    for key in ("response_text", "finish_reason", "weight_version"):
         if key in meta:
             raise ValueError(f"meta['{key}'] is filled by the rollout engine; do not pass it")
 
@@ -132,6 +134,7 @@ def build_rollout_batch(
     out_meta: Dict[str, List[Any]] = {key: [values[i] for i, _ in rows] for key, values in meta.items()}
     out_meta["response_text"] = [s.text for _, s in rows]
     out_meta["finish_reason"] = [s.finish_reason for _, s in rows]
+    out_meta["weight_version"] = [weight_version] * len(rows)
     return Batch(
         prompt_ids=prompt,
         prompt_mask=prompt_mask,

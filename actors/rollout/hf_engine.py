@@ -100,7 +100,7 @@ class HFRolloutEngine:
         for start in range(0, len(rows), step):
             samples.extend(self._sample(rows[start : start + step], greedy))
         grouped = [samples[i * group_size : (i + 1) * group_size] for i in range(len(prompt_ids))]
-        return build_rollout_batch(prompt_ids, grouped, group_offset, pad_id, meta)
+        return build_rollout_batch(prompt_ids, grouped, group_offset, pad_id, meta, self.weight_version)
 
     def _sample(self, prompts: List[List[int]], greedy: bool = False) -> List[Sample]:
         p = max(len(x) for x in prompts)

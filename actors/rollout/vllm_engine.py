@@ -141,7 +141,7 @@ class VLLMRolloutEngine:
         seconds = time.perf_counter() - t0
         tokens = sum(len(s.token_ids) for group in samples for s in group)
         self.last_generate = {"seconds": seconds, "response_tokens": tokens, "tokens_per_s": tokens / seconds}
-        return build_rollout_batch(prompt_ids, samples, group_offset, pad_id, meta)
+        return build_rollout_batch(prompt_ids, samples, group_offset, pad_id, meta, self.weight_version)
 
     def sequence_logprobs(self, prompt_ids: List[int], response_ids: List[int]) -> List[float]:
         """The engine's raw log-prob of each ``response_ids[t]`` given the prompt and
