@@ -73,6 +73,8 @@ MISTAKES = [
     ("nash_mp", ["algorithm.advantage=grpo"], ["algorithm.advantage", "nash_mp"]),
     ("grpo", ["rollout.max_new_tokens=500"], ["rollout.max_model_len", "rollout.max_new_tokens"]),
     ("grpo", ["trainer.max_steps"], ["trainer.max_steps", "key=value"]),
+    ("grpo", ["algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=0"], ["algorithm.max_sampling_rounds", ">= 1"]),
+    ("nash_mp", ["algorithm.dynamic_sampling=true"], ["algorithm.dynamic_sampling", "nash_mp"]),
 ]
 
 

@@ -71,6 +71,7 @@ class NashMP(Algorithm):
     needs_preference = True
     needs_opponents = True
     extra_roles = frozenset({"reference", "snapshot"})  # the advantage's sequence log-ratios
+    dynamic_sampling = False  # win rates against opponents, sampled in two phases, are not one reward group
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
