@@ -178,9 +178,20 @@ class Controller:
 
         Returns the batch without the groups whose reward failed (their baseline is meaningless;
         the failures are counted in ``reward/*`` and written to ``reward_failures.jsonl``)."""
-        roles = sorted(self.scorers) if roles is None else roles
         m = batch.meta
         reward_ref = self.reward.score.remote(m["response_text"], m["answer"], m["prompt"])  # in flight meanwhile
+        self.score(batch, timer, roles)
+        with timer.phase("reward"):
+            try:
+                outcome = ray.get(reward_ref)
+            except ACTOR_LOST as exc:
+                self._recover(exc)
+                outcome = self.reward_outcome(batch)
+        return self.apply_rewards(batch, outcome)
+
+    def score(self, batch: Batch, timer: PhaseTimer, roles: Optional[List[str]] = None) -> None:
+        """Fill ``batch.logprobs``: the trainer's "old" and each scorer role's (default: every one started)."""
+        roles = sorted(self.scorers) if roles is None else roles
         with timer.phase("score"):
             role_refs = [self.scorers[r].score.remote(batch) for r in roles]
             if not self.plan.loss.old_from_forward:
@@ -190,12 +201,10 @@ class Controller:
             except ACTOR_LOST as exc:
                 self._recover(exc)
                 batch.logprobs.update(self.score_roles(batch, roles))
-        with timer.phase("reward"):
-            try:
-                outcome = ray.get(reward_ref)
-            except ACTOR_LOST as exc:
-                self._recover(exc)
-                outcome = self.reward_outcome(batch)
+
+    def apply_rewards(self, batch: Batch, outcome) -> Tuple[Batch, Dict[str, float]]:
+        """Set ``batch.rewards`` from a ``RewardOutcome`` of its rows; returns the batch without the
+        groups whose reward failed (logged) and the ``reward/*`` failure metrics."""
         metrics = outcome.metrics()
         if outcome.num_invalid:
             self._log_reward_failures(outcome)

@@ -17,6 +17,7 @@ from typing import Dict, List
 import torch
 
 from launch.loops import LOOPS
+from launch.loops.sampling import sample_batch
 from launch.metrics import PhaseTimer
 from rlplat.batch import DATA_REHEARSAL, Batch
 from rlplat.data import PromptSampler
@@ -120,12 +121,12 @@ class RehearsalLoop:
 
     def step(self, step: int) -> Dict[str, float]:
         ctrl, timer = self.ctrl, PhaseTimer()
-        with timer.phase("generate"):
-            batch = ctrl.generate(self.sampler.next_batch(), ctrl.plan.group_size, seed=ctrl.step_seed(step))
-        batch, metrics = ctrl.score_and_reward(batch, timer)
+        batch, metrics = sample_batch(ctrl, self.sampler, step, timer)
+        metrics.update({"dph/rehearsal_prompts": float(self.num_rehearsal_prompts), "dph/prepare_seconds": self.prepare_seconds})
+        if batch is None:  # dynamic sampling found no exploration group with unequal rewards: skip the update
+            return ctrl.finish_step(step, metrics, timer)
         ctrl.compute_advantages(batch)
         metrics.update(ctrl.batch_metrics(batch))
-        metrics.update({"dph/rehearsal_prompts": float(self.num_rehearsal_prompts), "dph/prepare_seconds": self.prepare_seconds})
         if self.stored is not None:
             batch.logprobs["initial"] = torch.zeros_like(batch.response_mask)  # masked out for explore rows
             rehearsal = self._rehearsal_rows(step, int(batch.group_ids.max()) + 1, with_old="old" in batch.logprobs)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Dict
 
-from launch.faults import fault_point
 from launch.loops import LOOPS
+from launch.loops.sampling import sample_batch
 from launch.metrics import PhaseTimer
 from rlplat.data import PromptSampler
 
@@ -18,10 +18,9 @@ class RLLoop:
 
     def step(self, step: int) -> Dict[str, float]:
         ctrl, timer = self.ctrl, PhaseTimer()
-        with timer.phase("generate"):
-            batch = ctrl.generate(self.sampler.next_batch(), ctrl.plan.group_size, seed=ctrl.step_seed(step))
-        fault_point("after_generate", step)
-        batch, metrics = ctrl.score_and_reward(batch, timer)
+        batch, metrics = sample_batch(ctrl, self.sampler, step, timer)
+        if batch is None:  # dynamic sampling found no group with unequal rewards: nothing to learn from
+            return ctrl.finish_step(step, metrics, timer)
         ctrl.compute_advantages(batch)
         with timer.phase("train"):
             metrics.update(ctrl.train(batch, step))

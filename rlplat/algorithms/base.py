@@ -54,6 +54,8 @@ class Algorithm:
     extra_roles: FrozenSet[str] = frozenset()  # scorer roles needed beyond divergence anchors
     loss_agg: str = "seq-mean-token-mean"  # used when algorithm.loss_agg is null
     several_updates_per_batch: bool = False  # the loop itself trains a batch more than once (Nash-MP)
+    # The loop can drop groups with identical rewards and sample more (DAPO, algorithm.dynamic_sampling).
+    dynamic_sampling: bool = True
     samples_from = {"reference": "policy", "teacher": "policy", "snapshot": "policy", "initial": "anchor"}
 
     # ----------------------------------------------------------------- checks
@@ -95,6 +97,9 @@ class Algorithm:
                 raise ConfigError(f"{key}.mask='{term.mask}' is not registered; choose one of {masks.names()}")
             if term.coef.kind not in schedules.names():
                 raise ConfigError(f"{key}.coef.kind='{term.coef.kind}' is not registered; choose one of {schedules.names()}")
+        if alg.dynamic_sampling and not self.dynamic_sampling:
+            raise ConfigError(f"algorithm.dynamic_sampling=true is not supported by algorithm '{self.name}' "
+                              f"(its '{self.loop}' loop does not filter groups); set it to false")
         if self.needs_preference and not (alg.nash_mp.judge or cfg.roles.preference.path):
             raise ConfigError(f"algorithm '{self.name}' needs a preference model: set roles.preference.path or algorithm.nash_mp.judge")
 

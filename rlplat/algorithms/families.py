@@ -81,6 +81,7 @@ class NashMP(Algorithm):
         return PolicyAdvantage(
             name=cfg.algorithm.advantage, params=(("beta", n.beta), ("eta", n.eta)),
             logratios=(("seq_logratio_ref", "reference"), ("seq_logratio_snapshot", "snapshot")))
+    dynamic_sampling = False  # win rates against opponents, sampled in two phases, are not one reward group
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)

@@ -133,7 +133,8 @@ class AlgorithmConfig:
     norm_len: Optional[int] = None  # seq-mean-token-sum-norm constant; default rollout.max_new_tokens
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer updates per PPO epoch
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, draw more prompts
+    max_sampling_rounds: int = 4  # dynamic_sampling: generation rounds per step at most (then train on what there is)
     divergences: List[DivergenceTermConfig] = field(default_factory=list)
     dph_rl: DPHRLConfig = field(default_factory=DPHRLConfig)
     nash_mp: NashMPConfig = field(default_factory=NashMPConfig)

@@ -114,6 +114,7 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"algorithm.dual_clip={a.dual_clip} must be > 1 (or null to disable)")
     _at_least("algorithm.ppo_epochs", a.ppo_epochs, 1)
     _at_least("algorithm.mini_batches", a.mini_batches, 1)
+    _at_least("algorithm.max_sampling_rounds", a.max_sampling_rounds, 1)
     if a.name not in algorithms.names():
         raise ConfigError(f"algorithm.name='{a.name}' is not registered; choose one of {algorithms.names()}")
     algorithms.get(a.name).check(cfg)

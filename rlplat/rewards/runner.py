@@ -122,6 +122,26 @@ class RewardOutcome:
             "reward/call_seconds_max": self.call_seconds_max,
         }
 
+    @staticmethod
+    def concat(outcomes: Sequence["RewardOutcome"]) -> "RewardOutcome":
+        """One outcome for the row-wise concatenation of the outcomes' batches (in order):
+        counts and seconds add up, failure indices shift to the concatenated rows."""
+        import torch
+
+        if not outcomes:
+            raise ValueError("RewardOutcome.concat needs at least one outcome")
+        failures, offset = [], 0
+        for o in outcomes:
+            failures.extend(RewardFailure(f.index + offset, f.kind, f.response, f.message) for f in o.failures)
+            offset += int(o.valid.numel())
+        returned = [max(int(o.valid.numel()) - o.timeouts, 0) for o in outcomes]  # calls that returned (crashes aside): the means' weights
+        return RewardOutcome(
+            rewards=torch.cat([o.rewards for o in outcomes]), valid=torch.cat([o.valid for o in outcomes]),
+            errors=sum(o.errors for o in outcomes), timeouts=sum(o.timeouts for o in outcomes), failures=failures,
+            seconds=sum(o.seconds for o in outcomes),
+            call_seconds_mean=sum(o.call_seconds_mean * n for o, n in zip(outcomes, returned)) / max(sum(returned), 1),
+            call_seconds_max=max(o.call_seconds_max for o in outcomes))
+
     def summary(self, max_items: int = 3) -> str:
         head = f"{self.num_invalid} of {self.valid.numel()} rewards failed ({self.errors} errors, {self.timeouts} timeouts)"
         lines = [head] + [
