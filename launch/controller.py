@@ -38,6 +38,14 @@ from rlplat.data import PromptRow, load_prompts, render_prompts
 ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
+@dataclasses.dataclass
+class PendingRollout:
+    """A submitted generation: ``calls`` submit it again (recovery), ``refs`` the first submission."""
+
+    calls: List
+    refs: Optional[List]
+
+
 class Controller:
     """``model_paths`` maps role ("policy", "tokenizer", "reference", "teacher", ...) to a path or hub id."""
 
@@ -113,8 +121,14 @@ class Controller:
 
     def generate(self, rows: List[PromptRow], group_size: int, group_offset: int = 0, seed: Optional[int] = None) -> Batch:
         """``group_size`` samples per prompt; contiguous prompt chunks per engine keep group ids unique."""
+        return self.collect(self.launch_generate(rows, group_size, group_offset, seed))
+
+    def launch_generate(self, rows: List[PromptRow], group_size: int, group_offset: int = 0,
+                        seed: Optional[int] = None) -> "PendingRollout":
+        """Submit ``generate`` to the engines now, on the weights they hold now; ``collect`` it later.
+        Engines run their calls in order, so a weight sync submitted after it waits for it."""
         bounds = torch.linspace(0, len(rows), len(self.engines) + 1).round().long().tolist()
-        futures = []
+        calls = []
         for engine, (a, b) in zip(self.engines, zip(bounds, bounds[1:])):
             if a == b:
                 continue
@@ -122,9 +136,21 @@ class Controller:
             meta = {"prompt": [r.prompt for r in chunk], "answer": [r.answer for r in chunk], "row_index": [r.index for r in chunk]}
             ids = [self.prompt_ids[r.index] for r in chunk]
             chunk_seed = None if seed is None else seed + a * group_size
-            futures.append(lambda e=engine, i=ids, o=group_offset + a, m=meta, sd=chunk_seed: e.generate.remote(
+            calls.append(lambda e=engine, i=ids, o=group_offset + a, m=meta, sd=chunk_seed: e.generate.remote(
                 i, group_size, o, self.pad_id, m, sd, weight_version=self.weight_version))
-        return self.recoverable(lambda: Batch.concat(ray.get([f() for f in futures]), pad_id=self.pad_id))
+        return PendingRollout(calls, [call() for call in calls])
+
+    def collect(self, pending: "PendingRollout") -> Batch:
+        """The Batch of a launched generation. If an engine died meanwhile (or was restarted), the
+        actors are recovered and the same seeded calls run again on the current weights, so no
+        sample is lost or duplicated (the retried rows carry the newer weight version)."""
+        first = [pending.refs]
+
+        def get() -> Batch:
+            refs = first.pop() if first else [call() for call in pending.calls]  # a retry submits afresh
+            return Batch.concat(ray.get(refs), pad_id=self.pad_id)
+
+        return self.recoverable(get)
 
     def reward_outcome(self, batch: Batch):
         """``RewardOutcome`` of every sample (runs on the reward worker, never on the driver)."""

@@ -94,6 +94,9 @@ MISTAKES = [
     ("nash_mp", ["algorithm.nash_mp.inner_steps=0"], ["algorithm.nash_mp.inner_steps", ">= 1"]),
     ("nash_mp", ["algorithm.advantage_params={beta: 0.3}"], ["algorithm.advantage_params", "algorithm.nash_mp"]),
     ("grpo", ["algorithm.advantage=nash_mp"], ["algorithm.advantage", "does not fit"]),
+    ("grpo", ["trainer.max_staleness=-1"], ["trainer.max_staleness", ">= 0"]),
+    ("nash_mp", ["trainer.max_staleness=1"], ["trainer.max_staleness", "mirror_prox"]),
+    ("grpo", ["trainer.max_staleness=1", "algorithm.dynamic_sampling=true"], ["trainer.max_staleness", "dynamic_sampling"]),
     ("grpo", ["algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=0"], ["algorithm.max_sampling_rounds", ">= 1"]),
     ("nash_mp", ["algorithm.dynamic_sampling=true"], ["algorithm.dynamic_sampling", "nash_mp"]),
 ]

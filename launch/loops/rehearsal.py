@@ -17,7 +17,7 @@ from typing import Dict, List
 import torch
 
 from launch.loops import LOOPS
-from launch.loops.sampling import sample_batch
+from launch.loops.sampling import BatchSource
 from launch.metrics import PhaseTimer
 from rlplat.batch import DATA_REHEARSAL, Batch
 from rlplat.data import PromptSampler
@@ -102,7 +102,8 @@ class RehearsalLoop:
         explore_rows = [by_index[i] for i in store["exploration_rows"]] or list(ctrl.rows)
         check_exploration_pool(len(ctrl.rows), len(explore_rows), cfg.data.prompts_per_step,
                                cfg.algorithm.dph_rl.samples_per_prompt)
-        self.sampler = PromptSampler(explore_rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+        self.source = BatchSource(ctrl, PromptSampler(explore_rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed,
+                                                      shuffle=cfg.data.shuffle))
         self.stored = Batch.from_dict(store["rehearsal"]) if store["rehearsal"] is not None else None
         self.num_rehearsal_prompts = len(ctrl.rows) - len(store["exploration_rows"])
         if self.stored is None:
@@ -121,7 +122,7 @@ class RehearsalLoop:
 
     def step(self, step: int) -> Dict[str, float]:
         ctrl, timer = self.ctrl, PhaseTimer()
-        batch, metrics = sample_batch(ctrl, self.sampler, step, timer)
+        batch, metrics = self.source.next(step, timer)
         metrics.update({"dph/rehearsal_prompts": float(self.num_rehearsal_prompts), "dph/prepare_seconds": self.prepare_seconds})
         if batch is None:  # dynamic sampling found no exploration group with unequal rewards: skip the update
             return ctrl.finish_step(step, metrics, timer)
@@ -138,7 +139,7 @@ class RehearsalLoop:
         return ctrl.finish_step(step, metrics, timer, batch)
 
     def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict(), "store": store_path(self.ctrl)}
+        return {"sampler": self.source.state_dict(), "store": store_path(self.ctrl)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
+        self.source.load_state_dict(state["sampler"])

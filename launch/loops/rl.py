@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Dict
 
 from launch.loops import LOOPS
-from launch.loops.sampling import sample_batch
+from launch.loops.sampling import BatchSource
 from launch.metrics import PhaseTimer
 from rlplat.data import PromptSampler
 
@@ -14,11 +14,12 @@ class RLLoop:
     def __init__(self, ctrl) -> None:
         self.ctrl = ctrl
         cfg = ctrl.cfg
-        self.sampler = PromptSampler(ctrl.rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+        self.source = BatchSource(ctrl, PromptSampler(ctrl.rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed,
+                                                      shuffle=cfg.data.shuffle))
 
     def step(self, step: int) -> Dict[str, float]:
         ctrl, timer = self.ctrl, PhaseTimer()
-        batch, metrics = sample_batch(ctrl, self.sampler, step, timer)
+        batch, metrics = self.source.next(step, timer)
         if batch is None:  # dynamic sampling found no group with unequal rewards: nothing to learn from
             return ctrl.finish_step(step, metrics, timer)
         ctrl.compute_advantages(batch)
@@ -30,7 +31,7 @@ class RLLoop:
         return ctrl.finish_step(step, metrics, timer, batch)
 
     def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict()}
+        return {"sampler": self.source.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
+        self.source.load_state_dict(state["sampler"])

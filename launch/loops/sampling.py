@@ -10,9 +10,15 @@ ran -> cut the surplus (the last-drawn groups) -> score only the kept groups. Ro
 seeds ``step_seed(step) + (samples drawn in rounds < r) + i``, group ids continue across rounds,
 and the sampler's state advances by every draw, so a resumed run draws the same prompts and samples.
 When no informative group is found the step skips its update (the caller gets ``None``).
+
+With ``trainer.max_staleness`` K >= 1 (``BatchSource``), the generation of the next K steps is
+submitted ahead, on the weights the engines hold at submission, so the engines sample while the
+trainer updates; the batch of step t is then trained by weights at most K versions newer than the
+ones that sampled it (every row carries its ``weight_version``).
 """
 from __future__ import annotations
 
+import time
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -75,3 +81,56 @@ def _dynamic_batch(ctrl, sampler: PromptSampler, step: int, timer: PhaseTimer) -
     batch = batch.select(torch.isin(batch.group_ids, torch.tensor(choice.keep)).nonzero().flatten())
     ctrl.score(batch, timer)  # scorer passes for the kept groups only
     return batch, metrics
+
+
+class BatchSource:
+    """The step's batch for the ``rl`` and ``rehearsal`` loops, ``trainer.max_staleness`` K steps ahead.
+
+    K = 0: ``sample_batch`` at the start of the step, on the current weights (synchronous).
+    K >= 1: before taking step s's batch, the generation of every step up to ``s + K`` is submitted
+    (engines run calls in order, so step s's was submitted earlier and comes first); reward and
+    scoring of step s then run while the engines sample the next batches, and the weight sync at
+    the end of step s queues behind them. Metrics: ``async/staleness_mean`` / ``_max`` (trainer
+    version minus each row's sampling version), ``async/wait_s`` (the trainer waiting for its batch).
+    The sampler state saved in a checkpoint is the one before the first draw not yet trained on, so a
+    resumed run draws the same prompts for every step (on the resumed weights).
+    """
+
+    def __init__(self, ctrl, sampler: PromptSampler) -> None:
+        self.ctrl, self.sampler = ctrl, sampler
+        self.max_staleness = ctrl.cfg.trainer.max_staleness
+        self.pending: Dict[int, tuple] = {}  # step -> (sampler state before its draw, PendingRollout)
+        self.next_launch: Optional[int] = None
+
+    def next(self, step: int, timer: PhaseTimer) -> Tuple[Optional[Batch], Dict[str, float]]:
+        if self.max_staleness == 0:
+            return sample_batch(self.ctrl, self.sampler, step, timer)
+        ctrl = self.ctrl
+        if self.next_launch is None:
+            self.next_launch = step
+        last = min(step + self.max_staleness, ctrl.cfg.trainer.max_steps - 1)
+        while self.next_launch <= last:
+            t, state = self.next_launch, self.sampler.state_dict()
+            self.pending[t] = (state, ctrl.launch_generate(self.sampler.next_batch(), ctrl.plan.group_size,
+                                                           seed=ctrl.step_seed(t)))
+            self.next_launch += 1
+        t0 = time.perf_counter()
+        with timer.phase("generate"):
+            batch = ctrl.collect(self.pending.pop(step)[1])
+        wait = time.perf_counter() - t0
+        fault_point("after_generate", step)
+        staleness = ctrl.weight_version - torch.tensor(batch.meta["weight_version"], dtype=torch.float64)
+        if float(staleness.max()) > self.max_staleness:  # the queue's invariant; never a user error
+            raise RuntimeError(f"step {step}: batch staleness {float(staleness.max())} > trainer.max_staleness")
+        batch, metrics = ctrl.score_and_reward(batch, timer)
+        metrics.update({"async/staleness_mean": float(staleness.mean()), "async/staleness_max": float(staleness.max()),
+                        "async/wait_s": wait, "sampling/trained_uniform_groups":
+                        float(len(uniform_groups(batch.rewards, batch.group_ids)))})
+        return batch, metrics
+
+    def state_dict(self) -> dict:
+        return self.pending[min(self.pending)][0] if self.pending else self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+        self.pending, self.next_launch = {}, None

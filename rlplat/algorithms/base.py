@@ -100,6 +100,15 @@ class Algorithm:
         if alg.dynamic_sampling and not self.dynamic_sampling:
             raise ConfigError(f"algorithm.dynamic_sampling=true is not supported by algorithm '{self.name}' "
                               f"(its '{self.loop}' loop does not filter groups); set it to false")
+        k = cfg.trainer.max_staleness
+        if k < 0:
+            raise ConfigError(f"trainer.max_staleness={k} must be >= 0 (0: synchronous)")
+        if k and self.several_updates_per_batch:
+            raise ConfigError(f"trainer.max_staleness={k}: algorithm '{self.name}' samples within its step from the "
+                              f"policy it is updating (its '{self.loop}' loop); set trainer.max_staleness=0")
+        if k and alg.dynamic_sampling:
+            raise ConfigError(f"trainer.max_staleness={k} with algorithm.dynamic_sampling=true is not supported yet "
+                              "(the rounds of a step depend on its rewards); set one of them off")
         if self.needs_preference and not (alg.nash_mp.judge or cfg.roles.preference.path):
             raise ConfigError(f"algorithm '{self.name}' needs a preference model: set roles.preference.path or algorithm.nash_mp.judge")
 

@@ -155,6 +155,7 @@ class TrainerConfig:
     adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0
     micro_batch_tokens: int = 4096  # token budget of one training forward/backward
+    max_staleness: int = 0  # 0: synchronous; K >= 1: generation runs up to K weight versions ahead of training
     eval_every: int = 0  # 0: never; else held-out evaluation every N steps and at the end
     eval_before_train: bool = True  # with eval_every > 0: also evaluate the initial policy (logged as step -1)
     eval_n: int = 8  # samples per held-out prompt for pass@k
