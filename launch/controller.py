@@ -28,7 +28,7 @@ from launch.evaluate import engines_generate_fn, evaluate
 from launch.monitoring import MetricsExporter
 from launch.placement import colocated_group
 from launch.metrics import MetricsWriter, PhaseTimer, eval_line, progress_line, truncate_metrics
-from rlplat import advantages
+from rlplat import advantages, seeds
 from rlplat.algorithms import AlgorithmPlan
 from rlplat.batch import Batch, minibatch_seed
 from rlplat.config.schema import RunConfig
@@ -115,9 +115,13 @@ class Controller:
             json.dump(sorted(ray.util.list_named_actors()), f)
 
     # ------------------------------------------------------------------ phases
-    def step_seed(self, step: int, salt: int = 0) -> int:
-        """Sampling seed of a step: a resumed run samples exactly what an uninterrupted one did."""
-        return (self.cfg.trainer.seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2**31 - 1)
+    def step_seed(self, step: int, phase: str = "rollout", offset: int = 0) -> int:
+        """Seed of sample ``offset`` of the draw ``phase`` (a name in ``rlplat.seeds.PHASES``) at
+        ``step``; every (step, phase) has its own stream of seeds, and a resumed run samples
+        exactly what an uninterrupted one did."""
+        if phase not in seeds.PHASES:
+            raise KeyError(f"unknown sampling phase '{phase}'; known: {sorted(seeds.PHASES)}")
+        return seeds.stream_seed(self.cfg.trainer.seed, step, seeds.PHASES[phase], offset)
 
     def generate(self, rows: List[PromptRow], group_size: int, group_offset: int = 0, seed: Optional[int] = None) -> Batch:
         """``group_size`` samples per prompt; contiguous prompt chunks per engine keep group ids unique."""
@@ -284,8 +288,9 @@ class Controller:
             ray.get([e.update_weights.remote(self.weights_ref, self.weight_version) for e in self.engines])
 
     def check_sync(self) -> Dict[str, float]:
-        """Largest |engine log-prob - trainer log-prob| over the probe's tokens, across engines."""
-        trainer_lp = self.trainer.compute_logprobs(self.probe)[0]
+        """Largest |engine log-prob - trainer log-prob| over the probe's tokens, across engines.
+        Both at temperature 1: the engines report raw log-probs whatever rollout.temperature is."""
+        trainer_lp = self.trainer.compute_logprobs(self.probe, temperature=1.0)[0]
         p, r = self.probe.prompt_ids[0].tolist(), self.probe.response_ids[0].tolist()
         engine_lps = self.recoverable(lambda: ray.get([e.sequence_logprobs.remote(p, r) for e in self.engines]))
         return {"sync/logprob_max_abs_diff": max((torch.tensor(lp) - trainer_lp).abs().max().item() for lp in engine_lps)}
@@ -297,7 +302,8 @@ class Controller:
         t = self.cfg.trainer
         result = evaluate(engines_generate_fn(self.engines, self.pad_id), self.eval_rows, self.eval_ids, self.score_texts,
                           n=t.eval_n, ks=list(t.eval_ks), greedy_fn=engines_generate_fn(self.engines, self.pad_id, greedy=True),
-                          correct_threshold=self.cfg.reward.correct_threshold, keep_samples=True, seed=t.seed + 10**6)
+                          correct_threshold=self.cfg.reward.correct_threshold, keep_samples=True,
+                          seed=self.step_seed(0, "eval"))
         out_dir = os.path.join(self.run_dir, "eval")
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, f"step_{step}.json"), "w") as f:
@@ -335,7 +341,8 @@ class Controller:
 
     # ------------------------------------------------------------- checkpoints
     def save(self, step: int) -> str:
-        state = {"loop": self.loop.state_dict(), "wall": self.wall(), "probe_logprobs": self.trainer.compute_logprobs(self.probe)[0].tolist(),
+        raw = self.trainer.compute_logprobs(self.probe, temperature=1.0)[0]  # as check_sync and an HF forward
+        state = {"loop": self.loop.state_dict(), "wall": self.wall(), "probe_logprobs": raw.tolist(),
                  "probe": {"prompt_ids": self.probe.prompt_ids[0].tolist(), "response_ids": self.probe.response_ids[0].tolist()}}
         path = self.checkpointer.save(step, self.trainer, state)
         print(f"rlplat: checkpoint {path}", flush=True)

@@ -3,10 +3,13 @@
 Signature: ``fn(rewards: Float[B] | None, group_ids: Long[B], kind: Long[B], **params) -> Float[B]``
 with values in {0., 1.}. KDRL's reward-guided masking (docs/algorithms.md#kdrl) is ``incorrect`` (response level)
 and ``group_no_correct`` (group level); DPH-RL's rehearsal term uses ``rehearsal`` (docs/algorithms.md#dph-rl).
+``Algorithm.plan`` passes ``reward.correct_threshold`` to every mask with a ``correct_threshold``
+parameter, unless the term's ``mask_params`` set it.
 Adding a mask is one function plus one ``@register("name")`` line.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Optional
 
 import torch
@@ -20,6 +23,11 @@ REGISTRY: Registry[MaskFn] = Registry("sequence mask")
 register = REGISTRY.register
 get = REGISTRY.get
 names = REGISTRY.names
+
+
+def takes(name: str, param: str) -> bool:
+    """Whether mask ``name`` has a keyword parameter ``param`` (e.g. ``correct_threshold``)."""
+    return param in inspect.signature(get(name)).parameters
 
 
 def for_batch(name: str, batch: Batch, **params: Any) -> torch.Tensor:

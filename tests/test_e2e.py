@@ -85,8 +85,8 @@ if __name__ == "__main__":
 """
 
 
-def check_hf_export(ckpt):
-    """The exported policy loads with from_pretrained and in vLLM and reproduces the trainer's log-probs."""
+def check_hf_export(ckpt, with_vllm=True):
+    """The exported policy loads with from_pretrained (and in vLLM) and reproduces the trainer's raw log-probs."""
     from transformers import AutoModelForCausalLM
 
     state = json.loads((ckpt / "controller.json").read_text())
@@ -97,6 +97,8 @@ def check_hf_export(ckpt):
         logp = model(ids).logits.float().log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])[:, 0]
     hf = logp[len(probe["prompt_ids"]) - 1:]
     assert (hf - expected).abs().max().item() < 1e-4
+    if not with_vllm:
+        return
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     proc = subprocess.run([sys.executable, "-c", VLLM_PROBE, str(ckpt / "hf"), json.dumps(probe)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
@@ -109,6 +111,14 @@ def test_grpo_hf_zero3(tmp_path, tiny_models):
     _, rows, _ = train(tmp_path, "grpo", "rollout.backend=hf", "trainer.zero_stage=3")
     assert_weights_arrived(rows)
     assert all(all(k in r for k in REQUIRED) for r in rows)
+
+
+def test_sync_probe_is_raw_log_probs_at_temperature_0_7(tmp_path, tiny_models):
+    # The engines report temperature-1 log-probs; the trainer's probe (sync check and checkpoint)
+    # must be temperature-1 too, or a perfect sync shows a gap whenever rollout.temperature != 1.
+    out, rows, _ = train(tmp_path, "grpo", "rollout.backend=hf", "rollout.temperature=0.7", steps=2)
+    assert_weights_arrived(rows)
+    check_hf_export(out / "checkpoints" / "step_000001", with_vllm=False)
 
 
 def test_kdrl_teacher_divergence(tmp_path, tiny_models):

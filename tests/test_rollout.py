@@ -14,6 +14,7 @@ from actors.rollout import ROLLOUT_BACKENDS, Sample, build_rollout_batch, make_e
 from actors.rollout.weights import PackedWeights, as_named_tensors, pack, unpack
 from rlplat.config.schema import RolloutConfig
 from rlplat.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, save_tokenizer, vocab_size
+from rlplat.seeds import ROLLOUT, stream_seed
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-3  # nats; float32 on both sides, different kernels
@@ -188,6 +189,21 @@ def test_hf_engine_reports_raw_logprobs_while_sampling_with_temperature_and_top_
         assert rank.max() < 3, "sampled outside the top-k"
 
 
+def test_hf_engine_samples_by_stream_seed(tiny_model):
+    """Same rlplat.seeds seed, same samples; the next step's stream, other samples. A seed near
+    2**32 is taken too (its later samples' seeds pass 2**32; torch reads them mod 2**32)."""
+    engine = make_engine("hf", model_path=str(tiny_model), tokenizer_path=str(tiny_model),
+                         rollout=RolloutConfig(backend="hf", max_new_tokens=8), dtype="float32", seed=0)
+    prompts = [[BOS_ID, 5, 6, 7], [BOS_ID, 9]]
+    seed = stream_seed(3, 5, ROLLOUT)
+    a, b = (engine.generate(prompts, 4, 0, PAD_ID, seed=seed) for _ in range(2))
+    assert torch.equal(a.response_ids, b.response_ids)
+    other = engine.generate(prompts, 4, 0, PAD_ID, seed=stream_seed(3, 6, ROLLOUT))
+    assert not torch.equal(a.response_ids, other.response_ids)
+    top = [engine.generate(prompts, 4, 0, PAD_ID, seed=2**32 - 2) for _ in range(2)]
+    assert torch.equal(top[0].response_ids, top[1].response_ids)
+
+
 BACKENDS = ("hf", "vllm")
 MAX_NEW_TOKENS = 12
 
@@ -240,6 +256,13 @@ def test_engine_actor_generates_and_syncs_weights(backend, ray_cluster, tiny_mod
     assert batch.meta["answer"] == ["15"] * 3 + ["56"] * 3
     _check_batch_against(batch, model, prompts, 3, 10, tokenizer, MAX_NEW_TOKENS)
     ray.get(engine.generate.remote([long_prompt], 2, 0, PAD_ID))
+    # Seeds as rlplat.seeds makes them: the same seed samples the same responses, the next
+    # step's stream others; near 2**32 the children's seeds (seed + j) pass 2**32 and still work.
+    seeded = [ray.get(engine.generate.remote(prompts, 3, 0, PAD_ID, None, sd))
+              for sd in (stream_seed(3, 5, ROLLOUT), stream_seed(3, 5, ROLLOUT), stream_seed(3, 6, ROLLOUT), 2**32 - 2)]
+    assert torch.equal(seeded[0].response_ids, seeded[1].response_ids)
+    assert not torch.equal(seeded[0].response_ids, seeded[2].response_ids)
+    assert len(seeded[3]) == 6
 
     # Perturb every parameter and push the result through the object store.
     perturbed = copy.deepcopy(model)

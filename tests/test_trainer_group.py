@@ -192,6 +192,9 @@ def test_get_weights_export_and_logprobs_agree(group, tmp_path):
     with torch.no_grad():
         expected = response_logprobs(exported, batch, 10_000)
     torch.testing.assert_close(g.compute_logprobs(batch), expected, atol=1e-5, rtol=0)
+    with torch.no_grad():  # a per-call temperature (the sync probe asks for 1.0 whatever the group's is)
+        tempered = response_logprobs(exported, batch, 10_000, temperature=0.5)
+    torch.testing.assert_close(g.compute_logprobs(batch, temperature=0.5), tempered, atol=1e-5, rtol=0)
 
 
 @pytest.mark.runtime

@@ -86,7 +86,8 @@ class HFRolloutEngine:
     ) -> Batch:
         """``group_size`` responses per prompt as a Batch of ``len(prompt_ids) * group_size`` rows
         (prompt-major); ``logprobs["rollout"]`` holds raw log-probs of the sampled tokens.
-        ``seed`` reseeds torch's generator first, so a step is reproducible (resume);
+        ``seed`` reseeds torch's generator first (on CPU torch reads it mod 2**32, see
+        ``rlplat.seeds``), so a step is reproducible (resume);
         ``greedy`` decodes by argmax (evaluation's pass@1)."""
         if seed is not None:
             torch.manual_seed(seed)

@@ -114,9 +114,10 @@ class VLLMRolloutEngine:
         """``group_size`` responses per prompt (``SamplingParams.n``) as a Batch of
         ``len(prompt_ids) * group_size`` rows (prompt-major). Responses keep the EOS token
         when one was sampled (``finish_reason="stop"``). With ``seed``, prompt i samples with
-        seeds ``seed + i * group_size + j`` (vLLM gives child j of a request ``seed + j``), so a
-        step is reproducible whatever the engine did before (resume). ``greedy``: argmax decoding
-        (evaluation's pass@1), whatever the rollout config's sampling settings."""
+        seeds ``seed + i * group_size + j`` (vLLM gives child j of a request ``seed + j``,
+        ``vllm/v1/engine/parallel_sampling.py``; on CPU torch reads a seed mod 2**32, see
+        ``rlplat.seeds``), so a step is reproducible whatever the engine did before (resume).
+        ``greedy``: argmax decoding (evaluation's pass@1), whatever the rollout config's sampling settings."""
         check_weight_version(self.weight_version, weight_version)
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")

@@ -157,12 +157,13 @@ class TrainerGroup:
         results = self._all([r.train_mini_batch.remote(s, loss_fn, step, totals) for r, s in zip(self.ranks, shards)])
         return merge_rank_metrics(results)
 
-    def compute_logprobs(self, batch: Batch) -> torch.Tensor:
+    def compute_logprobs(self, batch: Batch, temperature: Optional[float] = None) -> torch.Tensor:
         """Float32 [B, R] log-probs of ``batch``'s responses under the current policy (eval mode),
-        rows split across ranks and re-assembled in order."""
+        rows split across ranks and re-assembled in order. ``temperature`` divides the logits
+        (default: the group's, as in training; 1.0: raw log-probs, as the rollout engines report)."""
         parts = split_rows(batch, self.num_ranks, keep_groups=False)
         shards = [batch.select(idx) if len(idx) else None for idx in parts]
-        results = self._all([r.compute_logprobs.remote(s) for r, s in zip(self.ranks, shards)])
+        results = self._all([r.compute_logprobs.remote(s, temperature) for r, s in zip(self.ranks, shards)])
         out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
         for idx, res in zip(parts, results):
             if len(idx):

@@ -251,9 +251,12 @@ class TrainerRank:
 
     # ------------------------------------------------------------- forward only
     @torch.no_grad()
-    def compute_logprobs(self, batch: Optional[Batch]) -> torch.Tensor:
+    def compute_logprobs(self, batch: Optional[Batch], temperature: Optional[float] = None) -> torch.Tensor:
         """Float32 [B, R] log-probs (0 on padding) of ``batch``'s responses under the current
-        parameters, eval mode. All ranks must call this together (ZeRO-3 forward gathers)."""
+        parameters, eval mode, with logits divided by ``temperature`` (default: the rank's; 1.0
+        gives the raw log-probs the rollout engines report). All ranks must call this together
+        (ZeRO-3 forward gathers)."""
+        temp = self.temperature if temperature is None else temperature
         engine = self._require_engine()
         engine.eval()
         mbs = self._micro_batches(batch)
@@ -266,10 +269,10 @@ class TrainerRank:
             if i < len(mbs):
                 idx, mb = mbs[i]
                 with budget_on_oom("trainer.micro_batch_tokens", self.trainer_cfg.micro_batch_tokens, mb.input_ids.numel()):
-                    lp = micro_batch_logprobs(engine, mb, temperature=self.temperature)
+                    lp = micro_batch_logprobs(engine, mb, temperature=temp)
                 out[idx, : lp.shape[1]] = lp.float().cpu()
             else:
-                micro_batch_logprobs(engine, self._padding_batch(), temperature=self.temperature)
+                micro_batch_logprobs(engine, self._padding_batch(), temperature=temp)
         return out
 
     # ------------------------------------------------------------------ train

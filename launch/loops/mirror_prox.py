@@ -100,7 +100,7 @@ class MirrorProxLoop:
             metrics.update({f"half/{k}": v for k, v in ctrl.sync_weights().items()})
             half_weights = unpack(ray.get(ctrl.weights_ref))
         with timer.phase("generate"):
-            opponents = ctrl.generate(rows, ctrl.plan.group_size, seed=ctrl.step_seed(step, salt=1))
+            opponents = ctrl.generate(rows, ctrl.plan.group_size, seed=ctrl.step_seed(step, "opponents"))
         with timer.phase("reward"):
             win_full, m2 = self._win_rates(batch, opponents, exclude_self=False)
         metrics.update({f"full/{k}": v for k, v in m2.items()})

@@ -4,15 +4,18 @@ Before the first step, ``prepare`` samples every training prompt k times with th
 (the rollout engines hold pi_0 then), sends prompts solved in all k samples to the rehearsal set
 and stores their responses with per-token log-probs from the trainer's own forward pass (the same
 numerics the loss uses) in ``algorithm.dph_rl.store_path`` (default ``<run_dir>/dph_rehearsal.pt``).
-A later run with the same store reuses it. Each step then mixes ``rehearsal_per_step`` stored
+A later run reuses the store only when its ``fingerprint`` (model, dtype, rendered prompts, sampling
+settings, k, reward and threshold, seed) is unchanged. Each step then mixes ``rehearsal_per_step`` stored
 rows (kind DATA_REHEARSAL: divergence only) into the on-policy exploration batch (kind
 DATA_EXPLORE: clipped surrogate only). No reference model is started.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -20,21 +23,49 @@ from launch.loops import LOOPS
 from launch.loops.sampling import BatchSource
 from launch.metrics import PhaseTimer
 from rlplat.batch import DATA_REHEARSAL, Batch
-from rlplat.data import PromptSampler
+from rlplat.data import PromptRow, PromptSampler
+from rlplat.seeds import PREPARE, check_draw_size
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: the fingerprint covers sampling settings, dtype, threshold and rendering
 
 
 def store_path(ctrl) -> str:
     return ctrl.cfg.algorithm.dph_rl.store_path or os.path.join(ctrl.run_dir, "dph_rehearsal.pt")
 
 
+def fingerprint(cfg, paths: Mapping[str, str], rows: Sequence[PromptRow], prompt_ids: Mapping[int, Sequence[int]]) -> dict:
+    """What the stored split, samples and log-probs depend on; a store made under another
+    fingerprint is not reused. ``prompt_ids`` maps a row index to its rendered prompt token ids:
+    their hash (in row order) stands for the whole rendering (tokenizer, ``data.chat_template``,
+    ``data.system_prompt``, ``data.max_prompt_tokens``), so any change to it invalidates the store."""
+    r = cfg.rollout
+    rendered = json.dumps([list(map(int, prompt_ids[row.index])) for row in rows], separators=(",", ":"))
+    return {
+        "version": STORE_VERSION, "policy": paths["policy"], "tokenizer": paths.get("tokenizer"),
+        "dtype": cfg.model.dtype, "k": cfg.algorithm.dph_rl.samples_per_prompt, "rows": [row.index for row in rows],
+        "prompt_ids_sha256": hashlib.sha256(rendered.encode()).hexdigest(),
+        "backend": r.backend, "max_new_tokens": r.max_new_tokens, "temperature": r.temperature, "top_p": r.top_p,
+        "top_k": r.top_k, "reward": cfg.reward.fn, "correct_threshold": cfg.reward.correct_threshold,
+        "seed": cfg.trainer.seed,
+    }
+
+
 def _fingerprint(ctrl) -> dict:
-    """What the stored samples depend on; a store made under another fingerprint is not reused."""
-    cfg = ctrl.cfg
-    return {"version": STORE_VERSION, "policy": ctrl.paths["policy"], "k": cfg.algorithm.dph_rl.samples_per_prompt,
-            "rows": [r.index for r in ctrl.rows], "max_new_tokens": cfg.rollout.max_new_tokens,
-            "reward": cfg.reward.fn, "seed": cfg.trainer.seed}
+    return fingerprint(ctrl.cfg, ctrl.paths, ctrl.rows, ctrl.prompt_ids)
+
+
+def load_store(path: str, expected: dict) -> Optional[dict]:
+    """The store at ``path`` if it exists and was made under the fingerprint ``expected``, else None
+    (saying which fingerprint entries differ)."""
+    if not os.path.isfile(path):
+        return None
+    store = torch.load(path, weights_only=False)
+    found = store.get("fingerprint") or {}
+    if found == expected:
+        return store
+    changed = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+    print(f"rlplat: {path} was made under another {', '.join(changed)}; preparing it again", flush=True)
+    return None
 
 
 def prepare(ctrl) -> dict:
@@ -44,9 +75,11 @@ def prepare(ctrl) -> dict:
     chunk = max(cfg.data.prompts_per_step * 4, 1)
     rehearsal: List[Batch] = []
     exploration: List[int] = []
+    check_draw_size(len(ctrl.rows) * k, PREPARE, "DPH-RL's pi_0 split: training prompts * algorithm.dph_rl.samples_per_prompt")
     for start in range(0, len(ctrl.rows), chunk):
         rows = ctrl.rows[start:start + chunk]
-        batch = ctrl.generate(rows, k, group_offset=start, seed=ctrl.step_seed(-1, salt=start))
+        # One stream for the whole split: chunk `start` begins at sample start * k.
+        batch = ctrl.generate(rows, k, group_offset=start, seed=ctrl.step_seed(0, "prepare", offset=start * k))
         outcome = ctrl.reward_outcome(batch)
         correct = (outcome.rewards >= cfg.reward.correct_threshold) & outcome.valid
         for g, row in enumerate(rows):
@@ -70,13 +103,8 @@ def prepare(ctrl) -> dict:
 
 
 def load_or_prepare(ctrl) -> dict:
-    path = store_path(ctrl)
-    if os.path.isfile(path):
-        store = torch.load(path, weights_only=False)
-        if store.get("fingerprint") == _fingerprint(ctrl):
-            return store
-        print(f"rlplat: {path} was made for another model/data/k; preparing it again", flush=True)
-    return prepare(ctrl)
+    store = load_store(store_path(ctrl), _fingerprint(ctrl))
+    return store if store is not None else prepare(ctrl)
 
 
 def check_exploration_pool(num_prompts: int, num_explore: int, prompts_per_step: int, k: int) -> None:

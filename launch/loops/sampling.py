@@ -7,7 +7,7 @@ With it (DAPO, ``rlplat.sampling``): generate -> reward -> drop the groups whose
 equal -> another round of ``data.prompts_per_step`` prompts from the same sampler, until
 ``data.prompts_per_step`` informative groups are held or ``algorithm.max_sampling_rounds`` rounds
 ran -> cut the surplus (the last-drawn groups) -> score only the kept groups. Round r samples with
-seeds ``step_seed(step) + (samples drawn in rounds < r) + i``, group ids continue across rounds,
+seeds ``step_seed(step, offset=samples drawn in rounds < r)``, group ids continue across rounds,
 and the sampler's state advances by every draw, so a resumed run draws the same prompts and samples.
 When no informative group is found the step skips its update (the caller gets ``None``).
 
@@ -54,7 +54,7 @@ def _dynamic_batch(ctrl, sampler: PromptSampler, step: int, timer: PhaseTimer) -
     while len(rounds) < max_rounds:
         rows = sampler.next_batch()
         with timer.phase("generate"):
-            batch = ctrl.generate(rows, group_size, group_offset=drawn, seed=ctrl.step_seed(step) + drawn * group_size)
+            batch = ctrl.generate(rows, group_size, group_offset=drawn, seed=ctrl.step_seed(step, offset=drawn * group_size))
         fault_point("after_generate", step)
         with timer.phase("reward"):
             outcomes.append(ctrl.reward_outcome(batch))

@@ -5,6 +5,7 @@ how to sample, which advantage estimator to run and which divergence terms enter
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import FrozenSet, Tuple
 
@@ -35,6 +36,16 @@ class AlgorithmPlan:
     advantage_params: Tuple[Tuple[str, float], ...]
     terms: Tuple  # rlplat.losses.DivergenceTerm, one per active divergence term
     loss: object  # rlplat.losses.PolicyLossConfig
+
+
+def _reward_threshold(term, threshold: float):
+    """``term`` whose mask, if it tells correct from incorrect, uses ``reward.correct_threshold``
+    (as pass rates and DPH-RL's split do) unless the term's ``mask_params`` set their own."""
+    from rlplat import masks
+
+    if not masks.takes(term.mask, "correct_threshold") or "correct_threshold" in term.mask_params:
+        return term
+    return dataclasses.replace(term, mask_params={**term.mask_params, "correct_threshold": threshold})
 
 
 class Algorithm:
@@ -129,7 +140,7 @@ class Algorithm:
 
         self.check(cfg)
         alg = cfg.algorithm
-        terms = tuple(DivergenceTerm.from_config(t) for t in alg.divergences)
+        terms = tuple(_reward_threshold(DivergenceTerm.from_config(t), cfg.reward.correct_threshold) for t in alg.divergences)
         roles = {ANCHOR_ROLES[t.anchor] for t in terms if ANCHOR_ROLES[t.anchor]} | set(self.extra_roles)
         loss = PolicyLossConfig(
             eps_low=alg.eps_low, eps_high=alg.eps_high, dual_clip=alg.dual_clip, agg=alg.loss_agg or self.loss_agg,

@@ -69,6 +69,23 @@ def _check_output_dir(cfg: RunConfig) -> None:
         raise ConfigError(f"trainer.resume='{cfg.trainer.resume}' is neither 'none', 'auto' nor an existing checkpoint directory")
 
 
+def _check_seed_streams(cfg: RunConfig) -> None:
+    """Every (step, phase) draw must fit its own seed stream (``rlplat.seeds``)."""
+    from rlplat import seeds
+
+    t = cfg.trainer
+    if t.max_steps > seeds.MAX_STEPS:
+        raise ConfigError(f"trainer.max_steps={t.max_steps} exceeds {seeds.MAX_STEPS}, the steps the sampling seed streams cover")
+    draws = [(cfg.data.prompts_per_step * cfg.algorithm.group_size, seeds.ROLLOUT, "data.prompts_per_step * algorithm.group_size")]
+    if t.eval_every:
+        draws.append((t.eval_max_prompts * t.eval_n, seeds.EVAL, "trainer.eval_max_prompts * trainer.eval_n"))
+    for samples, phase, keys in draws:
+        try:
+            seeds.check_draw_size(samples, phase, keys)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
 def validate_config(cfg: RunConfig) -> None:
     """Raise ConfigError for the first problem found; the message names the key and what is allowed."""
     from rlplat import algorithms
@@ -78,6 +95,7 @@ def validate_config(cfg: RunConfig) -> None:
     if t.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"trainer.zero_stage={t.zero_stage} is outside 0-3 (DeepSpeed ZeRO stages 0, 1, 2, 3)")
     _at_least("trainer.max_steps", t.max_steps, 1)
+    _check_seed_streams(cfg)
     _at_least("trainer.num_ranks", t.num_ranks, 1)
     _at_least("trainer.micro_batch_tokens", t.micro_batch_tokens, 1)
     _at_least("trainer.save_every", t.save_every, 0)
