@@ -35,6 +35,16 @@ def test_only_groups_with_unequal_rewards_are_trained(tmp_path, tiny_models):
     assert_weights_arrived(rows)
 
 
+def test_dph_rl_exploration_groups_are_filtered_too(tmp_path, tiny_models):
+    _, rows, _ = train(tmp_path, "dph_rl", *DYNAMIC, "algorithm.dph_rl.samples_per_prompt=4",
+                       "algorithm.dph_rl.rehearsal_per_step=4", steps=2)
+    for r in rows:
+        assert r["sampling/trained_uniform_groups"] == 0 and 0 < r["reward/pass_rate"] < 1
+        assert r["samples"] == 4 * r["sampling/informative_groups"]  # batch_metrics: exploration rows only
+        assert "div/rehearsal" in r  # the stored pi_0 rows still enter the update
+    assert_weights_arrived(rows)
+
+
 def test_no_informative_group_skips_the_update_without_nan(tmp_path, tiny_models):
     _, rows, log = train(tmp_path, "grpo", *DYNAMIC, "algorithm.max_sampling_rounds=2",
                          "reward.fn=tests.test_dynamic_sampling:one", steps=2)
