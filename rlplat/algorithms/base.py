@@ -74,6 +74,8 @@ class Algorithm:
             if term.name in seen:
                 raise ConfigError(f"{key}.name='{term.name}' is used twice; term names label metrics and must be unique")
             seen.add(term.name)
+            if term.name in ("policy", "explore"):  # rlplat.losses.POLICY_KEY, EXPLORE_KEY
+                raise ConfigError(f"{key}.name='{term.name}' is reserved (it labels the surrogate's normalisers); rename the term")
             if term.anchor not in self.anchors:
                 raise ConfigError(f"{key}.anchor='{term.anchor}' is not available to algorithm '{self.name}'; allowed: {sorted(self.anchors)}")
             if term.divergence not in divergences.names():
@@ -105,6 +107,7 @@ class Algorithm:
     # ------------------------------------------------------------------ plan
     def plan(self, cfg: RunConfig) -> AlgorithmPlan:
         from rlplat.losses import DivergenceTerm, PolicyLossConfig
+        from rlplat.rollout_correction import RolloutCorrection
 
         self.check(cfg)
         alg = cfg.algorithm
@@ -113,6 +116,7 @@ class Algorithm:
         loss = PolicyLossConfig(
             eps_low=alg.eps_low, eps_high=alg.eps_high, dual_clip=alg.dual_clip, agg=alg.loss_agg or self.loss_agg,
             norm_len=alg.norm_len or cfg.rollout.max_new_tokens, advantage=self.policy_advantage(cfg),
+            rollout_correction=RolloutCorrection.from_config(alg.rollout_correction),
         )
         return AlgorithmPlan(
             name=self.name,
