@@ -23,14 +23,18 @@ import torch
 from rlplat import advantages as advantage_estimators
 from rlplat import divergences
 from rlplat import masks as masks_lib
+from rlplat import rollout_correction
 from rlplat.batch import DATA_EXPLORE, DATA_REHEARSAL, Batch
 from rlplat.registry import Registry
+from rlplat.rollout_correction import RolloutCorrection
 from rlplat.schedules import CoefSchedule
 
 if TYPE_CHECKING:
     from rlplat.config.schema import DivergenceTermConfig
 
 POLICY_KEY = "policy"  # key of the surrogate's normalisers in a totals mapping
+# component_tokens key: the exploration tokens before rollout correction masks any (rollout/* metrics)
+EXPLORE_KEY = "explore"
 
 
 # ============================================================================ aggregation
@@ -141,8 +145,8 @@ class DivergenceTerm:
     mask_params: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.name == POLICY_KEY:
-            raise ValueError(f"divergence term name '{POLICY_KEY}' is reserved for the surrogate")
+        if self.name in (POLICY_KEY, EXPLORE_KEY):
+            raise ValueError(f"divergence term name '{self.name}' is reserved for the surrogate")
         if self.mask not in masks_lib.REGISTRY:
             raise ValueError(f"divergence term '{self.name}': unknown mask '{self.mask}'; registered: "
                              f"{', '.join(masks_lib.names())}")
@@ -210,7 +214,9 @@ class PolicyLossConfig:
     recomputed from the current policy in every micro-batch. ``old_from_forward``: the batch is used
     for exactly one optimizer update on the weights that sampled it, so the proximal ("old")
     log-probs are the detached log-probs of the training forward itself (rho == 1 exactly) and no
-    separate forward pass computes ``batch.logprobs["old"]``."""
+    separate forward pass computes ``batch.logprobs["old"]``.
+    ``rollout_correction``: importance weights between the engine's log-probs ("rollout") and the
+    proximal ones ("old") on exploration rows (``rlplat.rollout_correction``); the default is none."""
 
     eps_low: float = 0.2
     eps_high: float = 0.2
@@ -219,6 +225,7 @@ class PolicyLossConfig:
     norm_len: Optional[int] = None
     advantage: Optional[PolicyAdvantage] = None
     old_from_forward: bool = False
+    rollout_correction: RolloutCorrection = field(default_factory=RolloutCorrection)
 
     def __post_init__(self) -> None:
         if not 0 <= self.eps_low < 1:
@@ -258,14 +265,25 @@ def _term_token_mask(term: DivergenceTerm, batch: Batch, dtype: torch.dtype) -> 
     return tok
 
 
-def loss_totals(batch: Batch, terms: Sequence[DivergenceTerm], world_size: int = 1) -> Dict[str, LossTotals]:
+def loss_totals(
+    batch: Batch, terms: Sequence[DivergenceTerm], world_size: int = 1, correction: Optional[RolloutCorrection] = None
+) -> Dict[str, LossTotals]:
     """This rank's token/sequence counts of every loss component of ``batch`` (its whole local
     mini-batch): key ``"policy"`` for the surrogate and each term's name. Sum the counts over
-    ranks (e.g. all-reduce ``pack_totals``) before passing them to ``policy_loss``."""
-    out = {POLICY_KEY: LossTotals.of(_explore_token_mask(batch, torch.float32), world_size)}
+    ranks (e.g. all-reduce ``pack_totals``) before passing them to ``policy_loss``.
+    ``correction``: the ``PolicyLossConfig.rollout_correction`` the loss will use; the tokens it
+    masks out (MIS) leave the surrogate's counts, so pass it whenever it can mask."""
+    explore = _explore_token_mask(batch, torch.float32)
+    out = {POLICY_KEY: LossTotals.of(rollout_correction.keep_mask(batch, correction, explore), world_size)}
     for term in terms:
         out[term.name] = LossTotals.of(_term_token_mask(term, batch, torch.float32), world_size)
     return out
+
+
+def explore_tokens(batch: Batch) -> float:
+    """Response tokens of the exploration rows, before any rollout-correction mask: the weight of
+    the ``rollout/*`` metrics (key ``EXPLORE_KEY`` of a loss function's ``component_tokens``)."""
+    return float(_explore_token_mask(batch, torch.float32).sum())
 
 
 def pack_totals(totals: Mapping[str, LossTotals]) -> Tuple[List[str], torch.Tensor]:
@@ -294,17 +312,25 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
     return float((torch.where(mask > 0, x, torch.zeros_like(x)) * mask).sum() / mask.sum())
 
 
-def _surrogate(
-    logp: torch.Tensor, batch: Batch, cfg: PolicyLossConfig, tok: torch.Tensor
-) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """Per-token clipped (and optionally dual-clipped) surrogate loss Float[B, R] and its stats."""
+def proximal_logprobs(logp: torch.Tensor, batch: Batch, cfg: PolicyLossConfig) -> torch.Tensor:
+    """Float[B, R] log-probs of pi_prox, the policy the surrogate's ratio is taken against: the
+    training forward itself (detached) under ``old_from_forward``, else ``batch.logprobs["old"]``."""
     if cfg.old_from_forward:
-        old = logp.detach()
-    elif "old" in batch.logprobs:
-        old = batch.logprobs["old"].to(logp.dtype)
-    else:
+        return logp.detach()
+    if "old" not in batch.logprobs:
         raise ValueError(f"policy_loss: batch.logprobs has no 'old' role (has {sorted(batch.logprobs)}) "
                          "and the loss is not configured with old_from_forward")
+    return batch.logprobs["old"].to(logp.dtype)
+
+
+def _surrogate(
+    logp: torch.Tensor, old: torch.Tensor, batch: Batch, cfg: PolicyLossConfig, tok: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Per-token clipped (and optionally dual-clipped) surrogate loss Float[B, R] and its stats;
+    ``old`` Float[B, R] the proximal log-probs. ``weight`` Float[B, R] (detached): the rollout
+    correction's ``w`` multiplying each token's loss, ``w * max(-rho A, -clip(rho) A)`` (decoupled
+    PPO: clip around pi_prox, w corrects mu -> pi_prox)."""
     if cfg.advantage is not None:
         advantages = cfg.advantage(logp.detach(), batch)
     elif batch.advantages is None:
@@ -327,6 +353,8 @@ def _surrogate(
         dual = (adv < 0) & (loss > bound)
         loss = torch.where(dual, bound, loss)
         clip_active = clip_active | dual
+    if weight is not None:
+        loss = loss * weight.to(logp.dtype)
     stats = {
         "actor/clip_frac": _masked_mean(clip_active.to(logp.dtype), tok),
         "actor/ratio_mean": _masked_mean(rho.detach(), tok),
@@ -352,8 +380,16 @@ def policy_loss(
 
     Metrics (floats): ``loss/policy``, ``loss/total``, ``coef/<term>``; and, only when the set they
     average over is non-empty: ``actor/clip_frac`` and ``actor/ratio_mean`` (over exploration
-    tokens), ``div/<term>`` (mean per-token divergence over the term's tokens, before the
-    coefficient), ``actor/entropy`` (mean of ``entropy`` Float[B, R] over exploration tokens).
+    tokens the rollout correction keeps), ``div/<term>`` (mean per-token divergence over the term's
+    tokens, before the coefficient), ``actor/entropy`` (mean of ``entropy`` Float[B, R] over
+    exploration tokens), ``rollout/*`` (``rlplat.rollout_correction.metrics``, over all exploration
+    tokens; ``rollout/logprob_abs_diff_mean`` whenever the batch has "rollout" log-probs). With MIS,
+    "exploration tokens" of the ``actor/*`` metrics are the kept ones.
+
+    Rollout correction (``cfg.rollout_correction``) reweights or masks the surrogate only: the
+    divergence terms are not reweighted (they are estimators of a divergence under the samples
+    they assume, computed with the current policy's log-probs, not importance-corrected policy
+    gradients), and rehearsal rows get no surrogate, hence no correction.
     """
     if logp.shape != batch.response_mask.shape:
         raise ValueError(f"policy_loss: logp shape {tuple(logp.shape)} != response shape "
@@ -366,8 +402,15 @@ def policy_loss(
 
     metrics: Dict[str, float] = {}
     pg_tok = _explore_token_mask(batch, logp.dtype)
+    is_weight = None
+    old = proximal_logprobs(logp, batch, cfg) if pg_tok.sum() > 0 else None
+    if pg_tok.sum() > 0 and (cfg.rollout_correction.active or rollout_correction.BEHAVIOUR_ROLE in batch.logprobs):
+        corr = rollout_correction.weights(batch, cfg.rollout_correction, pg_tok, old)
+        metrics.update(rollout_correction.metrics(corr, cfg.rollout_correction, pg_tok))
+        pg_tok = corr.keep  # MIS: masked tokens leave the loss and (see loss_totals) its normalisers
+        is_weight = corr.weight if cfg.rollout_correction.active else None
     if pg_tok.sum() > 0:
-        per_token, stats = _surrogate(logp, batch, cfg, pg_tok)
+        per_token, stats = _surrogate(logp, old, batch, cfg, pg_tok, is_weight)
         metrics.update(stats)
     else:
         per_token = logp * 0.0  # graph-connected, so an all-rehearsal batch still backprops (zeros)

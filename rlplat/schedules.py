@@ -7,9 +7,12 @@ takes the fields it needs and ignores the rest; adding a kind is one function pl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict
+from typing import TYPE_CHECKING, Any, Callable, Dict
 
 from rlplat.registry import Registry
+
+if TYPE_CHECKING:
+    from rlplat.config.schema import CoefConfig
 
 ScheduleFn = Callable[..., float]
 REGISTRY: Registry[ScheduleFn] = Registry("coefficient schedule")
@@ -58,7 +61,9 @@ class CoefSchedule:
     @classmethod
     def from_config(cls, cfg: Any) -> "CoefSchedule":
         """From a ``CoefConfig``, a dict, or anything with those attributes; missing ones take defaults."""
-        get_ = cfg.get if isinstance(cfg, dict) else lambda k, d: getattr(cfg, k, d)
+        if not isinstance(cfg, dict):
+            cfg = _coef_fields(cfg)
+        get_ = cfg.get
         return cls(
             kind=get_("kind", "constant"),
             value=float(get_("value", 0.0)),
@@ -67,3 +72,11 @@ class CoefSchedule:
             floor=float(get_("floor", 0.0)),
             params=dict(get_("params", {}) or {}),
         )
+
+
+def _coef_fields(coef: "CoefConfig") -> Dict[str, Any]:
+    """The ``CoefConfig`` fields ``coef`` has, each read by name (tests/test_config_keys.py sees the reads)."""
+    fields = {"kind": getattr(coef, "kind", None), "value": getattr(coef, "value", None),
+              "start": getattr(coef, "start", None), "slope": getattr(coef, "slope", None),
+              "floor": getattr(coef, "floor", None), "params": getattr(coef, "params", None)}
+    return {k: v for k, v in fields.items() if v is not None}

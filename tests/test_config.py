@@ -50,6 +50,8 @@ def test_loss_aggregation_defaults_to_the_algorithms_and_an_explicit_one_wins():
     # One update per batch: "old" comes from the training forward; several: from a separate pass.
     assert plan(CONFIGS[0]).loss.old_from_forward and not plan(CONFIGS[0], "algorithm.ppo_epochs=2").loss.old_from_forward
     assert not plan(nash).loss.old_from_forward
+    assert plan(CONFIGS[0], "algorithm.rollout_correction.kind=tis").loss.old_from_forward
+    assert not plan(CONFIGS[0], "algorithm.rollout_correction.kind=mis").loss.old_from_forward  # normalisers need it first
     assert plan(nash).loss.advantage.params == (("beta", 0.1), ("eta", 1.0))
 
 

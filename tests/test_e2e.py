@@ -168,3 +168,13 @@ def test_nash_mp_mirror_prox(tmp_path, tiny_models):
         assert r["nash/snapshot_version"] == i + 1  # refreshed exactly once per outer iteration
         assert r["nash/half_full_param_l2"] > 0  # the full step lands elsewhere than the half step
         assert r["half/sync/logprob_max_abs_diff"] < 1e-3  # engines really held pi_{k+1/2} for the full step
+
+
+def test_grpo_rollout_correction_at_temperature(tmp_path, tiny_models):
+    """vLLM reports log-probs at the sampling temperature, so in the synchronous loop (float32) the
+    engine's log-probs equal the trainer's "old" ones and TIS weights are 1 to within numerics."""
+    _, rows, _ = train(tmp_path, "grpo", "rollout.backend=vllm", "rollout.temperature=0.7",
+                       "algorithm.rollout_correction.kind=tis", "algorithm.rollout_correction.threshold=2", steps=2)
+    for r in rows:
+        assert r["rollout/logprob_abs_diff_mean"] < 1e-3, r
+        assert abs(r["rollout/is_weight_mean"] - 1) < 1e-3, r

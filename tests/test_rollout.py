@@ -1,5 +1,6 @@
-"""Rollout engines (vLLM and HF) in real Ray actors: Batch layout, raw log-probs against an HF
-forward pass, and in-place weight sync through the object store."""
+"""Rollout engines (vLLM and HF) in real Ray actors: Batch layout, the sampler's log-probs (at the
+temperature, after top-k/top-p) and the raw ``sequence_logprobs`` against an HF forward pass, and
+in-place weight sync through the object store."""
 from __future__ import annotations
 
 import copy
@@ -108,16 +109,29 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _hf_logprobs(model, prompt, response):
-    """Float [len(response)]: log p(response[t] | prompt, response[:t]) from one HF forward."""
+def _hf_logprobs(model, prompt, response, temperature=1.0, top_k=-1, top_p=1.0):
+    """Float [len(response)]: log mu(response[t] | prompt, response[:t]) from one HF forward, where
+    mu is the sampling distribution: softmax(logits / temperature) restricted to the top_k most
+    likely tokens (<= 0: all), then to the smallest most-likely set holding >= top_p of the mass,
+    renormalised. The defaults give the raw model log-probs."""
     ids = torch.tensor([list(prompt) + list(response)])
     with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float() / temperature
+    if top_k > 0:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
+        mass_before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
+        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, mass_before >= top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
     return logits.log_softmax(-1).gather(-1, torch.tensor(response)[:, None])[:, 0]
 
 
-def _check_batch_against(batch, model, prompts, group_size, group_offset, tokenizer, max_new_tokens):
-    """Layout of a rollout Batch, and its rollout log-probs against ``model`` (HF)."""
+def _check_batch_against(batch, model, prompts, group_size, group_offset, tokenizer, rollout):
+    """Layout of a rollout Batch, and its rollout log-probs against ``model`` (HF) sampled with
+    ``rollout``'s temperature / top-k / top-p."""
+    max_new_tokens = rollout.max_new_tokens
     n = len(prompts) * group_size
     assert len(batch) == n
     expected_groups = [group_offset + i for i in range(len(prompts)) for _ in range(group_size)]
@@ -141,7 +155,7 @@ def _check_batch_against(batch, model, prompts, group_size, group_offset, tokeni
             assert batch.meta["finish_reason"][row] == "length"
             assert k == max_new_tokens and response[-1] != EOS_ID
         assert batch.meta["response_text"][row] == tokenizer.decode(response, skip_special_tokens=True)
-        ref = _hf_logprobs(model, prompt, response)
+        ref = _hf_logprobs(model, prompt, response, rollout.temperature, rollout.top_k, rollout.top_p)
         got = batch.logprobs["rollout"][row, :k]
         assert torch.allclose(got, ref, atol=TOL), f"row {row}: max |diff| {(got - ref).abs().max():.2e}"
 
@@ -167,26 +181,36 @@ def _eos_first_weights(model):
     return m
 
 
-def test_hf_engine_reports_raw_logprobs_while_sampling_with_temperature_and_top_k(tiny_model):
-    """Sampling uses temperature 0.5 / top-k 3, the reported log-probs are the untempered model's."""
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.5, 3, 1.0), (0.7, -1, 0.6), (1.0, -1, 1.0)])
+def test_hf_engine_reports_the_sampling_distributions_logprobs(tiny_model, temperature, top_k, top_p):
+    """``logprobs["rollout"]`` is log mu at the sampling temperature, renormalised over the tokens
+    top-k / top-p keep (what the trainer's tempered log-prob equals without truncation); the
+    sequence_logprobs probe stays raw (temperature 1, untruncated)."""
     from transformers import AutoModelForCausalLM
 
-    rollout = RolloutConfig(backend="hf", max_new_tokens=8, temperature=0.5, top_k=3, top_p=1.0)
+    rollout = RolloutConfig(backend="hf", max_new_tokens=8, temperature=temperature, top_k=top_k, top_p=top_p)
     engine = make_engine("hf", model_path=str(tiny_model), tokenizer_path=str(tiny_model), rollout=rollout,
                          dtype="float32", seed=0)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
     prompts = [[BOS_ID, 5, 6, 7], [BOS_ID, 9]]
     batch = engine.generate(prompts, 4, 0, PAD_ID)
+    truncated = top_k > 0 or top_p < 1
     for row in range(len(batch)):
         k = int(batch.response_mask[row].sum())
         prompt, response = prompts[row // 4], batch.response_ids[row, :k].tolist()
-        ids = torch.tensor([prompt + response])
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
-        raw = logits.log_softmax(-1).gather(-1, torch.tensor(response)[:, None])[:, 0]
-        assert torch.allclose(batch.logprobs["rollout"][row, :k], raw, atol=TOL)
-        rank = (logits > logits.gather(-1, torch.tensor(response)[:, None])).sum(-1)
-        assert rank.max() < 3, "sampled outside the top-k"
+        got = batch.logprobs["rollout"][row, :k]
+        mu = _hf_logprobs(model, prompt, response, temperature, top_k, top_p)
+        assert torch.isfinite(mu).all(), "sampled a token the truncation removes"
+        assert torch.allclose(got, mu, atol=TOL), f"row {row}: max |diff| {(got - mu).abs().max():.2e}"
+        tempered = _hf_logprobs(model, prompt, response, temperature)  # the trainer's "old"
+        if truncated:
+            assert (tempered <= got + TOL).all()  # lp_old - lp_rollout = log Z_kept <= 0
+        else:
+            assert torch.allclose(got, tempered, atol=TOL)
+        raw = torch.tensor(engine.sequence_logprobs(prompt, response))
+        assert torch.allclose(raw, _hf_logprobs(model, prompt, response), atol=TOL)
+        if temperature != 1.0:
+            assert (raw - got).abs().max() > 10 * TOL  # the two quantities really differ here
 
 
 def test_hf_engine_samples_by_stream_seed(tiny_model):
@@ -209,9 +233,11 @@ MAX_NEW_TOKENS = 12
 
 
 def _rollout_config(backend):
+    """Tempered and truncated sampling, so both engines' log-probs are checked at the temperature,
+    after top-k and top-p, against the same HF reference (hence against each other)."""
     return RolloutConfig(
-        backend=backend, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, max_model_len=256, max_num_seqs=16,
-        cpu_kv_cache_gb=0.02, enforce_eager=True,
+        backend=backend, max_new_tokens=MAX_NEW_TOKENS, temperature=0.7, top_k=40, top_p=0.9, max_model_len=256,
+        max_num_seqs=16, cpu_kv_cache_gb=0.02, enforce_eager=True,
     )
 
 
@@ -254,7 +280,7 @@ def test_engine_actor_generates_and_syncs_weights(backend, ray_cluster, tiny_mod
     batch = ray.get(engine.generate.remote(prompts, 3, 10, PAD_ID, {"answer": ["15", "56"]}))
     gen_s = time.perf_counter() - t0
     assert batch.meta["answer"] == ["15"] * 3 + ["56"] * 3
-    _check_batch_against(batch, model, prompts, 3, 10, tokenizer, MAX_NEW_TOKENS)
+    _check_batch_against(batch, model, prompts, 3, 10, tokenizer, _rollout_config(backend))
     ray.get(engine.generate.remote([long_prompt], 2, 0, PAD_ID))
     # Seeds as rlplat.seeds makes them: the same seed samples the same responses, the next
     # step's stream others; near 2**32 the children's seeds (seed + j) pass 2**32 and still work.
@@ -280,7 +306,7 @@ def test_engine_actor_generates_and_syncs_weights(backend, ray_cluster, tiny_mod
     assert (after - before).abs().max() > 10 * TOL
     # No stale KV: the long prompt's cached block was computed with the old weights.
     again = ray.get(engine.generate.remote([long_prompt], 2, 0, PAD_ID))
-    _check_batch_against(again, perturbed, [long_prompt], 2, 0, tokenizer, MAX_NEW_TOKENS)
+    _check_batch_against(again, perturbed, [long_prompt], 2, 0, tokenizer, _rollout_config(backend))
 
     # A sync the sampler must see: every response is now just EOS, masked as one real token.
     ray.get(engine.update_weights.remote(_eos_first_weights(model).state_dict()))

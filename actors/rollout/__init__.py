@@ -21,9 +21,11 @@ Interface (``E`` = an engine):
 
 Backends: ``vllm`` (``VLLMRolloutEngine``, the default) and ``hf`` (``HFRolloutEngine``,
 transformers ``generate``; the fallback and the reference the vLLM engine is tested against).
-Both report ``logprobs["rollout"]`` as *raw* model log-probs: ``log_softmax`` of the unscaled
-logits, i.e. the policy at temperature 1 with no top-k/top-p truncation, which is what the
-trainer recomputes.
+Both report ``logprobs["rollout"]`` as the behaviour policy's log-probs: the distribution each token
+was sampled from, ``log_softmax(logits / rollout.temperature)`` renormalised over the tokens top-k /
+top-p keep (without truncation, exactly what the trainer recomputes as "old"; with it, the
+difference is the truncation, which ``algorithm.rollout_correction`` corrects too).
+``sequence_logprobs`` returns *raw* log-probs (temperature 1, untruncated) for the post-sync check.
 
 Importing this package imports neither vLLM nor a model: the vLLM engine imports vLLM in its
 constructor (after setting the environment variables vLLM reads at import time).
@@ -43,8 +45,8 @@ ROLLOUT_BACKENDS: Registry[type] = Registry("rollout backend")
 
 @dataclass
 class Sample:
-    """One sampled response: ``token_ids`` (EOS included when generated) and the raw log-prob
-    (nats) of each of them under the engine's weights."""
+    """One sampled response: ``token_ids`` (EOS included when generated) and the log-prob (nats)
+    with which the engine's sampler drew each of them (temperature, top-k/top-p applied)."""
 
     token_ids: List[int]
     logprobs: List[float]

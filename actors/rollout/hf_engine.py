@@ -3,6 +3,13 @@
 The fallback backend (``rollout.backend=hf``) and the reference the vLLM engine is checked
 against. Slower than vLLM (no paged KV cache, no continuous batching) but has no dependency
 beyond transformers. Runs on the GPU when one is visible, else on the CPU.
+
+Log-probs: ``logprobs["rollout"]`` is what the sampler drew from, the same quantity as the vLLM
+engine's ``processed_logprobs`` (see ``actors.rollout.vllm_engine``): ``log_softmax`` in float32 of
+generate's ``scores``, the logits after the temperature, top-k and top-p warpers (transformers
+applies them in that order, masking with -inf, as vLLM does). Without truncation that is
+``log_softmax(logits / T)``, the trainer's quantity; with top-k/top-p it is renormalised over the
+kept tokens. ``sequence_logprobs`` stays raw (temperature 1, untruncated).
 """
 from __future__ import annotations
 
@@ -65,7 +72,7 @@ class HFRolloutEngine:
             eos_token_id=self.eos_id,
             pad_token_id=self._gen_pad,
             return_dict_in_generate=True,
-            output_logits=True,  # raw logits, before temperature / top-k / top-p
+            output_scores=True,  # the processed logits the token is sampled from (temperature, top-k, top-p)
         )
         self.greedy_config = GenerationConfig(**{**self.generation_config.to_dict(), "do_sample": False,
                                                  "temperature": None, "top_p": None, "top_k": None})
@@ -85,7 +92,8 @@ class HFRolloutEngine:
         weight_version: Optional[int] = None,
     ) -> Batch:
         """``group_size`` responses per prompt as a Batch of ``len(prompt_ids) * group_size`` rows
-        (prompt-major); ``logprobs["rollout"]`` holds raw log-probs of the sampled tokens.
+        (prompt-major); ``logprobs["rollout"]`` holds the sampler's log-probs of the sampled tokens
+        (at the temperature, after top-k/top-p; see the module docstring).
         ``seed`` reseeds torch's generator first (on CPU torch reads it mod 2**32, see
         ``rlplat.seeds``), so a step is reproducible (resume);
         ``greedy`` decodes by argmax (evaluation's pass@1)."""
@@ -116,7 +124,7 @@ class HFRolloutEngine:
             generation_config=self.greedy_config if greedy else self.generation_config,
         )
         new = out.sequences[:, p:].cpu()  # [n, T]
-        logits = torch.stack(out.logits, dim=1).float()  # [n, T, V]
+        logits = torch.stack(out.scores, dim=1).float()  # [n, T, V], -inf where top-k/top-p masked
         logprobs = logits.log_softmax(-1).gather(-1, new.to(logits.device).unsqueeze(-1)).squeeze(-1).cpu()
         samples = []
         for row in range(len(prompts)):

@@ -13,10 +13,28 @@ what ``VLLM_CPU_KVCACHE_SPACE`` sets in ``vllm/platforms/cpu.py`` except that th
 takes whole GiB (and overrides the argument, so it is removed from this process's
 environment). GPU: ``gpu_memory_utilization`` sizes the cache instead.
 
-Log-probs. vLLM's default ``logprobs_mode="raw_logprobs"`` (set explicitly here) returns
-``log_softmax`` of the raw logits, before temperature, top-k and top-p, computed in float32
-(``vllm/v1/sample/sampler.py: Sampler.forward -> compute_logprobs``). ``SamplingParams(logprobs=0)``
-returns exactly one entry per generated position: the sampled token's.
+Log-probs. ``logprobs["rollout"]`` is the behaviour policy ``mu``: the log-probability with which
+the sampler drew each token. The engine runs with ``logprobs_mode="processed_logprobs"``: in vLLM
+0.32 (``vllm/v1/sample/sampler.py: Sampler.sample`` -> ``ops/topk_topp_sampler.py``) that is
+``log_softmax`` in float32 of the logits after the penalties / bad-words / logit-bias processors
+(none are configured here), after division by the temperature and after the top-k / top-p masks
+(masked tokens at -inf, so the kept set is renormalised): exactly the distribution the token was
+sampled from. Hence:
+
+* ``top_k`` off and ``top_p = 1`` (the defaults): ``log_softmax(logits / T)[token]``, the quantity
+  the trainer computes (``rlplat.modeling``, temperature ``rollout.temperature``); at ``T = 1`` it
+  equals the raw log-prob.
+* ``top_k``/``top_p`` truncating: ``log_softmax(logits / T)[token] - log Z_kept`` with
+  ``Z_kept <= 1`` the tempered mass of the kept tokens. The trainer does not truncate, so
+  ``lp_old - lp_rollout = log Z_kept <= 0`` per token, and a rollout correction
+  (``algorithm.rollout_correction``) then also corrects the truncation (weights below 1).
+* ``greedy`` (evaluation): vLLM returns ``log_softmax`` of the untempered logits.
+
+Prompt log-probs (``sequence_logprobs``) never pass through the sampler: they stay raw, temperature 1,
+untruncated, in either mode. ``SamplingParams(logprobs=0)`` returns exactly one entry per generated
+position: the sampled token's. On CUDA a processed mode keeps vLLM off its FlashInfer top-k/top-p
+kernel (``TopKTopPSampler.__init__``) when top-k/top-p are set; per-request seeds (every training
+step passes one) rule that kernel out anyway.
 
 Weight sync. See ``update_weights`` (CPU path) and ``actors.rollout.weights`` (GPU path).
 """
@@ -80,7 +98,7 @@ class VLLMRolloutEngine:
             max_model_len=rollout.max_model_len,
             max_num_seqs=rollout.max_num_seqs,
             enforce_eager=rollout.enforce_eager,
-            logprobs_mode="raw_logprobs",
+            logprobs_mode="processed_logprobs",  # mu at the sampling temperature, see the module docstring
             # Groups share their prompt's KV blocks; update_weights resets the cache.
             enable_prefix_caching=True,
         )
@@ -145,7 +163,7 @@ class VLLMRolloutEngine:
         return build_rollout_batch(prompt_ids, samples, group_offset, pad_id, meta, self.weight_version)
 
     def sequence_logprobs(self, prompt_ids: List[int], response_ids: List[int]) -> List[float]:
-        """The engine's raw log-prob of each ``response_ids[t]`` given the prompt and
+        """The engine's raw (temperature 1, untruncated) log-prob of each ``response_ids[t]`` given the prompt and
         ``response_ids[:t]`` (vLLM ``prompt_logprobs`` over the concatenation; such requests
         never read the prefix cache). Used to check that a weight sync arrived."""
         if not prompt_ids:

@@ -25,6 +25,7 @@ import torch
 from actors.trainer.oom import budget_on_oom
 from rlplat.batch import Batch
 from rlplat.config.schema import ModelConfig, TrainerConfig
+from rlplat.losses import EXPLORE_KEY
 from rlplat.modeling import load_causal_lm, micro_batch_logprobs
 
 Totals = Mapping[str, Any]  # component name -> rlplat.losses.LossTotals
@@ -46,11 +47,14 @@ class PolicyLossFn:
     def totals(self, batch: Batch, world_size: int) -> Dict[str, Any]:
         from rlplat.losses import loss_totals
 
-        return loss_totals(batch, self.terms, world_size)
+        return loss_totals(batch, self.terms, world_size, self.cfg.rollout_correction)
 
     def component_tokens(self, batch: Batch) -> Dict[str, float]:
-        """Tokens per loss component of a micro-batch: the weights of its mean-type metrics."""
-        return {k: v.tokens for k, v in self.totals(batch, 1).items()}
+        """Tokens per loss component of a micro-batch: the weights of its mean-type metrics
+        (plus ``EXPLORE_KEY``: exploration tokens before rollout correction masks any)."""
+        from rlplat.losses import explore_tokens
+
+        return {**{k: v.tokens for k, v in self.totals(batch, 1).items()}, EXPLORE_KEY: explore_tokens(batch)}
 
     def __call__(self, logp, batch, step, totals, entropy=None):
         from rlplat.losses import policy_loss
@@ -100,6 +104,8 @@ def _metric_weight(key: str, comp_tokens: Mapping[str, float], tokens: float) ->
         return comp_tokens.get(key[len("div/"):], tokens)
     if key.startswith("actor/"):
         return comp_tokens.get("policy", tokens)
+    if key.startswith("rollout/"):  # rlplat.rollout_correction.metrics: over all exploration tokens
+        return comp_tokens.get(EXPLORE_KEY, comp_tokens.get("policy", tokens))
     return tokens
 
 

@@ -88,6 +88,8 @@ class Algorithm:
             if term.name in seen:
                 raise ConfigError(f"{key}.name='{term.name}' is used twice; term names label metrics and must be unique")
             seen.add(term.name)
+            if term.name in ("policy", "explore"):  # rlplat.losses.POLICY_KEY, EXPLORE_KEY
+                raise ConfigError(f"{key}.name='{term.name}' is reserved (it labels the surrogate's normalisers); rename the term")
             if term.anchor not in self.anchors:
                 raise ConfigError(f"{key}.anchor='{term.anchor}' is not available to algorithm '{self.name}'; allowed: {sorted(self.anchors)}")
             if term.divergence not in divergences.names():
@@ -123,11 +125,14 @@ class Algorithm:
         if self.needs_preference and not (alg.nash_mp.judge or cfg.roles.preference.path):
             raise ConfigError(f"algorithm '{self.name}' needs a preference model: set roles.preference.path or algorithm.nash_mp.judge")
 
-    def one_update_per_batch(self, cfg: RunConfig) -> bool:
-        """True when every batch meets exactly one optimizer update, on the weights that sampled
-        it: then the "old" log-probs are the training forward's own (no separate pass)."""
+    def old_from_forward(self, cfg: RunConfig) -> bool:
+        """True when every batch meets exactly one optimizer update, on the current weights (pi_prox,
+        whatever version sampled the batch): then the "old" log-probs are the training forward's own
+        and no separate pass computes them."""
         alg = cfg.algorithm
-        return not self.several_updates_per_batch and alg.ppo_epochs == 1 and alg.mini_batches == 1
+        # MIS drops tokens by pi_prox / mu, which the loss normalisers must know before the forward.
+        masks = alg.rollout_correction.kind == "mis"
+        return not self.several_updates_per_batch and alg.ppo_epochs == 1 and alg.mini_batches == 1 and not masks
 
     def policy_advantage(self, cfg: RunConfig):
         """An ``rlplat.losses.PolicyAdvantage`` when the advantage depends on the policy being
@@ -137,6 +142,7 @@ class Algorithm:
     # ------------------------------------------------------------------ plan
     def plan(self, cfg: RunConfig) -> AlgorithmPlan:
         from rlplat.losses import DivergenceTerm, PolicyLossConfig
+        from rlplat.rollout_correction import RolloutCorrection
 
         self.check(cfg)
         alg = cfg.algorithm
@@ -145,7 +151,8 @@ class Algorithm:
         loss = PolicyLossConfig(
             eps_low=alg.eps_low, eps_high=alg.eps_high, dual_clip=alg.dual_clip, agg=alg.loss_agg or self.loss_agg,
             norm_len=alg.norm_len or cfg.rollout.max_new_tokens, advantage=self.policy_advantage(cfg),
-            old_from_forward=self.one_update_per_batch(cfg),
+            old_from_forward=self.old_from_forward(cfg),
+            rollout_correction=RolloutCorrection.from_config(alg.rollout_correction),
         )
         return AlgorithmPlan(
             name=self.name,

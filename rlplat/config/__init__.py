@@ -15,6 +15,7 @@ from rlplat.config.schema import (
     RoleModelConfig,
     RolesConfig,
     RolloutConfig,
+    RolloutCorrectionConfig,
     RunConfig,
     TrainerConfig,
     to_container,
@@ -23,5 +24,5 @@ from rlplat.config.schema import (
 __all__ = [
     "AlgorithmConfig", "CoefConfig", "ConfigError", "DataConfig", "DivergenceTermConfig", "DPHRLConfig",
     "ModelConfig", "NashMPConfig", "RayConfig", "ResourcesConfig", "RewardConfig", "RoleModelConfig",
-    "RolesConfig", "RolloutConfig", "RunConfig", "TrainerConfig", "load_config", "save_config", "to_container",
+    "RolesConfig", "RolloutConfig", "RolloutCorrectionConfig", "RunConfig", "TrainerConfig", "load_config", "save_config", "to_container",
 ]

@@ -121,6 +121,16 @@ class NashMPConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """Importance weights between the rollout engine's log-probs (mu) and the trainer's "old" ones
+    (pi_prox) on exploration rows (rlplat.rollout_correction, docs/rollout_correction.md)."""
+
+    kind: str = "none"  # none | tis (truncated: min(ratio, C)) | mis (masked: drop ratio outside [1/C, C])
+    level: str = "token"  # token | sequence (the ratio is the product over the response's tokens)
+    threshold: float = 2.0  # C > 1
+
+
+@dataclass
 class AlgorithmConfig:
     name: str = "grpo"  # a name in rlplat.algorithms
     group_size: int = 8
@@ -135,6 +145,7 @@ class AlgorithmConfig:
     mini_batches: int = 1  # optimizer updates per PPO epoch
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, draw more prompts
     max_sampling_rounds: int = 4  # dynamic_sampling: generation rounds per step at most (then train on what there is)
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
     divergences: List[DivergenceTermConfig] = field(default_factory=list)
     dph_rl: DPHRLConfig = field(default_factory=DPHRLConfig)
     nash_mp: NashMPConfig = field(default_factory=NashMPConfig)

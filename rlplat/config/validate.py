@@ -86,6 +86,21 @@ def _check_seed_streams(cfg: RunConfig) -> None:
             raise ConfigError(str(exc)) from None
 
 
+def _check_rollout_correction(cfg: RunConfig) -> None:
+    from rlplat.config.schema import RolloutCorrectionConfig
+    from rlplat.rollout_correction import KINDS, LEVELS
+
+    rc, key = cfg.algorithm.rollout_correction, "algorithm.rollout_correction"
+    _one_of(f"{key}.kind", rc.kind, KINDS.names())
+    _one_of(f"{key}.level", rc.level, LEVELS.names())
+    if not rc.threshold > 1:
+        raise ConfigError(f"{key}.threshold={rc.threshold} must be > 1 (TIS caps the ratio at C, MIS keeps [1/C, C])")
+    default = RolloutCorrectionConfig()
+    if rc.kind == "none" and (rc.level, rc.threshold) != (default.level, default.threshold):
+        raise ConfigError(f"{key}.level/threshold are set but {key}.kind='none' applies no correction; "
+                          "set the kind (tis | mis) or drop them")
+
+
 def validate_config(cfg: RunConfig) -> None:
     """Raise ConfigError for the first problem found; the message names the key and what is allowed."""
     from rlplat import algorithms
@@ -130,6 +145,7 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"algorithm.eps_low={a.eps_low} must be in [0, 1) and algorithm.eps_high={a.eps_high} >= 0")
     if a.dual_clip is not None and a.dual_clip <= 1:
         raise ConfigError(f"algorithm.dual_clip={a.dual_clip} must be > 1 (or null to disable)")
+    _check_rollout_correction(cfg)
     _at_least("algorithm.ppo_epochs", a.ppo_epochs, 1)
     _at_least("algorithm.mini_batches", a.mini_batches, 1)
     _at_least("algorithm.max_sampling_rounds", a.max_sampling_rounds, 1)
