@@ -1,10 +1,10 @@
 """Rollout correction: importance weights between the behaviour policy and the trainer's policy.
 
-Notation (ALGORITHMS.md section 5; docs/rollout_correction.md): ``mu`` is the policy that sampled
-the tokens (the rollout engine, possibly some weight versions behind, possibly with other numerics),
+Notation (docs/algorithms.md, "Off-policy data: rollout correction and bounded staleness"): ``mu``
+is the policy that sampled the tokens (the rollout engine, possibly some weight versions behind, possibly with other numerics),
 ``pi_prox`` the trainer's policy at the version being updated. Their per-token log-probs are
 ``batch.logprobs["rollout"]`` (``lp_mu``, reported by the engine at the sampling temperature) and
-``batch.logprobs["old"]`` (``lp_prox``). The log-ratio ``d_t = lp_prox - lp_mu`` (nats) is
+``batch.logprobs["old"]`` or, under ``old_from_forward``, the training forward's own (``lp_prox``). The log-ratio ``d_t = lp_prox - lp_mu`` (nats) is
 ``sum_t d_t`` at ``level="sequence"`` (the log of the product of the token ratios, broadcast to the
 row's tokens) and ``d_t`` itself at ``level="token"``. With ``r = exp(d)``:
 

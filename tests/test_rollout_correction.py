@@ -1,4 +1,4 @@
-"""Rollout correction (ALGORITHMS.md section 5): truncated / masked importance weights between the
+"""Rollout correction (docs/algorithms.md, "Off-policy data"): truncated / masked importance weights between the
 engine's log-probs (mu, ``logprobs["rollout"]``) and the trainer's (pi_prox, ``logprobs["old"]``),
 in the decoupled PPO surrogate ``w * max(-rho A, -clip(rho) A)``. Exact checks, float64."""
 import math

@@ -123,7 +123,7 @@ class NashMPConfig:
 @dataclass
 class RolloutCorrectionConfig:
     """Importance weights between the rollout engine's log-probs (mu) and the trainer's "old" ones
-    (pi_prox) on exploration rows (rlplat.rollout_correction, docs/rollout_correction.md)."""
+    (pi_prox) on exploration rows (rlplat.rollout_correction, docs/algorithms.md#off-policy-data-rollout-correction-and-bounded-staleness)."""
 
     kind: str = "none"  # none | tis (truncated: min(ratio, C)) | mis (masked: drop ratio outside [1/C, C])
     level: str = "token"  # token | sequence (the ratio is the product over the response's tokens)
