@@ -5,9 +5,15 @@ Two sources: a rule-based judge ``module:function`` with signature
 model loaded as an HF sequence-classification model, for which ``P(a > b) = sigmoid(r(a) - r(b))``.
 A judge that raises or returns a non-number is counted (``preference/errors``) and its pair gets
 no preference (NaN, excluded by the caller), never a silent 0.5.
+
+The reward model scores each distinct ``prompt + response`` text once, in forward passes of at
+most ``micro_batch_tokens`` padded tokens (rows x longest row; ``roles.preference.micro_batch_tokens``),
+longest texts first so rows of similar length share a pass. Positions count from each row's first
+real token, so a text's reward does not depend on the rows padded next to it.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import traceback
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -15,8 +21,27 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 
+def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> List[List[int]]:
+    """Indices of ``lengths`` in batches whose padded size (rows x longest) is at most
+    ``max_tokens``, longest first; a row longer than the budget gets a batch of its own."""
+    batches: List[List[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
+        # Sorted descending: the batch's first row is its longest.
+        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 class PreferenceWorker:
-    def __init__(self, judge: Optional[str], model_path: Optional[str], dtype: str = "float32") -> None:
+    """``micro_batch_tokens``: token budget of one reward-model forward pass."""
+
+    def __init__(self, judge: Optional[str], model_path: Optional[str], dtype: str = "float32",
+                 micro_batch_tokens: int = 4096) -> None:
+        if micro_batch_tokens <= 0:
+            raise ValueError(f"roles.preference.micro_batch_tokens must be > 0, got {micro_batch_tokens}")
+        self.micro_batch_tokens = micro_batch_tokens
         if judge:
             from rlplat.rewards import resolve_judge
 
@@ -28,6 +53,7 @@ class PreferenceWorker:
             self.judge = None
             self.tok = AutoTokenizer.from_pretrained(model_path)
             self.model = AutoModelForSequenceClassification.from_pretrained(model_path, torch_dtype=getattr(torch, dtype)).eval()
+            self._takes_positions = "position_ids" in inspect.signature(self.model.forward).parameters
 
     def ready(self) -> bool:
         return True
@@ -35,7 +61,11 @@ class PreferenceWorker:
     def win_probs(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str], answers: Sequence[Optional[str]]) -> Tuple[torch.Tensor, Dict[str, float], List[str]]:
         """Float [N] of P(a_i > b_i) (NaN where the judge failed), metrics, failure messages."""
         if self.model is not None:
-            ra, rb = self._rewards(prompts, a), self._rewards(prompts, b)
+            texts = [p + x for p, x in zip(prompts, a)] + [p + y for p, y in zip(prompts, b)]
+            unique = list(dict.fromkeys(texts))  # a response meets many opponents: score it once
+            where = {t: k for k, t in enumerate(unique)}
+            r = self._rewards(unique)[torch.tensor([where[t] for t in texts], dtype=torch.long)]
+            ra, rb = r[: len(a)], r[len(a):]
             return torch.sigmoid(ra - rb), {"preference/errors": 0.0}, []
         out, failures = [], []
         for i, (p, x, y, ans) in enumerate(zip(prompts, a, b, answers)):
@@ -50,6 +80,15 @@ class PreferenceWorker:
         return torch.tensor(out), {"preference/errors": float(len(failures))}, failures
 
     @torch.no_grad()
-    def _rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        enc = self.tok([p + r for p, r in zip(prompts, responses)], return_tensors="pt", padding=True)
-        return self.model(**enc).logits[:, 0].float()
+    def _rewards(self, texts: Sequence[str]) -> torch.Tensor:
+        """Float32 [N]: the reward model's first logit for each text."""
+        ids = self.tok(list(texts))["input_ids"]
+        out = torch.zeros(len(ids), dtype=torch.float32)
+        for idx in token_budget_batches([len(x) for x in ids], self.micro_batch_tokens):
+            enc = self.tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            kwargs = {}
+            if self._takes_positions:  # left padding must not shift the real tokens' positions
+                kwargs["position_ids"] = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs).logits
+            out[torch.tensor(idx, dtype=torch.long)] = logits[:, 0].float()
+        return out

@@ -6,10 +6,12 @@ log-probs, and the same ``temperature`` must be passed to both.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from actors.rollout import check_weight_version
 from actors.trainer.oom import budget_on_oom
 from rlplat.batch import Batch
 from rlplat.modeling import load_causal_lm, response_logits, response_logprobs
@@ -37,13 +39,18 @@ class Scorer:
         self.micro_batch_tokens = micro_batch_tokens
         self.temperature = temperature
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        self.weights_version = 0  # 0: the weights at model_path; a restarted actor is back at 0
         self.model = load_causal_lm(model_path, dtype, trust_remote_code).to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def score(self, batch: Batch) -> torch.Tensor:
-        """Float32 [B, R]: log-prob (nats) of each ``response_ids`` token under this role; 0 on padding."""
+    def score(self, batch: Batch, weights_version: Optional[int] = None) -> torch.Tensor:
+        """Float32 [B, R]: log-prob (nats) of each ``response_ids`` token under this role; 0 on padding.
+
+        ``weights_version``: raise ``StaleWeightsError`` unless this actor holds that version (a
+        call queued on an actor Ray restarted must not score with its initial weights)."""
+        check_weight_version(self.weights_version, weights_version)
         key = f"roles.{self.role}.micro_batch_tokens" if self.role != "snapshot" else "trainer.micro_batch_tokens"
         with budget_on_oom(key, self.micro_batch_tokens, self.micro_batch_tokens):
             return response_logprobs(
@@ -73,9 +80,11 @@ class Scorer:
         return values, indices
 
     @torch.no_grad()
-    def load_weights(self, named: Sequence[Tuple[str, torch.Tensor]]) -> int:
+    def load_weights(self, named: Sequence[Tuple[str, torch.Tensor]], version: Optional[int] = None) -> int:
         """Copy ``[(HF parameter name, tensor)]`` (e.g. ``TrainerGroup.get_weights()``) into the
-        model; every parameter must be covered, names and shapes must match. Returns the count."""
+        model; every parameter must be covered, names and shapes must match. ``version`` (if
+        given) is reported by ``info()["weights_version"]``, so a caller can tell an actor that
+        Ray restarted (back at version 0) from one holding its weights. Returns the count."""
         params = dict(self.model.named_parameters())
         given = dict(named)
         unknown = sorted(set(given) - set(params))
@@ -88,6 +97,8 @@ class Scorer:
                 raise ValueError(f"scorer '{self.role}': '{name}' has shape {tuple(tensor.shape)}, "
                                  f"model expects {tuple(params[name].shape)}")
             params[name].copy_(tensor.to(device=self.device, dtype=params[name].dtype))
+        if version is not None:
+            self.weights_version = int(version)
         return len(given)
 
     def info(self) -> Dict[str, Any]:
@@ -97,6 +108,8 @@ class Scorer:
             "vocab_size": int(self.model.get_output_embeddings().weight.shape[0]),
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device),
+            "weights_version": self.weights_version,
+            "pid": os.getpid(),  # changes when Ray restarts the actor
         }
 
 

@@ -8,6 +8,7 @@ loop's business (``launch.loops``), chosen by ``AlgorithmPlan.loop``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -19,7 +20,7 @@ import torch
 from actors.reward_worker import RewardWorker
 from actors.rollout import ROLLOUT_BACKENDS, StaleWeightsError
 from actors.rollout.weights import pack
-from actors.scorer import create_scorer_actor
+from actors.scorer_pool import ScorerPool
 from actors.trainer.group import TrainerGroup
 from launch.loops import LOOPS
 from launch.checkpoint import Checkpointer
@@ -34,7 +35,7 @@ from rlplat.batch import Batch, minibatch_seed
 from rlplat.config.schema import RunConfig
 from rlplat.data import PromptRow, load_prompts, render_prompts
 
-# A rollout, scorer or reward actor died or is restarting: recoverable (see Controller.recoverable).
+# A rollout or reward actor died or is restarting: recoverable (see Controller.recoverable; scorer pools recover their own).
 ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
@@ -57,13 +58,17 @@ class Controller:
         self.prompt_ids = dict(zip((r.index for r in self.rows), render_prompts(self.rows, tokenizer, cfg.data)))
         self.engines = self._start_engines()
         roles = sorted(plan.scorer_roles)
-        self.placement = colocated_group(cfg.resources, cfg.trainer.num_ranks, roles)
+        counts = {role: self._num_scorers(role) for role in roles}
+        self.placement = colocated_group(cfg.resources, cfg.trainer.num_ranks, [r for r in roles for _ in range(counts[r])])
         self.trainer = TrainerGroup(cfg, model_paths["policy"], cfg.trainer.num_ranks, cfg.resources,
                                     placement_group=self.placement)
-        self.scorers = {role: self._start_scorer(role, j) for j, role in enumerate(roles)}
+        firsts = itertools.accumulate([0] + [counts[r] for r in roles])  # a pool's first actor's global index
+        self.scorers = {role: self._start_scorer(role, counts[role], first) for role, first in zip(roles, firsts)}
         reward = ray.remote(num_cpus=cfg.resources.reward_cpus, max_restarts=cfg.resources.max_actor_restarts)(RewardWorker)
         self.reward = reward.options(name="reward-0").remote(cfg.reward)
         ray.get([self.reward.ready.remote()] + [e.ready.remote() for e in self.engines])
+        for pool in self.scorers.values():
+            pool.ready()
         if cfg.trainer.eval_every:  # held-out prompts render now: an over-long one fails at startup
             self.eval_rows = load_prompts(cfg.data, "eval")[: cfg.trainer.eval_max_prompts]
             self.eval_ids = render_prompts(self.eval_rows, tokenizer, cfg.data)
@@ -87,15 +92,21 @@ class Controller:
             for i in range(cfg.rollout.num_engines)
         ]
 
-    def _start_scorer(self, role: str, index: int):
+    def _num_scorers(self, role: str) -> int:
+        """``roles.<role>.num_actors``; the snapshot role (the policy, no RoleModelConfig) has one."""
+        role_cfg = getattr(self.cfg.roles, role, None)
+        return role_cfg.num_actors if role_cfg is not None else 1
+
+    def _start_scorer(self, role: str, num_actors: int, first: int) -> ScorerPool:
+        """Scorers ``scorer-<role>-0..num_actors-1``; global scorer j shares bundle j % num_ranks."""
         res = self.cfg.resources
         role_cfg = getattr(self.cfg.roles, role, None)
         micro = role_cfg.micro_batch_tokens if role_cfg is not None else self.cfg.trainer.micro_batch_tokens
-        return create_scorer_actor(
-            role, self.paths[role], dtype=self.cfg.model.dtype, micro_batch_tokens=micro,
+        return ScorerPool(
+            role, self.paths[role], num_actors, dtype=self.cfg.model.dtype, micro_batch_tokens=micro,
             trust_remote_code=self.cfg.model.trust_remote_code, temperature=self.cfg.rollout.temperature,
-            num_cpus=res.scorer_cpus, num_gpus=res.scorer_gpus, name=f"scorer-{role}-0",
-            placement_group=self.placement, bundle_index=index % self.cfg.trainer.num_ranks,
+            num_cpus=res.scorer_cpus, num_gpus=res.scorer_gpus, placement_group=self.placement,
+            bundle_indices=[(first + i) % self.cfg.trainer.num_ranks for i in range(num_actors)],
             max_restarts=res.max_actor_restarts)
 
     def _make_probe(self) -> Batch:
@@ -166,12 +177,14 @@ class Controller:
         return self.recoverable(lambda: ray.get(self.reward.score.remote(responses, answers, prompts)))
 
     def score_roles(self, batch: Batch, roles: List[str]) -> Dict[str, torch.Tensor]:
-        """Float [B, R] log-probs of ``batch``'s responses under each scorer role."""
-        return self.recoverable(lambda: dict(zip(roles, ray.get([self.scorers[r].score.remote(batch) for r in roles]))))
+        """Float [B, R] log-probs of ``batch``'s responses under each scorer role (all in flight
+        together; each ``ScorerPool`` recovers its own actors)."""
+        pending = [self.scorers[r].score_async(batch) for r in roles]
+        return dict(zip(roles, [p.result() for p in pending]))
 
     # --------------------------------------------------------------- recovery
     def recoverable(self, call):
-        """Run ``call``; when a rollout engine, scorer or the reward worker died (Ray restarts it,
+        """Run ``call``; when a rollout engine or the reward worker died (Ray restarts it,
         up to ``resources.max_actor_restarts`` times) or an engine no longer holds the current
         weights, bring every actor back to the current state and run ``call`` again. Sampling
         is seeded per step, so the retried call returns the same samples: none are lost or
@@ -187,7 +200,7 @@ class Controller:
     def _recover(self, exc: Exception, timeout_s: float = 600.0) -> None:
         print(f"rlplat: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}; recovering and retrying", flush=True)
         self.actor_restarts += 1
-        pings = [e.ready for e in self.engines] + [self.reward.ready] + [s.info for s in self.scorers.values()]
+        pings = [e.ready for e in self.engines] + [self.reward.ready]
         deadline = time.time() + timeout_s
         for ping in pings:  # a restarting actor refuses calls (ActorUnavailableError) until it is back
             while True:
@@ -198,6 +211,8 @@ class Controller:
                     if time.time() > deadline:
                         raise
                     time.sleep(1.0)
+        for pool in self.scorers.values():  # back, with the weights last loaded into them
+            pool.restore(max(deadline - time.time(), 0.0))
         self._push_weights()
         if hasattr(self.loop, "after_recover"):
             self.loop.after_recover()
@@ -223,14 +238,10 @@ class Controller:
         """Fill ``batch.logprobs``: the trainer's "old" and each scorer role's (default: every one started)."""
         roles = sorted(self.scorers) if roles is None else roles
         with timer.phase("score"):
-            role_refs = [self.scorers[r].score.remote(batch) for r in roles]
+            pending = [self.scorers[r].score_async(batch) for r in roles]  # each pool recovers its actors
             if not self.plan.loss.old_from_forward:
                 batch.logprobs["old"] = self.trainer.compute_logprobs(batch)
-            try:
-                batch.logprobs.update(zip(roles, ray.get(role_refs)))
-            except ACTOR_LOST as exc:
-                self._recover(exc)
-                batch.logprobs.update(self.score_roles(batch, roles))
+            batch.logprobs.update(zip(roles, [p.result() for p in pending]))
 
     def apply_rewards(self, batch: Batch, outcome) -> Tuple[Batch, Dict[str, float]]:
         """Set ``batch.rewards`` from a ``RewardOutcome`` of its rows; returns the batch without the
@@ -280,7 +291,8 @@ class Controller:
         self.weights_ref = ray.put(pack(self.trainer.get_weights()))  # one copy in the object store
         self.recoverable(self._push_weights)
         seconds = time.perf_counter() - t0
-        return {"sync/seconds": seconds, "faults/actor_restarts": float(self.actor_restarts), **self.check_sync()}
+        restarts = self.actor_restarts + sum(pool.recoveries for pool in self.scorers.values())
+        return {"sync/seconds": seconds, "faults/actor_restarts": float(restarts), **self.check_sync()}
 
     def _push_weights(self) -> None:
         """The current trainer weights (``weights_ref``, version ``weight_version``) into every engine."""
@@ -332,9 +344,11 @@ class Controller:
 
     def shutdown(self) -> None:
         """Kill this run's actors (a driver that stays alive, e.g. a test, must free their names)."""
-        handles = list(self.engines) + list(self.scorers.values()) + [self.reward] + list(getattr(self.loop, "actors", []))
+        handles = list(self.engines) + [self.reward] + list(getattr(self.loop, "actors", []))
         for h in handles:
             ray.kill(h)
+        for pool in self.scorers.values():
+            pool.kill()
         self.trainer.shutdown()
         if self.placement is not None:
             ray.util.remove_placement_group(self.placement)

@@ -47,7 +47,7 @@ class MirrorProxLoop:
         self.beta, self.eta, self.inner_steps = nm.beta, nm.eta, nm.inner_steps
         self.sampler = PromptSampler(ctrl.rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
         pref = ray.remote(num_cpus=cfg.resources.reward_cpus)(PreferenceWorker)
-        self.judge = pref.options(name="preference-0").remote(nm.judge, ctrl.paths.get("preference"), cfg.model.dtype)
+        self.judge = pref.options(name="preference-0").remote(nm.judge, ctrl.paths.get("preference"), cfg.model.dtype, cfg.roles.preference.micro_batch_tokens)
         ray.get(self.judge.ready.remote())
         self.actors = [self.judge]
         self.snapshot_version = 0
@@ -111,7 +111,7 @@ class MirrorProxLoop:
             metrics.update(ctrl.sync_weights())
             full_weights = unpack(ray.get(ctrl.weights_ref))
             self.snapshot_weights = full_weights
-            ray.get(ctrl.scorers["snapshot"].load_weights.remote(full_weights))
+            ctrl.scorers["snapshot"].load_weights(full_weights)  # the pool reloads them into a restarted actor
             self.snapshot_version += 1
         full_weights = dict(full_weights)
         diff = sum(float((full_weights[n] - t).pow(2).sum()) for n, t in half_weights)
@@ -134,9 +134,4 @@ class MirrorProxLoop:
     def after_resume(self) -> None:
         """The snapshot is pi_k, the policy the restored checkpoint holds."""
         self.snapshot_weights = unpack(ray.get(self.ctrl.weights_ref))
-        ray.get(self.ctrl.scorers["snapshot"].load_weights.remote(self.snapshot_weights))
-
-    def after_recover(self) -> None:
-        """A restarted snapshot scorer comes back with pi_0: give it pi_k again."""
-        if self.snapshot_weights is not None:
-            ray.get(self.ctrl.scorers["snapshot"].load_weights.remote(self.snapshot_weights))
+        self.ctrl.scorers["snapshot"].load_weights(self.snapshot_weights)

@@ -105,7 +105,10 @@ class Algorithm:
                     f"{key}.divergence='{term.divergence}' assumes tokens sampled from the {got}, but anchor "
                     f"'{term.anchor}' is evaluated on tokens sampled from the {want}")
             if got == "full":
-                raise ConfigError(f"{key}.divergence='{term.divergence}' needs full logits, which the loss does not receive yet; use a per-token estimator")
+                works = [n for n in divergences.names() if divergences.info(n) == want]
+                raise ConfigError(
+                    f"{key}.divergence='{term.divergence}' needs full logits: full-distribution divergence terms do "
+                    f"not train yet. Use a per-token estimator; on anchor '{term.anchor}' these work: {works}")
             if term.mask not in masks.names():
                 raise ConfigError(f"{key}.mask='{term.mask}' is not registered; choose one of {masks.names()}")
             if term.coef.kind not in schedules.names():

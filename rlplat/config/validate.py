@@ -3,15 +3,50 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from rlplat.config.errors import ConfigError
 from rlplat.config.schema import RunConfig
 
-# Keys the schema holds for capabilities that are not built yet: any non-default value is refused.
-REFUSED: Dict[str, str] = {}
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+# Keys the schema holds for capabilities that are not built yet: any non-default value is refused.
+REFUSED: Dict[str, str] = {
+    "roles.*.top_k_logits": (
+        "full-distribution divergence terms do not train yet (the loss receives the log-probs of the "
+        "sampled tokens only), so no scorer returns top-k logits; keep it 0 and use a per-token "
+        "estimator in algorithm.divergences (k1, k2, k3, k3_st on policy samples; forward_kl, js, "
+        "alpha, tv on anchor samples)"),
+    "roles.preference.num_actors": (
+        "the preference model runs as one worker; a pool of preference workers is not built, keep it 1"),
+}
+_ROLE_NAMES = ("reference", "teacher", "preference")  # what ``*`` matches in a REFUSED key
+
+
+def _expand(pattern: str) -> List[str]:
+    parts = pattern.split(".")
+    if "*" not in parts:
+        return [pattern]
+    i = parts.index("*")
+    return [k for role in _ROLE_NAMES for k in _expand(".".join(parts[:i] + [role] + parts[i + 1:]))]
+
+
+def _lookup(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def refused_values(cfg: RunConfig) -> List[Tuple[str, Any, str]]:
+    """(key, value, reason) for every REFUSED key whose value differs from the schema default."""
+    default = RunConfig()
+    return [(key, _lookup(cfg, key), reason) for pattern, reason in REFUSED.items() for key in _expand(pattern)
+            if _lookup(cfg, key) != _lookup(default, key)]
+
+
+def _check_refused(cfg: RunConfig) -> None:
+    for key, value, reason in refused_values(cfg):
+        raise ConfigError(f"{key}={value}: {reason}")
 
 
 def _one_of(key: str, value: str, allowed: Iterable[str]) -> None:
@@ -106,6 +141,8 @@ def validate_config(cfg: RunConfig) -> None:
     from rlplat import algorithms
     from rlplat.losses import AGGREGATIONS
 
+    _check_refused(cfg)
+
     t, r, a, d = cfg.trainer, cfg.rollout, cfg.algorithm, cfg.data
     if t.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"trainer.zero_stage={t.zero_stage} is outside 0-3 (DeepSpeed ZeRO stages 0, 1, 2, 3)")
@@ -157,6 +194,8 @@ def validate_config(cfg: RunConfig) -> None:
     check_model_path("model.tokenizer", cfg.model.tokenizer)
     for role in ("reference", "teacher", "preference"):
         check_model_path(f"roles.{role}.path", getattr(cfg.roles, role).path)
+        _at_least(f"roles.{role}.num_actors", getattr(cfg.roles, role).num_actors, 1)
+        _at_least(f"roles.{role}.micro_batch_tokens", getattr(cfg.roles, role).micro_batch_tokens, 1)
     _check_data_path("data.train_path", d.train_path)
     _check_data_path("data.eval_path", d.eval_path)
     _check_output_dir(cfg)

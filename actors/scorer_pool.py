@@ -1,0 +1,182 @@
+"""``ScorerPool``: the ``Scorer`` actors of one role (``roles.<role>.num_actors``), driven as one.
+
+A batch's rows are split over the actors, balanced by real tokens (``split_rows``), every part is
+in flight at the same time, and the log-probs come back in the batch's row order. A scorer's
+log-probs of a row do not depend on which other rows share its forward pass (padding is masked,
+positions count from the first real token), so a pool of N returns what one actor returns.
+
+The pool owns its actors' recovery: Ray restarts a crashed actor (``max_restarts``); a call that
+finds an actor lost waits until every actor answers again, reloads the last weights the pool was
+given (``load_weights``) into any actor that came back without them, and resubmits only the parts
+that failed. Every score call carries the pool's weights version, so a call that Ray queued while
+the actor restarted fails (``StaleWeightsError``) instead of scoring with the initial weights: a
+restarted Nash-MP snapshot scorer never answers with pi_0 for pi_k.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import ray
+import torch
+
+from actors.rollout import StaleWeightsError
+from actors.scorer import create_scorer_actor
+from actors.trainer.group import split_rows
+from rlplat.batch import Batch
+
+# The actor died (Ray may be restarting it) or is temporarily unreachable.
+ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+# ... or it is back but without the weights the pool last loaded (a call queued while it restarted).
+RETRYABLE = ACTOR_LOST + (StaleWeightsError,)
+
+
+class ScorerPool:
+    """``num_actors`` ``Scorer`` actors for ``role``, named ``scorer-<role>-0 .. N-1``.
+
+    Keyword arguments are ``create_scorer_actor``'s; ``bundle_indices[i]`` is actor i's bundle in
+    ``placement_group`` (default: all in bundle 0). ``max_restarts``: Ray's restarts per actor and
+    the retries of one call. ``restart_timeout_s``: how long a recovery waits for an actor.
+    """
+
+    def __init__(
+        self,
+        role: str,
+        model_path: str,
+        num_actors: int = 1,
+        *,
+        dtype: str = "float32",
+        micro_batch_tokens: int = 4096,
+        trust_remote_code: bool = False,
+        temperature: float = 1.0,
+        num_cpus: float = 0.25,
+        num_gpus: float = 0.0,
+        placement_group: Any = None,
+        bundle_indices: Optional[Sequence[int]] = None,
+        max_restarts: int = 0,
+        restart_timeout_s: float = 600.0,
+    ):
+        if num_actors < 1:
+            raise ValueError(f"scorer pool '{role}': num_actors must be >= 1, got {num_actors}")
+        bundle_indices = list(bundle_indices) if bundle_indices is not None else [0] * num_actors
+        if len(bundle_indices) != num_actors:
+            raise ValueError(f"scorer pool '{role}': {len(bundle_indices)} bundle indices for {num_actors} actors")
+        self.role, self.max_restarts, self.restart_timeout_s = role, max_restarts, restart_timeout_s
+        self.names = [f"scorer-{role}-{i}" for i in range(num_actors)]
+        self.actors = [
+            create_scorer_actor(
+                role, model_path, dtype=dtype, micro_batch_tokens=micro_batch_tokens,
+                trust_remote_code=trust_remote_code, temperature=temperature, num_cpus=num_cpus,
+                num_gpus=num_gpus, name=name, placement_group=placement_group, bundle_index=bundle,
+                max_restarts=max_restarts)
+            for name, bundle in zip(self.names, bundle_indices)
+        ]
+        self.recoveries = 0  # calls that found an actor lost and waited for it
+        self._weights_ref: Optional[ray.ObjectRef] = None  # the last load_weights, kept for restarts
+        self._weights_version = 0  # 0: the weights at model_path
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    # ------------------------------------------------------------------ calls
+    def score_async(self, batch: Batch) -> "PendingScores":
+        """Submit ``batch``'s parts to every actor now; ``.result()`` collects them."""
+        return PendingScores(self, batch)
+
+    def score(self, batch: Batch) -> torch.Tensor:
+        """Float32 [B, R]: log-prob (nats) of each ``response_ids`` token under this role; 0 on padding."""
+        return self.score_async(batch).result()
+
+    def load_weights(self, named: Sequence[Tuple[str, torch.Tensor]]) -> int:
+        """Copy ``[(HF parameter name, tensor)]`` into every actor (one object-store copy) and
+        remember them: an actor Ray restarts later gets them again. Returns the parameter count."""
+        self._weights_ref = ray.put(list(named))
+        self._weights_version += 1
+        counts = self._retry(lambda: ray.get([a.load_weights.remote(self._weights_ref, self._weights_version)
+                                              for a in self.actors]))
+        return counts[0]
+
+    def info(self) -> List[Dict[str, Any]]:
+        """``Scorer.info()`` of every actor, in actor order."""
+        return self._retry(lambda: ray.get([a.info.remote() for a in self.actors]))
+
+    def ready(self) -> bool:
+        """Block until every actor has loaded its model (an actor that failed to load raises)."""
+        self.info()
+        return True
+
+    def kill(self) -> None:
+        """Kill every actor for good (frees their names)."""
+        for a in self.actors:
+            ray.kill(a)
+
+    # --------------------------------------------------------------- recovery
+    def restore(self, timeout_s: Optional[float] = None) -> None:
+        """Wait until every actor answers (a restarting one refuses calls until it is back), then
+        reload the last weights into any actor that does not hold them (Ray restarted it)."""
+        deadline = time.time() + (self.restart_timeout_s if timeout_s is None else timeout_s)
+        stale = []
+        for actor in self.actors:
+            while True:
+                try:
+                    if ray.get(actor.info.remote())["weights_version"] != self._weights_version:
+                        stale.append(actor)
+                    break
+                except ray.exceptions.ActorUnavailableError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(1.0)
+        if stale and self._weights_ref is not None:
+            ray.get([a.load_weights.remote(self._weights_ref, self._weights_version) for a in stale])
+
+    def recover(self, exc: Exception, name: str = "") -> None:
+        """Log the loss, count it and ``restore``."""
+        who = name or f"scorer-{self.role}-*"
+        print(f"rlplat: {who}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}; "
+              "waiting for the restarted actor and retrying", flush=True)
+        self.recoveries += 1
+        self.restore()
+
+    def _retry(self, call):
+        for attempt in range(self.max_restarts + 1):
+            try:
+                return call()
+            except ACTOR_LOST as exc:
+                if attempt == self.max_restarts:
+                    raise
+                self.recover(exc)
+
+
+class PendingScores:
+    """One pool call in flight: the row indices of each actor's part and their object refs."""
+
+    def __init__(self, pool: ScorerPool, batch: Batch):
+        self.pool, self.batch = pool, batch
+        parts = split_rows(batch, len(pool), keep_groups=False) if len(batch) else []
+        self.parts = {k: idx for k, idx in enumerate(parts) if len(idx)}  # actor index -> rows
+        self.refs = {k: self._submit(k) for k in self.parts}
+
+    def _submit(self, k: int) -> ray.ObjectRef:
+        return self.pool.actors[k].score.remote(self.batch.select(self.parts[k]), self.pool._weights_version)
+
+    def result(self) -> torch.Tensor:
+        """Float32 [B, R] in the batch's row order; parts lost with their actor are resubmitted
+        after the pool's recovery (at most ``max_restarts`` times)."""
+        out = torch.zeros(self.batch.response_ids.shape, dtype=torch.float32)
+        pending = dict(self.refs)
+        for attempt in range(self.pool.max_restarts + 1):
+            lost: Optional[Tuple[int, Exception]] = None
+            for k in list(pending):
+                try:
+                    part = ray.get(pending.pop(k))
+                    out[self.parts[k], : part.shape[1]] = part
+                except RETRYABLE as exc:
+                    pending[k] = None
+                    lost = (k, exc)
+            if not pending:
+                return out
+            if attempt == self.pool.max_restarts:
+                raise lost[1]
+            self.pool.recover(lost[1], self.pool.names[lost[0]])
+            pending = {k: self._submit(k) for k in pending}
+        raise AssertionError("unreachable")

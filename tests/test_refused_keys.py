@@ -1,0 +1,57 @@
+"""Schema keys for capabilities not built yet are refused in validation, naming the key and what works."""
+import os
+import re
+
+import pytest
+
+from rlplat import divergences
+from rlplat.config import ConfigError, load_config
+from rlplat.config.validate import REFUSED, refused_values
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRPO = os.path.join(ROOT, "configs", "grpo.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_output_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize("role", ["reference", "teacher", "preference"])
+def test_top_k_logits_is_refused_for_every_role(role):
+    with pytest.raises(ConfigError) as err:
+        load_config(GRPO, [f"roles.{role}.top_k_logits=8"])
+    msg = str(err.value)
+    assert msg.startswith(f"roles.{role}.top_k_logits=8: full-distribution divergence terms do not train yet")
+    assert "k3" in msg and "forward_kl" in msg  # says what works
+
+
+def test_top_k_logits_zero_and_the_shipped_configs_pass():
+    for name in ("grpo", "kdrl", "dph_rl", "nash_mp"):
+        cfg = load_config(os.path.join(ROOT, "configs", f"{name}.yaml"), ["roles.reference.top_k_logits=0"])
+        assert refused_values(cfg) == []
+
+
+def test_preference_pool_is_refused_but_scorer_pools_are_not():
+    with pytest.raises(ConfigError, match=r"^roles\.preference\.num_actors=2: .*keep it 1"):
+        load_config(GRPO, ["roles.preference.num_actors=2"])
+    cfg = load_config(GRPO, ["roles.reference.num_actors=2", "roles.teacher.num_actors=3"])
+    assert (cfg.roles.reference.num_actors, cfg.roles.teacher.num_actors) == (2, 3)
+    with pytest.raises(ConfigError, match=r"roles\.reference\.num_actors=0 must be >= 1"):
+        load_config(GRPO, ["roles.reference.num_actors=0"])
+    with pytest.raises(ConfigError, match=r"roles\.preference\.micro_batch_tokens=0 must be >= 1"):
+        load_config(GRPO, ["roles.preference.micro_batch_tokens=0"])
+
+
+def test_refused_message_lists_exactly_the_per_token_estimators():
+    """The top_k_logits reason names every registered per-token estimator and no full one."""
+    named = set(re.findall(r"\b[a-z][a-z0-9_]*\b", REFUSED["roles.*.top_k_logits"])) & set(divergences.names())
+    assert named == {n for n in divergences.names() if divergences.info(n) != "full"}
+
+
+def test_full_divergence_term_is_refused_with_the_estimators_that_work():
+    with pytest.raises(ConfigError) as err:
+        load_config(GRPO, ["algorithm.divergences.0.divergence=full_jsd"])
+    msg = str(err.value)
+    assert "algorithm.divergences[0].divergence='full_jsd'" in msg and "do not train yet" in msg
+    assert "['k1', 'k2', 'k3', 'k3_st']" in msg  # the reference anchor sees on-policy samples
