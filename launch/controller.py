@@ -214,8 +214,6 @@ class Controller:
         for pool in self.scorers.values():  # back, with the weights last loaded into them
             pool.restore(max(deadline - time.time(), 0.0))
         self._push_weights()
-        if hasattr(self.loop, "after_recover"):
-            self.loop.after_recover()
 
     def score_and_reward(self, batch: Batch, timer: PhaseTimer, roles: Optional[List[str]] = None) -> Tuple[Batch, Dict[str, float]]:
         """Rewards, scorer log-probs and (unless the loss takes them from its own forward) the

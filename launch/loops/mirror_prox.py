@@ -51,7 +51,6 @@ class MirrorProxLoop:
         ray.get(self.judge.ready.remote())
         self.actors = [self.judge]
         self.snapshot_version = 0
-        self.snapshot_weights = None  # pi_k once refreshed (None: the snapshot is pi_0, its own start)
 
     def _win_rates(self, batch: Batch, opponents: Batch, exclude_self: bool) -> Tuple[torch.Tensor, Dict[str, float]]:
         """Float [B]: mean over opponents of P(y_i > o_j); NaN pairs are dropped and counted."""
@@ -110,7 +109,6 @@ class MirrorProxLoop:
         with timer.phase("sync"):
             metrics.update(ctrl.sync_weights())
             full_weights = unpack(ray.get(ctrl.weights_ref))
-            self.snapshot_weights = full_weights
             ctrl.scorers["snapshot"].load_weights(full_weights)  # the pool reloads them into a restarted actor
             self.snapshot_version += 1
         full_weights = dict(full_weights)
@@ -133,5 +131,4 @@ class MirrorProxLoop:
 
     def after_resume(self) -> None:
         """The snapshot is pi_k, the policy the restored checkpoint holds."""
-        self.snapshot_weights = unpack(ray.get(self.ctrl.weights_ref))
-        self.ctrl.scorers["snapshot"].load_weights(self.snapshot_weights)
+        self.ctrl.scorers["snapshot"].load_weights(unpack(ray.get(self.ctrl.weights_ref)))
