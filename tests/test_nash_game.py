@@ -52,7 +52,7 @@ def judge(prompt, response_a, response_b, answer):
 
 def action_distribution(model_dir: str) -> torch.Tensor:
     """Float64[K]: the model's next-token probabilities of the K actions after the prompt
-    (renormalised over the actions: training moves a little mass, < 2%, to tokens it never samples)."""
+    (renormalised over the actions: training moves a little mass, a few %, to tokens it never samples)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -62,7 +62,7 @@ def action_distribution(model_dir: str) -> torch.Tensor:
         probs = torch.softmax(model(ids).logits[0, -1].double(), -1)
     action_ids = [tok.convert_tokens_to_ids(a) for a in ACTIONS]
     p = probs[action_ids]
-    assert float(p.sum()) > 0.98, f"the game model leaks {1 - float(p.sum()):.4f} mass outside the actions"
+    assert float(p.sum()) > 0.95, f"the game model leaks {1 - float(p.sum()):.4f} mass outside the actions"
     return p / p.sum()
 
 
