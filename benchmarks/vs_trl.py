@@ -1,14 +1,38 @@
 """Peer comparison: TRL's ``GRPOTrainer`` and rlplat GRPO, same job, same machine, back to back.
 
     python benchmarks/vs_trl.py [--steps 10] [--prompts-per-step 8] [--group-size 8]
-                                [--max-new-tokens 8] [--lr 1e-4] [--model builtin:tiny-policy]
+                                [--max-new-tokens 8] [--ignore-eos] [--max-staleness K]
+                                [--lr 1e-4] [--model builtin:tiny-policy]
                                 [--json-out PATH] [--md-out PATH]
+    python benchmarks/vs_trl.py --max-new-tokens 128 --ignore-eos   # long responses: generation dominates
     python benchmarks/vs_trl.py --smoke          # 3 steps, 2 prompts x 4 samples (CI)
 
 Runs TRL, then rlplat, each in its own subprocess (neither's memory, threads or imports affect the
 other; vLLM runs under ``launch.train``'s ``__main__`` guard), and prints seconds per step,
 tokens per second for each and the ratio rlplat / TRL. Target: rlplat at least 2x TRL's tokens/s.
 The exit status is non-zero only when a run fails, never because the target is missed.
+
+rlplat settings. rlplat runs ``--config`` (``configs/grpo.yaml``) with the benchmark's sizes and
+``RLPLAT_SETTINGS``, the one list at the top of this file naming the rlplat settings the benchmark
+uses by default (today: one vLLM engine, two ZeRO-2 trainer ranks, as ``configs/grpo.yaml``
+has them); ``--rlplat-override KEY=VALUE`` comes after it and wins. The printed report and the
+markdown summary state the settings that ran, resolved from the config.
+
+Long responses. ``--ignore-eos`` makes neither side stop at EOS, so every completion has exactly
+``--max-new-tokens`` tokens and generation dominates the step as it does in real RL: rlplat gets
+``rollout.ignore_eos=true`` (vLLM ``ignore_eos`` + ``min_tokens``), TRL gets
+``generation_kwargs={"min_new_tokens": max_new_tokens}`` (HF ``generate`` masks EOS until then;
+TRL's completion mask cuts at the first EOS, so EOS must not be sampled at all). Both mask EOS
+while sampling, so both sample from the same distribution. The run fails (exit 1) unless every
+completion of both sides has exactly ``max_new_tokens`` tokens (TRL: counted from the completion
+ids its reward function receives; rlplat: ``response/length_mean``). When the config's
+``data.max_prompt_tokens + max_new_tokens`` exceeds ``rollout.max_model_len``, the benchmark
+raises ``rollout.max_model_len`` to the sum (up to the model's ``max_position_embeddings``: 256
+for the built-in tiny models, so up to 224 new tokens with ``configs/grpo.yaml``'s 32-token prompts).
+
+Overlap. ``--max-staleness K`` passes ``trainer.max_staleness=K`` to rlplat (bounded staleness:
+generation of the next batches overlaps training; TRL has no equivalent and runs as always). Only
+given when asked for: a checkout whose config schema has no such key refuses it by name.
 
 What is the same on both sides
 - Model: ``--model`` (``builtin:tiny-policy`` resolves through ``rlplat.models.tiny``), in the
@@ -22,8 +46,9 @@ What is the same on both sides
   ``per_device_train_batch_size = prompts_per_step * group_size``, ``num_generations =
   group_size``, gradient accumulation 1, ``num_iterations = 1``).
 - Sampling: at most ``max_new_tokens`` new tokens, the config's temperature / top_p (top-k off),
-  completions end at EOS. The samples themselves differ (vLLM and HF ``generate`` draw different
-  random numbers), which is why the headline figure is tokens per second, not seconds per step.
+  completions end at EOS (have exactly ``max_new_tokens`` with ``--ignore-eos``). The samples
+  themselves differ (vLLM and HF ``generate`` draw different random numbers), which is why the
+  headline figure is tokens per second, not seconds per step.
 - Objective: the clipped surrogate with the config's ``eps_low`` / ``eps_high`` (TRL ``epsilon`` /
   ``epsilon_high``), ``seq-mean-token-mean`` aggregation (TRL ``loss_type="grpo"``), group-std
   normalised advantages (``scale_rewards="group"``), and the k3 KL to the frozen initial model
@@ -39,10 +64,10 @@ What is the same on both sides
   multi-threaded TRL process slows down far more than those actors (OpenMP threads wait for a
   descheduled sibling); the report then warns, and ``--trl-threads 1`` is the fairer setting there.
 
-Known differences (inherent to each design, not tuned away): with ``num_iterations=1`` TRL takes
-the "old" log-probs as the detached current ones, while rlplat computes them in a separate trainer
-forward pass and also checks the weight sync to the rollout engine with a probe every step; both
-are counted in rlplat's step time.
+Known differences (inherent to each design, not tuned away): rlplat checks the weight sync to
+the rollout engine with a probe forward on both sides (as often as the config says); it is counted
+in rlplat's step time. (With one update per batch both sides take the "old" log-probs detached
+from the training forward: TRL with ``num_iterations=1``, rlplat's ``old_from_forward``.)
 
 Definitions, identical for both sides
 - tokens of a step = sum over its ``prompts_per_step * group_size`` samples of (prompt tokens +
@@ -89,6 +114,13 @@ if ROOT not in sys.path:  # `python benchmarks/vs_trl.py` puts benchmarks/, not 
     sys.path.insert(0, ROOT)
 
 TARGET_RATIO = 2.0
+# The rlplat settings the benchmark runs with by default, after the sizes and before the user's
+# --rlplat-override: the best setting rlplat offers for this job (a one-line change).
+RLPLAT_SETTINGS: List[str] = ["rollout.backend=vllm", "rollout.num_engines=1", "trainer.num_ranks=2",
+                              "trainer.zero_stage=2"]
+# Resolved config keys the report states (a key this checkout's schema lacks reads "n/a").
+REPORTED_SETTINGS = ("rollout.backend", "rollout.num_engines", "rollout.ignore_eos", "rollout.weight_sync",
+                     "trainer.num_ranks", "trainer.zero_stage", "trainer.max_staleness", "model.dtype")
 SMOKE = {"steps": 3, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 8}
 DEFAULTS = {"steps": 10, "prompts_per_step": 8, "group_size": 8, "max_new_tokens": 8}
 TOKENS_DEFINITION = ("tokens = prompt + completion tokens of every sample of the step (prompt counted once per "
@@ -101,13 +133,41 @@ _PROGRESS = re.compile(r"^step (\d+)/(\d+) ")
 
 
 # --------------------------------------------------------------------------- the shared job
-def rlplat_overrides(args: argparse.Namespace, output_dir: str) -> List[str]:
-    """``key=value`` overrides that give rlplat this benchmark's sizes (user extras last)."""
-    return [
+def rlplat_overrides(args: argparse.Namespace, output_dir: str, model_path: str) -> List[str]:
+    """``key=value`` overrides that give rlplat this benchmark's job: the sizes, ``RLPLAT_SETTINGS``,
+    ``--ignore-eos`` / ``--max-staleness``, the output directory, the user's extras, then a
+    ``rollout.max_model_len`` that holds prompts and responses if the config's is too short."""
+    overrides = [
         f"model.path={args.model}", f"trainer.max_steps={args.steps}", f"algorithm.group_size={args.group_size}",
         f"data.prompts_per_step={args.prompts_per_step}", f"rollout.max_new_tokens={args.max_new_tokens}",
-        f"trainer.lr={args.lr}", "trainer.eval_every=0", f"trainer.output_dir={output_dir}", *args.rlplat_override,
+        f"trainer.lr={args.lr}", "trainer.eval_every=0", *RLPLAT_SETTINGS,
+        *(["rollout.ignore_eos=true"] if args.ignore_eos else []),
+        *([f"trainer.max_staleness={args.max_staleness}"] if args.max_staleness is not None else []),
+        f"trainer.output_dir={output_dir}", *args.rlplat_override,
     ]
+    return overrides + model_len_overrides(args.config, overrides, model_path)
+
+
+def model_len_overrides(config: str, overrides: List[str], model_path: str) -> List[str]:
+    """``[rollout.max_model_len=N]`` when ``data.max_prompt_tokens + rollout.max_new_tokens`` (N)
+    exceeds the config's ``rollout.max_model_len``, else ``[]``. Raises ``ValueError`` when N
+    exceeds the model's ``max_position_embeddings`` (read from ``model_path``/config.json)."""
+    from rlplat.config import load_config
+
+    cfg = load_config(config, overrides, validate=False)  # unknown keys still raise ConfigError
+    need = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    if need <= cfg.rollout.max_model_len:
+        return []
+    model_config = os.path.join(model_path, "config.json")
+    if os.path.isfile(model_config):
+        with open(model_config) as f:
+            positions = json.load(f).get("max_position_embeddings")
+        if positions is not None and need > positions:
+            raise ValueError(
+                f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + max_new_tokens "
+                f"({cfg.rollout.max_new_tokens}) = {need} exceeds the model's max_position_embeddings ({positions}); "
+                f"use fewer --max-new-tokens or a smaller data.max_prompt_tokens (--rlplat-override)")
+    return [f"rollout.max_model_len={need}"]
 
 
 def build_job(args: argparse.Namespace, overrides: List[str], model_path: str) -> Dict[str, Any]:
@@ -155,11 +215,45 @@ def build_job(args: argparse.Namespace, overrides: List[str], model_path: str) -
         "top_k": max(roll.top_k, 0), "lr": tr.lr, "weight_decay": tr.weight_decay, "adam_betas": list(tr.adam_betas),
         "grad_clip": tr.grad_clip, "seed": tr.seed, "beta": beta, "eps_low": alg.eps_low, "eps_high": alg.eps_high,
         "loss_type": TRL_LOSS_TYPE[loss_agg], "scale_rewards": TRL_SCALE_REWARDS[alg.advantage],
-        "trl_threads": args.trl_threads, "batches": batches,
+        "ignore_eos": bool(roll.ignore_eos), "trl_threads": args.trl_threads,
+        "rlplat_settings": {key: _setting(cfg, key) for key in REPORTED_SETTINGS},
+        "rlplat_overrides": list(overrides), "batches": batches,
     }
 
 
+def _setting(cfg: Any, key: str) -> Any:
+    """The resolved value of dotted ``key``, "n/a" when this checkout's schema has no such key."""
+    node = cfg
+    for part in key.split("."):
+        if not hasattr(node, part):
+            return "n/a"
+        node = getattr(node, part)
+    return node
+
+
 # --------------------------------------------------------------------------- TRL side (child)
+def trl_config_kwargs(job: Dict[str, Any], out_dir: str) -> Dict[str, Any]:
+    """``GRPOConfig`` arguments equivalent to the job (see the module docstring)."""
+    kwargs: Dict[str, Any] = dict(
+        output_dir=out_dir, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        per_device_train_batch_size=job["prompts_per_step"] * job["group_size"], gradient_accumulation_steps=1,
+        num_generations=job["group_size"], num_iterations=1, max_completion_length=job["max_new_tokens"],
+        max_steps=job["steps"], learning_rate=job["lr"], lr_scheduler_type="constant", warmup_steps=0,
+        weight_decay=job["weight_decay"], adam_beta1=job["adam_betas"][0], adam_beta2=job["adam_betas"][1],
+        adam_epsilon=1e-8, max_grad_norm=job["grad_clip"],
+        temperature=job["temperature"], top_p=job["top_p"], top_k=job["top_k"],
+        beta=job["beta"], epsilon=job["eps_low"], epsilon_high=job["eps_high"], loss_type=job["loss_type"],
+        scale_rewards=job["scale_rewards"], mask_truncated_completions=False,
+        shuffle_dataset=False, seed=job["seed"], model_init_kwargs={"dtype": job["dtype"]},
+        report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+    )
+    if job["ignore_eos"]:
+        # GRPOTrainer updates its GenerationConfig with these; TRL cuts each completion after its
+        # first EOS, so EOS must be masked (min_new_tokens), not merely not stopped at.
+        kwargs["generation_kwargs"] = {"min_new_tokens": job["max_new_tokens"]}
+    return kwargs
+
+
 def run_trl_side(job_path: str, result_path: str) -> int:
     """Train with TRL's GRPOTrainer on the job's prompts; write per-step seconds and tokens."""
     with open(job_path) as f:
@@ -181,10 +275,12 @@ def run_trl_side(job_path: str, result_path: str) -> int:
     prompt_tokens = {r["prompt"]: len(tokenizer(r["prompt"])["input_ids"]) for r in rows}
     seen = {"prompt": 0, "completion": 0, "reward_sum": 0.0, "samples": 0}
     step_prompts: List[str] = []  # prompts of the current step, to check the order matches rlplat's
+    step_lengths: List[int] = []  # completion lengths of the current step (--ignore-eos: all max_new_tokens)
 
     def arithmetic(prompts, completions, answer, completion_ids, **kwargs) -> List[float]:
         """rlplat's ``arithmetic`` reward; also counts the step's tokens (TRL calls it once per generation)."""
         step_prompts.extend(prompts)
+        step_lengths.extend(len(ids) for ids in completion_ids)
         seen["prompt"] += sum(prompt_tokens[p] for p in prompts)
         seen["completion"] += sum(len(ids) for ids in completion_ids)
         rewards = [score(c, a) for c, a in zip(completions, answer)]
@@ -201,6 +297,7 @@ def run_trl_side(job_path: str, result_path: str) -> int:
                 first_step_wall.append(time.time())
             self.before = dict(seen)
             step_prompts.clear()
+            step_lengths.clear()
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -210,22 +307,12 @@ def run_trl_side(job_path: str, result_path: str) -> int:
             steps.append({"step": len(steps), "seconds": seconds, "prompt_tokens": d["prompt"],
                           "completion_tokens": d["completion"], "tokens": d["prompt"] + d["completion"],
                           "samples": d["samples"], "reward_mean": d["reward_sum"] / max(d["samples"], 1),
+                          "completion_len_min": min(step_lengths, default=0),
+                          "completion_len_max": max(step_lengths, default=0),
                           "same_prompts_as_rlplat": sorted(step_prompts) == want})
 
     out_dir = os.path.join(os.path.dirname(os.path.abspath(result_path)), "trl-out")  # nothing is saved there
-    config = GRPOConfig(
-        output_dir=out_dir, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-        per_device_train_batch_size=job["prompts_per_step"] * job["group_size"], gradient_accumulation_steps=1,
-        num_generations=job["group_size"], num_iterations=1, max_completion_length=job["max_new_tokens"],
-        max_steps=job["steps"], learning_rate=job["lr"], lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=job["weight_decay"], adam_beta1=job["adam_betas"][0], adam_beta2=job["adam_betas"][1],
-        adam_epsilon=1e-8, max_grad_norm=job["grad_clip"],
-        temperature=job["temperature"], top_p=job["top_p"], top_k=job["top_k"],
-        beta=job["beta"], epsilon=job["eps_low"], epsilon_high=job["eps_high"], loss_type=job["loss_type"],
-        scale_rewards=job["scale_rewards"], mask_truncated_completions=False,
-        shuffle_dataset=False, seed=job["seed"], model_init_kwargs={"dtype": job["dtype"]},
-        report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
-    )
+    config = GRPOConfig(**trl_config_kwargs(job, out_dir))
     trainer = GRPOTrainer(model=job["model_path"], reward_funcs=arithmetic, args=config,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=[StepTimer()])
     trainer.train()
@@ -233,6 +320,11 @@ def run_trl_side(job_path: str, result_path: str) -> int:
         raise RuntimeError(f"TRL ran {len(steps)} steps, expected {job['steps']}")
     if not all(s["same_prompts_as_rlplat"] for s in steps):
         raise RuntimeError("TRL's steps did not sample the prompts rlplat's steps do (dataset order changed?)")
+    short = [s["step"] for s in steps if s["completion_len_min"] != job["max_new_tokens"]
+             or s["completion_len_max"] != job["max_new_tokens"]]
+    if job["ignore_eos"] and short:
+        raise RuntimeError(f"--ignore-eos: TRL completions of steps {short} do not all have "
+                           f"{job['max_new_tokens']} tokens (generation_kwargs min_new_tokens not honoured?)")
     result = {"steps": steps, "first_step_wall": first_step_wall[0], "end_wall": time.time(),
               "threads": torch.get_num_threads()}
     with open(result_path, "w") as f:
@@ -299,7 +391,8 @@ def run_trl(job: Dict[str, Any], work: str, timeout_s: float) -> Dict[str, Any]:
 
 
 def run_rlplat(args: argparse.Namespace, overrides: List[str], num_steps: int, work: str,
-               timeout_s: float) -> Dict[str, Any]:
+               timeout_s: float, exact_length: Optional[int] = None) -> Dict[str, Any]:
+    """Run ``launch.train``; with ``exact_length`` (--ignore-eos) every response must have that many tokens."""
     out = os.path.join(work, "rlplat-run")
     cmd = [sys.executable, "-m", "launch.train", "--config", args.config, *overrides]
     rc, launched, ended, progress, tail = _run_logged(cmd, _child_env(), os.path.join(work, "rlplat.log"), timeout_s)
@@ -311,6 +404,11 @@ def run_rlplat(args: argparse.Namespace, overrides: List[str], num_steps: int, w
     rows = [r for r in read_metrics(metrics_path) if r["step"] >= 0]  # step -1: an evaluation before training, not a step
     if [r["step"] for r in rows] != list(range(num_steps)):
         raise RuntimeError(f"rlplat logged steps {[r['step'] for r in rows]}, expected 0..{num_steps - 1}")
+    # No response is longer than max_new_tokens, so a mean of exactly max_new_tokens means all are.
+    short = [r["step"] for r in rows if abs(r["response/length_mean"] - (exact_length or 0)) > 1e-6]
+    if exact_length is not None and short:
+        raise RuntimeError(f"--ignore-eos: rlplat responses of steps {short} do not all have {exact_length} "
+                           f"tokens (response/length_mean {[rows[s]['response/length_mean'] for s in short]})")
     steps = []
     for r in rows:
         tokens = round(r["throughput/tokens_per_s"] * r["time/step"])  # finish_step: sum(Batch.num_tokens) / time/step
@@ -347,6 +445,13 @@ def summarize(steps: List[Dict[str, Any]], startup_s: float, total_s: float, ext
 
 
 # --------------------------------------------------------------------------- report
+def settings_line(job: Dict[str, Any]) -> str:
+    """The rlplat settings of the run: the resolved REPORTED_SETTINGS and the default list."""
+    resolved = ", ".join(f"{k}={v}" for k, v in job["rlplat_settings"].items())
+    return (f"rlplat settings: {resolved} (benchmark defaults RLPLAT_SETTINGS = {RLPLAT_SETTINGS} "
+            "on the config, then --rlplat-override)")
+
+
 def machine_report() -> Dict[str, Any]:
     """``machine_info`` with TRL's version and the load average when the benchmark starts."""
     return {**machine_info(extra_packages=(("trl", ("trl",)),)), "load_avg_at_start": list(os.getloadavg())}
@@ -381,7 +486,9 @@ def markdown(report: Dict[str, Any]) -> str:
         *rows, "",
         f"Job: model `{j['model']}`, {j['steps']} steps (step 0 excluded from averages), {j['prompts_per_step']} "
         f"prompts x {j['group_size']} samples per step, at most {j['max_new_tokens']} new tokens, lr {j['lr']}, "
-        f"KL beta {j['beta']}, temperature {j['temperature']}.", "",
+        f"KL beta {j['beta']}, temperature {j['temperature']}"
+        f"{', EOS ignored on both sides (every completion has exactly that many tokens)' if j['ignore_eos'] else ''}.", "",
+        f"{settings_line(j)}.", "",
         f"Tokens: {TOKENS_DEFINITION}.", "",
         *([f"**Warning**: {m['busy_warning']}.", ""] if m.get("busy_warning") else []),
         f"Machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['logical_cores']} logical), load average "
@@ -400,6 +507,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--prompts-per-step", type=int, help=f"default {DEFAULTS['prompts_per_step']}")
     p.add_argument("--group-size", type=int, help=f"samples per prompt (default {DEFAULTS['group_size']})")
     p.add_argument("--max-new-tokens", type=int, help=f"default {DEFAULTS['max_new_tokens']}")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="neither side stops at EOS: every completion has exactly --max-new-tokens tokens "
+                        "(rlplat rollout.ignore_eos=true, TRL generation_kwargs min_new_tokens)")
+    p.add_argument("--max-staleness", type=int, default=None, metavar="K",
+                   help="pass trainer.max_staleness=K to rlplat (bounded-staleness overlap; TRL unchanged). "
+                        "Passed only when given: a checkout without that key refuses it by name")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--model", default="builtin:tiny-policy", help="builtin:tiny-<size>, a local HF directory or hub id")
     p.add_argument("--config", default="configs/grpo.yaml", help="rlplat config the job is read from")
@@ -431,6 +544,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             p.error(f"--{key.replace('_', '-')} must be >= 1")
     if args.group_size < 2:
         p.error("--group-size must be >= 2 (GRPO normalises rewards within a group)")
+    if args.max_staleness is not None and args.max_staleness < 0:
+        p.error("--max-staleness must be >= 0")
     return args
 
 
@@ -443,8 +558,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     model_path = resolve_model_path(args.model)  # builds the built-in model once, before any timing
     work = tempfile.mkdtemp(prefix="rlplat-vs-trl-")
-    overrides = rlplat_overrides(args, os.path.join(work, "rlplat-run"))
     try:
+        overrides = rlplat_overrides(args, os.path.join(work, "rlplat-run"), model_path)
         job = build_job(args, overrides, model_path)
     except Exception as exc:  # ConfigError / ValueError: name the problem, no traceback
         shutil.rmtree(work, ignore_errors=True)
@@ -452,12 +567,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     machine = machine_report()
     print(f"vs_trl: {job['steps']} steps x {job['prompts_per_step']} prompts x {job['group_size']} samples, "
-          f"<= {job['max_new_tokens']} new tokens, model {args.model} ({model_path}); work dir {work}", flush=True)
+          f"{'exactly' if job['ignore_eos'] else '<='} {job['max_new_tokens']} new tokens, model {args.model} "
+          f"({model_path}); work dir {work}", flush=True)
+    print(f"vs_trl: {settings_line(job)}", flush=True)
     try:
         print("vs_trl: running TRL GRPOTrainer ...", flush=True)
         trl = run_trl(job, work, args.timeout)
         print(f"vs_trl: TRL done in {trl['total_wall_s']:.0f} s; running rlplat ...", flush=True)
-        rl = run_rlplat(args, overrides, job["steps"], work, args.timeout)
+        rl = run_rlplat(args, overrides, job["steps"], work, args.timeout,
+                        exact_length=job["max_new_tokens"] if job["ignore_eos"] else None)
         print(f"vs_trl: rlplat done in {rl['total_wall_s']:.0f} s", flush=True)
     except RuntimeError as exc:
         print(f"vs_trl: {exc}", file=sys.stderr)  # the work directory stays for the logs
@@ -484,6 +602,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     print()
     print(table(report))
+    print(f"\n{settings_line(job)}")
     print(f"\n{TOKENS_DEFINITION}; startup (launch to step 0) is not part of it.")
     print(f"ratio rlplat / TRL tokens/s: {ratio:.2f}x (target >= {TARGET_RATIO:.0f}x: "
           f"{'met' if report['target_met'] else 'MISSED'}); "

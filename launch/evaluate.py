@@ -16,6 +16,9 @@ worker (``engines_generate_fn``); metrics are named ``eval/pass@1_greedy`` and `
 
 Greedy pass@1 runs on the same engines with ``generate(..., greedy=True)`` (argmax decoding
 whatever the rollout config's sampling settings), so one copy of the weights serves both passes.
+Both passes stop at EOS whatever ``rollout.ignore_eos`` says (``generate(..., ignore_eos=False)``):
+that key fixes the length of training rollouts, and a response run on past its answer would be
+scored on what follows it.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ def engine_generate_fn(engine: Any, pad_id: int, greedy: bool = False) -> Genera
 
     def generate(prompt_ids: List[List[int]], group_size: int, meta: Dict[str, List[Any]],
                  seed: Optional[int] = None) -> Batch:
-        return engine.generate(prompt_ids, group_size, 0, pad_id, meta, seed, greedy=greedy)
+        return engine.generate(prompt_ids, group_size, 0, pad_id, meta, seed, greedy=greedy, ignore_eos=False)
 
     return generate
 
@@ -64,7 +67,8 @@ def engines_generate_fn(engines: Sequence[Any], pad_id: int, greedy: bool = Fals
                 continue
             chunk_seed = None if seed is None else seed + a * group_size  # Controller.generate's rule
             futures.append(engine.generate.remote(prompt_ids[a:b], group_size, a, pad_id,
-                                                  {k: v[a:b] for k, v in meta.items()}, chunk_seed, greedy=greedy))
+                                                  {k: v[a:b] for k, v in meta.items()}, chunk_seed, greedy=greedy,
+                                                  ignore_eos=False))
         return Batch.concat(ray.get(futures), pad_id=pad_id)
 
     return generate

@@ -319,3 +319,66 @@ def test_engine_actor_generates_and_syncs_weights(backend, ray_cluster, tiny_mod
 
     print(f"\n[{backend}] actor start {start_s:.1f}s (from launch, overlapping the other engine), first "
           f"generate (6 x <={MAX_NEW_TOKENS} tokens) {gen_s:.2f}s, weight sync {sync_s * 1e3:.0f}ms")
+
+
+# ------------------------------------------------------------- rollout.ignore_eos
+IGNORE_EOS_TOKENS = 6
+
+
+def _save_eos_first_model(tiny_model, out_dir: Path) -> Path:
+    """``_eos_first_weights`` of the tiny Llama saved as a model directory: a model that ends
+    every response with its first token unless EOS is ignored."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    _eos_first_weights(model).save_pretrained(out_dir)
+    save_tokenizer(out_dir)
+    return out_dir
+
+
+def _assert_full_length_without_eos(batch, rows):
+    """Every response has exactly IGNORE_EOS_TOKENS tokens, none of them EOS, with the sampler's
+    log-probs: under the EOS-first weights the other tokens are about equally likely once EOS is
+    masked, so each sampled token has log-prob ~ -log(V - 1) of the distribution it was drawn from
+    (the raw, unmasked log-prob would be < -50)."""
+    assert len(batch) == rows
+    assert batch.response_mask.shape[1] == IGNORE_EOS_TOKENS
+    assert batch.response_mask.eq(1).all(), batch.response_mask.sum(1).tolist()
+    assert not batch.response_ids.eq(EOS_ID).any()
+    assert batch.meta["finish_reason"] == ["length"] * rows
+    lp = batch.logprobs["rollout"]
+    assert ((lp > -6) & (lp < -3)).all(), lp
+
+
+def test_hf_engine_ignore_eos_fills_max_new_tokens_and_evaluation_overrides_it(tiny_model, tmp_path):
+    """rollout.ignore_eos=true: the HF engine never stops at EOS, even on weights that sample EOS
+    first with probability ~1; ``generate(..., ignore_eos=False)`` (evaluation's call) stops there."""
+    model_dir = _save_eos_first_model(tiny_model, tmp_path / "eos_first")
+    rollout = RolloutConfig(backend="hf", max_new_tokens=IGNORE_EOS_TOKENS, ignore_eos=True, max_num_seqs=4)
+    engine = make_engine("hf", model_path=str(model_dir), tokenizer_path=str(model_dir), rollout=rollout,
+                         dtype="float32", seed=0)
+    prompts = [[BOS_ID, 5, 6, 7], [BOS_ID, 9]]
+    _assert_full_length_without_eos(engine.generate(prompts, 3, 0, PAD_ID), 6)  # 2 calls of <= 4 rows
+    _assert_full_length_without_eos(engine.generate(prompts, 1, 0, PAD_ID, greedy=True), 2)
+    stopped = engine.generate(prompts, 3, 0, PAD_ID, ignore_eos=False)
+    assert stopped.response_ids.tolist() == [[EOS_ID]] * 6 and stopped.meta["finish_reason"] == ["stop"] * 6
+
+
+@pytest.mark.runtime
+def test_vllm_engine_actor_ignore_eos_fills_max_new_tokens(ray_cluster, tiny_model, tmp_path):
+    """The same contract for the vLLM engine in a Ray actor (``ignore_eos`` + ``min_tokens``)."""
+    ray = ray_cluster
+    model_dir = _save_eos_first_model(tiny_model, tmp_path / "eos_first")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    rollout = RolloutConfig(backend="vllm", max_new_tokens=IGNORE_EOS_TOKENS, ignore_eos=True, max_model_len=256,
+                            max_num_seqs=16, cpu_kv_cache_gb=0.02, enforce_eager=True)
+    engine = ray.remote(num_cpus=0.5, runtime_env={"env_vars": env})(ROLLOUT_BACKENDS.get("vllm")).remote(
+        str(model_dir), str(model_dir), rollout, "float32", 0)
+    try:
+        prompts = [[BOS_ID, 5, 6, 7], [BOS_ID, 9]]
+        _assert_full_length_without_eos(ray.get(engine.generate.remote(prompts, 3, 0, PAD_ID, seed=3)), 6)
+        _assert_full_length_without_eos(ray.get(engine.generate.remote(prompts, 1, 0, PAD_ID, greedy=True)), 2)
+        stopped = ray.get(engine.generate.remote(prompts, 3, 0, PAD_ID, ignore_eos=False))
+        assert stopped.response_ids.tolist() == [[EOS_ID]] * 6 and stopped.meta["finish_reason"] == ["stop"] * 6
+    finally:
+        ray.kill(engine)

@@ -90,13 +90,16 @@ class HFRolloutEngine:
         seed: Optional[int] = None,
         greedy: bool = False,
         weight_version: Optional[int] = None,
+        ignore_eos: Optional[bool] = None,
     ) -> Batch:
         """``group_size`` responses per prompt as a Batch of ``len(prompt_ids) * group_size`` rows
         (prompt-major); ``logprobs["rollout"]`` holds the sampler's log-probs of the sampled tokens
         (at the temperature, after top-k/top-p; see the module docstring).
         ``seed`` reseeds torch's generator first (on CPU torch reads it mod 2**32, see
         ``rlplat.seeds``), so a step is reproducible (resume);
-        ``greedy`` decodes by argmax (evaluation's pass@1)."""
+        ``greedy`` decodes by argmax (evaluation's pass@1). ``ignore_eos`` (None:
+        ``rollout.ignore_eos``): every response has exactly ``max_new_tokens`` tokens, none of them
+        EOS (``min_new_tokens`` masks EOS while sampling, as the vLLM engine's ``min_tokens``)."""
         if seed is not None:
             torch.manual_seed(seed)
         check_weight_version(self.weight_version, weight_version)
@@ -105,13 +108,14 @@ class HFRolloutEngine:
         check_prompts(prompt_ids, self.rollout.max_new_tokens, self.rollout.max_model_len)
         rows = [list(p) for p in prompt_ids for _ in range(group_size)]
         step = max(1, int(self.rollout.max_num_seqs))
+        no_eos = self.rollout.ignore_eos if ignore_eos is None else ignore_eos
         samples: List[Sample] = []
         for start in range(0, len(rows), step):
-            samples.extend(self._sample(rows[start : start + step], greedy))
+            samples.extend(self._sample(rows[start : start + step], greedy, no_eos))
         grouped = [samples[i * group_size : (i + 1) * group_size] for i in range(len(prompt_ids))]
         return build_rollout_batch(prompt_ids, grouped, group_offset, pad_id, meta, self.weight_version)
 
-    def _sample(self, prompts: List[List[int]], greedy: bool = False) -> List[Sample]:
+    def _sample(self, prompts: List[List[int]], greedy: bool = False, ignore_eos: bool = False) -> List[Sample]:
         p = max(len(x) for x in prompts)
         ids = torch.full((len(prompts), p), self._gen_pad, dtype=torch.long)
         attn = torch.zeros((len(prompts), p), dtype=torch.long)
@@ -122,6 +126,9 @@ class HFRolloutEngine:
             input_ids=ids.to(self.device),
             attention_mask=attn.to(self.device),
             generation_config=self.greedy_config if greedy else self.generation_config,
+            # transformers fills an unset eos_token_id from the model's own generation config, so
+            # EOS cannot just be dropped; masking it until max_new_tokens means it never stops.
+            **({"min_new_tokens": self.rollout.max_new_tokens} if ignore_eos else {}),
         )
         new = out.sequences[:, p:].cpu()  # [n, T]
         logits = torch.stack(out.scores, dim=1).float()  # [n, T, V], -inf where top-k/top-p masked

@@ -128,6 +128,7 @@ class VLLMRolloutEngine:
         seed: Optional[int] = None,
         greedy: bool = False,
         weight_version: Optional[int] = None,
+        ignore_eos: Optional[bool] = None,
     ) -> Batch:
         """``group_size`` responses per prompt (``SamplingParams.n``) as a Batch of
         ``len(prompt_ids) * group_size`` rows (prompt-major). Responses keep the EOS token
@@ -135,15 +136,21 @@ class VLLMRolloutEngine:
         seeds ``seed + i * group_size + j`` (vLLM gives child j of a request ``seed + j``,
         ``vllm/v1/engine/parallel_sampling.py``; on CPU torch reads a seed mod 2**32, see
         ``rlplat.seeds``), so a step is reproducible whatever the engine did before (resume).
-        ``greedy``: argmax decoding (evaluation's pass@1), whatever the rollout config's sampling settings."""
+        ``greedy``: argmax decoding (evaluation's pass@1), whatever the rollout config's sampling settings.
+        ``ignore_eos`` (None: ``rollout.ignore_eos``): every response has exactly ``max_new_tokens``
+        tokens, none of them EOS (``ignore_eos`` so EOS does not stop, ``min_tokens`` so EOS is masked
+        while sampling, as the HF engine's ``min_new_tokens``); evaluation passes False."""
         check_weight_version(self.weight_version, weight_version)
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         r = self.rollout
         check_prompts(prompt_ids, r.max_new_tokens, r.max_model_len)
+        no_eos = r.ignore_eos if ignore_eos is None else ignore_eos
         params = self._sampling_params(
             n=group_size,
             max_tokens=r.max_new_tokens,
+            ignore_eos=no_eos,
+            min_tokens=r.max_new_tokens if no_eos else 0,
             temperature=0.0 if greedy else max(r.temperature, 0.0),  # vLLM: temperature 0 is argmax
             top_p=r.top_p,
             top_k=max(r.top_k, 0),  # 0 disables top-k

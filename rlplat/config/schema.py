@@ -47,6 +47,10 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
+    # Training rollouts never stop at EOS: every response has exactly max_new_tokens tokens (EOS is
+    # masked out while sampling, as vLLM's min_tokens and HF's min_new_tokens do). For throughput
+    # benchmarks with a fixed response length. Evaluation (pass@k, greedy) always stops at EOS.
+    ignore_eos: bool = False
     max_model_len: int = 256
     max_num_seqs: int = 64
     gpu_memory_utilization: float = 0.5
