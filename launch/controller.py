@@ -18,7 +18,7 @@ import torch
 
 from actors.reward_worker import RewardWorker
 from actors.rollout import ROLLOUT_BACKENDS, StaleWeightsError
-from actors.rollout.weights import pack
+from actors.rollout.weight_sync import WEIGHT_SYNCS
 from actors.scorer import create_scorer_actor
 from actors.trainer.group import TrainerGroup
 from launch.loops import LOOPS
@@ -56,6 +56,8 @@ class Controller:
         reward = ray.remote(num_cpus=cfg.resources.reward_cpus, max_restarts=cfg.resources.max_actor_restarts)(RewardWorker)
         self.reward = reward.options(name="reward-0").remote(cfg.reward)
         ray.get([self.reward.ready.remote()] + [e.ready.remote() for e in self.engines])
+        # rollout.weight_sync: collective (a torch.distributed group formed now) | object_store
+        self.weight_sync = WEIGHT_SYNCS.get(cfg.rollout.weight_sync)(self.trainer, self.engines, cfg.rollout)
         if cfg.trainer.eval_every:  # held-out prompts render now: an over-long one fails at startup
             self.eval_rows = load_prompts(cfg.data, "eval")[: cfg.trainer.eval_max_prompts]
             self.eval_ids = render_prompts(self.eval_rows, tokenizer, cfg.data)
@@ -235,18 +237,25 @@ class Controller:
         return {k: sum(m[k] for m in collected if k in m) / sum(1 for m in collected if k in m) for k in keys}
 
     def sync_weights(self) -> Dict[str, float]:
-        """Trainer -> every rollout engine through the Ray object store, then the probe check."""
+        """Trainer -> every rollout engine (``rollout.weight_sync``, see actors.rollout.weight_sync),
+        then the probe check."""
         t0 = time.perf_counter()
         self.weight_version += 1
-        self.weights_ref = ray.put(pack(self.trainer.get_weights()))  # one copy in the object store
-        self.recoverable(self._push_weights)
+        sent = self.recoverable(lambda: self.weight_sync.push(self.weight_version))
         seconds = time.perf_counter() - t0
-        return {"sync/seconds": seconds, "faults/actor_restarts": float(self.actor_restarts), **self.check_sync()}
+        return {**sent.metrics(seconds), "faults/actor_restarts": float(self.actor_restarts), **self.check_sync()}
 
     def _push_weights(self) -> None:
-        """The current trainer weights (``weights_ref``, version ``weight_version``) into every engine."""
+        """After a recovery: the current trainer weights (version ``weight_version``) into every
+        engine (a collective sync re-forms its group around a restarted engine by itself)."""
         if self.weight_version:
-            ray.get([e.update_weights.remote(self.weights_ref, self.weight_version) for e in self.engines])
+            self.weight_sync.push(self.weight_version)
+
+    @property
+    def weights_ref(self):
+        """ObjectRef of the weights of the last sync (``PackedWeights``), for loops that need them
+        whole (Mirror-Prox's snapshot); with ``collective`` rank 0 produces it on first use."""
+        return self.weight_sync.weights_ref(self.weight_version)
 
     def check_sync(self) -> Dict[str, float]:
         """Largest |engine log-prob - trainer log-prob| over the probe's tokens, across engines."""

@@ -52,6 +52,11 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     cpu_kv_cache_gb: float = 0.1  # KV cache of a CPU vLLM engine (GiB)
     enforce_eager: bool = True
+    # Trainer -> engine weights: "collective" broadcasts from the trainer's rank 0 to every engine
+    # worker over a torch.distributed group (gloo on CPU, NCCL on GPU), never through the driver;
+    # "object_store" packs the state dict in the driver and hands it over through Ray's object store.
+    weight_sync: str = "collective"  # collective | object_store
+    weight_sync_bucket_mb: float = 128.0  # size of one broadcast buffer (MiB); a larger parameter goes alone
 
 
 @dataclass
