@@ -19,7 +19,7 @@ import torch
 
 from actors.reward_worker import RewardWorker
 from actors.rollout import ROLLOUT_BACKENDS, StaleWeightsError
-from actors.rollout.weights import pack
+from actors.rollout.weight_sync import WEIGHT_SYNCS
 from actors.scorer_pool import ScorerPool
 from actors.trainer.group import TrainerGroup
 from launch.loops import LOOPS
@@ -69,11 +69,14 @@ class Controller:
         ray.get([self.reward.ready.remote()] + [e.ready.remote() for e in self.engines])
         for pool in self.scorers.values():
             pool.ready()
+        # rollout.weight_sync: collective (a torch.distributed group formed now) | object_store
+        self.weight_sync = WEIGHT_SYNCS.get(cfg.rollout.weight_sync)(self.trainer, self.engines, cfg.rollout)
         if cfg.trainer.eval_every:  # held-out prompts render now: an over-long one fails at startup
             self.eval_rows = load_prompts(cfg.data, "eval")[: cfg.trainer.eval_max_prompts]
             self.eval_ids = render_prompts(self.eval_rows, tokenizer, cfg.data)
         self.probe = self._make_probe()
         self.weight_version = 0  # bumped at every sync; engines refuse to sample from another
+        self.syncs, self.check_due = 0, True  # the probe check's cadence (sync_weights)
         self.actor_restarts = 0
         self.loop = LOOPS.get(plan.loop)(self)
         self._write_actor_list()
@@ -200,6 +203,7 @@ class Controller:
     def _recover(self, exc: Exception, timeout_s: float = 600.0) -> None:
         print(f"rlplat: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}; recovering and retrying", flush=True)
         self.actor_restarts += 1
+        self.check_due = True
         pings = [e.ready for e in self.engines] + [self.reward.ready]
         deadline = time.time() + timeout_s
         for ping in pings:  # a restarting actor refuses calls (ActorUnavailableError) until it is back
@@ -283,19 +287,38 @@ class Controller:
         return {k: sum(m[k] for m in collected if k in m) / sum(1 for m in collected if k in m) for k in keys}
 
     def sync_weights(self) -> Dict[str, float]:
-        """Trainer -> every rollout engine through the Ray object store, then the probe check."""
+        """Trainer -> every rollout engine (``rollout.weight_sync``, see actors.rollout.weight_sync),
+        then the probe check."""
+        out: Dict[str, float] = {}
+        if self.cfg.trainer.max_staleness:
+            # Engines still generating the next batches: waiting for them is not transfer time.
+            t0 = time.perf_counter()
+            self.recoverable(lambda: ray.get([e.ready.remote() for e in self.engines]))
+            out["async/drain_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.weight_version += 1
-        self.weights_ref = ray.put(pack(self.trainer.get_weights()))  # one copy in the object store
-        self.recoverable(self._push_weights)
+        sent = self.recoverable(lambda: self.weight_sync.push(self.weight_version))
         seconds = time.perf_counter() - t0
         restarts = self.actor_restarts + sum(pool.recoveries for pool in self.scorers.values())
-        return {"sync/seconds": seconds, "faults/actor_restarts": float(restarts), **self.check_sync()}
+        out.update({**sent.metrics(seconds), "faults/actor_restarts": float(restarts)})
+        # The probe check: on the first sync, after every recovery, and every trainer.sync_check_every syncs.
+        self.syncs += 1
+        if self.check_due or self.syncs % self.cfg.trainer.sync_check_every == 0:
+            out.update(self.check_sync())
+            self.check_due = False
+        return out
 
     def _push_weights(self) -> None:
-        """The current trainer weights (``weights_ref``, version ``weight_version``) into every engine."""
+        """After a recovery: the current trainer weights (version ``weight_version``) into every
+        engine (a collective sync re-forms its group around a restarted engine by itself)."""
         if self.weight_version:
-            ray.get([e.update_weights.remote(self.weights_ref, self.weight_version) for e in self.engines])
+            self.weight_sync.push(self.weight_version)
+
+    @property
+    def weights_ref(self):
+        """ObjectRef of the weights of the last sync (``PackedWeights``), for loops that need them
+        whole (Mirror-Prox's snapshot); with ``collective`` rank 0 produces it on first use."""
+        return self.weight_sync.weights_ref(self.weight_version)
 
     def check_sync(self) -> Dict[str, float]:
         """Largest |engine log-prob - trainer log-prob| over the probe's tokens, across engines.

@@ -14,12 +14,15 @@ ASYNC = ["trainer.max_staleness=1"]
 
 
 def test_one_step_off_policy_grpo(tmp_path, tiny_models):
-    out, rows, _ = train(tmp_path, "grpo", *ASYNC, steps=4)
+    out, rows, _ = train(tmp_path, "grpo", *ASYNC, "trainer.sync_check_every=2", steps=4)
     # Step 0 trains the batch its own weights sampled; every later batch was sampled one version back.
     assert [r["async/staleness_max"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
     assert all(r["async/staleness_mean"] <= r["async/staleness_max"] <= 1 for r in rows)
     assert all(r["async/wait_s"] >= 0 and r["samples"] == 16 for r in rows)
-    assert_weights_arrived(rows)
+    # The probe check runs on the first sync and every 2nd one: syncs 1, 2 and 4.
+    assert ["sync/logprob_max_abs_diff" in r for r in rows] == [True, True, False, True]
+    assert_weights_arrived([r for r in rows if "sync/logprob_max_abs_diff" in r])
+    assert all(r["async/drain_s"] >= 0 for r in rows)
 
 
 def test_killed_rollout_actor_loses_and_duplicates_nothing_with_staleness(tmp_path, tiny_models):

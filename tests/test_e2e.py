@@ -19,6 +19,7 @@ SMALL = [
     "data.prompts_per_step=4", "data.builtin_train_size=48", "algorithm.group_size=4",
     "trainer.num_ranks=2", "trainer.micro_batch_tokens=256", "rollout.cpu_kv_cache_gb=0.05",
     "trainer.eval_every=0",  # the configs evaluate every 10 steps; tests of evaluation turn it back on
+    "trainer.sync_check_every=1",  # probe-check every sync (default: every 10th, the first and after recoveries)
 ]
 
 

@@ -7,7 +7,7 @@ Every backend is a plain class with the same interface, which the controller wra
     engine = ray.remote(num_cpus=cfg.resources.rollout_cpus)(engine_cls).remote(
         model_path, tokenizer_path, cfg.rollout, cfg.model.dtype, seed)
     batch = ray.get(engine.generate.remote(prompt_ids, group_size, group_offset, pad_id, meta))
-    seconds = ray.get(engine.update_weights.remote(packed_ref))   # see actors.rollout.weights
+    seconds = ray.get(engine.update_weights.remote(packed_ref))   # object_store sync; see weight_sync
 
 Interface (``E`` = an engine):
 
@@ -17,6 +17,11 @@ Interface (``E`` = an engine):
     E.update_weights(named_tensors, version=None) -> float (seconds); ``version`` labels the
         weights, and ``generate(..., weight_version=v)`` raises StaleWeightsError unless the
         engine holds version v (a restarted engine is back at version 0, its initial weights)
+    E.join_weight_group(address, rank_offset, plan) -> None;  E.receive_weights(version) -> float;
+    E.weight_group_address() -> GroupAddress | None;  E.leave_weight_group() -> None: the
+        collective sync (``rollout.weight_sync=collective``, ``actors.rollout.weight_sync``): join
+        the trainer's transfer group, then receive each broadcast of the weights in place while
+        the trainer's rank 0 sends it; an engine in no group raises StaleWeightsError
     E.ready() -> True;  E.info() -> dict
 
 Backends: ``vllm`` (``VLLMRolloutEngine``, the default) and ``hf`` (``HFRolloutEngine``,

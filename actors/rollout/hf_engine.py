@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from actors.rollout import check_weight_version, Sample, build_rollout_batch, check_prompts
+from actors.rollout import StaleWeightsError, check_weight_version, Sample, build_rollout_batch, check_prompts
 from actors.rollout.weights import as_named_tensors
 from rlplat.batch import Batch
 
@@ -77,6 +77,8 @@ class HFRolloutEngine:
         self.greedy_config = GenerationConfig(**{**self.generation_config.to_dict(), "do_sample": False,
                                                  "temperature": None, "top_p": None, "top_k": None})
         self.weight_version = 0
+        self._group = None  # the collective weight-transfer group, once joined
+        self._weight_plan: List[Any] = []
 
     # ----------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -169,19 +171,57 @@ class HFRolloutEngine:
         the state dict is allowed) into the model in place. Returns the seconds it took."""
         t0 = time.perf_counter()
         weights = as_named_tensors(named_tensors)
-        targets = self.model.state_dict()  # tensors that share storage with the parameters
-        unknown = [name for name, _ in weights if name not in targets]
-        if unknown:
-            raise KeyError(f"update_weights: {len(unknown)} names are not in the model, e.g. {unknown[:5]}")
+        targets = self._targets("update_weights", [(n, tuple(t.shape)) for n, t in weights])
         for name, tensor in weights:
-            if tuple(tensor.shape) != tuple(targets[name].shape):
-                raise ValueError(
-                    f"update_weights: '{name}' has shape {tuple(tensor.shape)}, "
-                    f"the model's is {tuple(targets[name].shape)}"
-                )
             targets[name].copy_(tensor)
         self.weight_version = self.weight_version + 1 if version is None else version
         return time.perf_counter() - t0
+
+    def _targets(self, caller: str, shapes: List[Tuple[str, Tuple[int, ...]]]) -> Dict[str, torch.Tensor]:
+        """The model's state dict (tensors sharing storage with the parameters), after checking
+        that every ``(name, shape)`` is in it."""
+        targets = self.model.state_dict()
+        unknown = [name for name, _ in shapes if name not in targets]
+        if unknown:
+            raise KeyError(f"{caller}: {len(unknown)} names are not in the model, e.g. {unknown[:5]}")
+        for name, shape in shapes:
+            if shape != tuple(targets[name].shape):
+                raise ValueError(f"{caller}: '{name}' has shape {shape}, the model's is {tuple(targets[name].shape)}")
+        return targets
+
+    def join_weight_group(self, address: Any, rank_offset: int, plan: List[Any]) -> None:
+        """Join the collective weight-transfer group (``rollout.weight_sync=collective``) as rank
+        ``rank_offset``; ``plan`` is the bucket plan rank 0 broadcasts at every sync. The plan
+        is checked against the model first. Joining again leaves the previous group."""
+        from actors.rollout.transfer_group import TransferGroup, node_ip
+
+        self._targets("join_weight_group", [(p.name, p.shape) for b in plan for p in b.params])
+        self.leave_weight_group()
+        self._weight_plan = list(plan)
+        self._group = TransferGroup(address, rank_offset, self.device, node_ip())
+
+    @torch.no_grad()
+    def receive_weights(self, version: Optional[int] = None) -> float:
+        """Receive one broadcast of the weights from the trainer's rank 0 (which sends at the
+        same time) straight into the parameters. Returns seconds."""
+        if self._group is None:
+            raise StaleWeightsError("this engine is in no weight-transfer group (restarted?)")
+        t0 = time.perf_counter()
+        targets = self.model.state_dict()
+        for _, named in self._group.receive(self._weight_plan):
+            for name, tensor in named:
+                targets[name].copy_(tensor)
+        self.weight_version = self.weight_version + 1 if version is None else version
+        return time.perf_counter() - t0
+
+    def weight_group_address(self) -> Any:
+        """The ``GroupAddress`` this engine is in, None if none (a restarted engine)."""
+        return None if self._group is None else self._group.address
+
+    def leave_weight_group(self) -> None:
+        if self._group is not None:
+            self._group.close()
+            self._group = None
 
     # -------------------------------------------------------------------- admin
     def ready(self) -> bool:

@@ -36,7 +36,10 @@ position: the sampled token's. On CUDA a processed mode keeps vLLM off its Flash
 kernel (``TopKTopPSampler.__init__``) when top-k/top-p are set; per-request seeds (every training
 step passes one) rule that kernel out anyway.
 
-Weight sync. See ``update_weights`` (CPU path) and ``actors.rollout.weights`` (GPU path).
+Weight sync. ``rollout.weight_sync=collective`` (default): ``join_weight_group`` +
+``receive_weights``, a broadcast from the trainer's rank 0 through vLLM's weight-transfer API
+(``actors.rollout.vllm_transfer``), the same code on CPU (gloo) and GPU (NCCL).
+``object_store``: ``update_weights`` with a packed state dict from the Ray object store.
 """
 from __future__ import annotations
 
@@ -46,7 +49,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from actors.rollout import check_weight_version, Sample, build_rollout_batch, check_prompts
+from actors.rollout import StaleWeightsError, check_weight_version, Sample, build_rollout_batch, check_prompts
+from actors.rollout.transfer_group import node_ip
 from actors.rollout.weights import as_named_tensors
 from rlplat.batch import Batch
 
@@ -102,6 +106,13 @@ class VLLMRolloutEngine:
             # Groups share their prompt's KV blocks; update_weights resets the cache.
             enable_prefix_caching=True,
         )
+        if rollout.weight_sync == "collective":
+            from vllm.config import WeightTransferConfig
+
+            from actors.rollout import vllm_transfer  # registers the backend in this process
+
+            kwargs["weight_transfer_config"] = WeightTransferConfig(backend=vllm_transfer.BACKEND)
+            kwargs["worker_extension_cls"] = vllm_transfer.EXTENSION  # ... and in spawned workers
         if on_gpu:
             kwargs["gpu_memory_utilization"] = rollout.gpu_memory_utilization
         else:
@@ -115,6 +126,8 @@ class VLLMRolloutEngine:
         self.llm = LLM(**kwargs)
         self.start_seconds = time.perf_counter() - t0
         self.weight_version = 0
+        self._weight_plan = None  # bucket plan of the collective weight sync (join_weight_group)
+        self._weight_group = None  # and the GroupAddress joined
         self.last_generate: Dict[str, float] = {}
 
     # ----------------------------------------------------------------- sampling
@@ -202,11 +215,8 @@ class VLLMRolloutEngine:
         re-processed; a bare ``model.load_weights`` on the live model fails there. Then
         ``LLM.reset_prefix_cache()`` drops KV blocks computed with the old weights.
 
-        GPU path (not implemented here): start the engine with
-        ``weight_transfer_config=WeightTransferConfig(backend="nccl")`` and drive
-        ``init_weight_transfer_engine`` / ``start_weight_update`` / ``update_weights`` /
-        ``finish_weight_update`` through ``collective_rpc`` while the trainer broadcasts;
-        see ``actors.rollout.weights``.
+        This is the ``rollout.weight_sync=object_store`` path; the default, ``collective``,
+        is ``join_weight_group`` + ``receive_weights`` (no tensor passes through Ray).
         """
         t0 = time.perf_counter()
         weights = as_named_tensors(named_tensors)
@@ -219,6 +229,39 @@ class VLLMRolloutEngine:
             raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
         self.weight_version = self.weight_version + 1 if version is None else version
         return time.perf_counter() - t0
+
+    def join_weight_group(self, address: Any, rank_offset: int, plan: List[Any]) -> None:
+        """Join the collective weight-transfer group at ``address`` (``rollout.weight_sync=collective``):
+        this engine's workers take ranks ``rank_offset + i``; ``plan`` is the bucket plan rank 0
+        broadcasts at every sync. Joining again leaves the previous group (re-forming)."""
+        self._weight_plan, self._weight_group = None, None
+        self.llm.init_weight_transfer_engine({"init_info": {
+            "address": address, "rank_offset": rank_offset, "hostname": node_ip()}})
+        self._weight_plan, self._weight_group = list(plan), address
+
+    def receive_weights(self, version: Optional[int] = None) -> float:
+        """Receive one broadcast of the full weights (concurrently with the trainer's rank 0
+        sending it) through vLLM's weight-update lifecycle, in place; see
+        ``actors.rollout.vllm_transfer``. Returns seconds."""
+        if self._weight_plan is None:
+            raise StaleWeightsError("this engine is in no weight-transfer group (restarted?)")
+        t0 = time.perf_counter()
+        self.llm.start_weight_update()
+        self.llm.update_weights({"update_info": {"buckets": self._weight_plan}})
+        self.llm.finish_weight_update()
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
+        self.weight_version = self.weight_version + 1 if version is None else version
+        return time.perf_counter() - t0
+
+    def weight_group_address(self) -> Any:
+        """The ``GroupAddress`` this engine joined last, None if none (a restarted engine)."""
+        return self._weight_group
+
+    def leave_weight_group(self) -> None:
+        if self._weight_plan is not None:
+            self.llm.shutdown_weight_transfer_engine()
+            self._weight_plan, self._weight_group = None, None
 
     # -------------------------------------------------------------------- admin
     def ready(self) -> bool:

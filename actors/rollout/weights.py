@@ -1,24 +1,16 @@
-"""Moving the trainer's weights to the rollout engines.
+"""Packing a state dict for ``rollout.weight_sync=object_store`` (the fallback path).
 
-CPU path (what runs here): the trainer's rank 0 gathers a full HF-named state dict,
-``pack``s it into ONE contiguous byte buffer plus a small index, and the controller
-``ray.put``s it once; every engine receives the same ``ObjectRef`` and ``unpack``s it.
-Ray stores numpy arrays out-of-band, so the buffer is written to the shared-memory object
-store once and each engine reads it *zero-copy* (``unpack`` returns tensor views into the
-store's read-only buffer; the engine copies them into its own parameters). A plain
-``dict[str, Tensor]`` also works but is pickled tensor by tensor (one extra copy per side).
+The trainer's rank 0 gathers a full HF-named state dict, ``pack``s it into ONE contiguous byte
+buffer plus a small index, and the controller ``ray.put``s it once; every engine receives the
+same ``ObjectRef`` and ``unpack``s it. Ray stores numpy arrays out-of-band, so the buffer is
+written to the shared-memory object store once and each engine reads it *zero-copy* (``unpack``
+returns tensor views into the store's read-only buffer; the engine copies them into its own
+parameters). A plain ``dict[str, Tensor]`` also works but is pickled tensor by tensor (one
+extra copy per side).
 
-GPU path (documented, not exercised on this machine): do not route weights through the
-object store. vLLM >= 0.11 has a weight-transfer API (``vllm.distributed.weight_transfer``):
-start the engine with ``weight_transfer_config=WeightTransferConfig(backend="nccl")``; the
-trainer's rank 0 and every engine worker join one NCCL group
-(``NCCLTrainerWeightTransferEngine.trainer_init`` on the trainer side, the engine's
-``init_weight_transfer_engine`` worker RPC on the other); each sync is then
-``start_weight_update`` -> ``update_weights`` (names/dtypes/shapes only, tensors arrive by
-NCCL broadcast, packed into fixed-size buffers) -> ``finish_weight_update`` on the workers,
-concurrently with ``send_weights()`` on the trainer. ``start``/``finish`` run vLLM's layerwise
-reload lifecycle, the same one ``reload_weights`` (the CPU path) uses. With ``backend="ipc"``
-a co-located trainer can hand CUDA IPC handles instead of broadcasting.
+The default, ``rollout.weight_sync=collective``, moves no tensor through the driver or the
+object store: see ``actors.rollout.weight_sync`` (orchestration), ``transfer_group`` (the
+torch.distributed broadcast) and ``buckets`` (the wire layout).
 """
 from __future__ import annotations
 

@@ -179,6 +179,34 @@ class TrainerGroup:
         """[(HF name, full CPU tensor)] of the current policy (from rank 0)."""
         return self._all([r.get_weights.remote(dtype) for r in self._weights_callers()])[0]
 
+    def weights_ref(self) -> Any:
+        """An ObjectRef of the current weights as ``PackedWeights``, produced by rank 0 (never
+        fetched here): pass it to the actor that needs the full weights."""
+        refs = [r.packed_weights.remote() for r in self._weights_callers()]
+        self._all(refs[1:])  # ZeRO-3: the other ranks only gather (they return None)
+        return refs[0]
+
+    # ----------------------------------------------------------- weight sync
+    # The collective sync (actors.rollout.weight_sync.CollectiveSync) runs the trainer side and the
+    # engine side at the same time, so these return ObjectRefs; ``wait`` collects them.
+    def weight_plan(self, bucket_bytes: int) -> List[Any]:
+        """Bucket plan of the policy's weights (metadata only; see ``TrainerRank.weight_plan``)."""
+        return self._all([self.ranks[0].weight_plan.remote(bucket_bytes)])[0]
+
+    def weight_group_host(self) -> Tuple[str, int]:
+        """(address, free port) on rank 0's node, where rank 0 hosts the transfer group's store."""
+        return self._all([self.ranks[0].node_address.remote()])[0]
+
+    def start_join_weight_group(self, address: Any, plan: List[Any]) -> List[Any]:
+        return [r.join_weight_group.remote(address, plan) for r in self._weights_callers()]
+
+    def start_broadcast_weights(self) -> List[Any]:
+        return [r.broadcast_weights.remote() for r in self._weights_callers()]
+
+    def wait(self, refs: List[Any]) -> List[Any]:
+        """Results of ``refs`` from the ``start_*`` calls; a rank that raised stops the group."""
+        return self._all(refs)
+
     def export_hf(self, out_dir: str) -> str:
         """A ``from_pretrained``-loadable directory with the current weights and the tokenizer."""
         self._all([r.export_hf.remote(out_dir, self.tokenizer_path) for r in self.ranks])

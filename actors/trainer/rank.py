@@ -165,6 +165,8 @@ class TrainerRank:
         self.adam_eps = adam_eps
         self.engine = None
         self.device = torch.device("cpu")
+        self._weight_plan: Optional[List[Any]] = None  # bucket plan of the collective weight sync
+        self._transfer = None  # rank 0's TransferGroup with the rollout engines
 
     # ------------------------------------------------------------------ setup
     def node_address(self) -> Tuple[str, int]:
@@ -387,6 +389,87 @@ class TrainerRank:
                     out.append((name, t if cast is None else t.to(cast)))
         return out if self.rank == 0 else None
 
+    def packed_weights(self) -> Any:
+        """``get_weights()`` packed into one buffer (``actors.rollout.weights.PackedWeights``) on
+        rank 0, None elsewhere: returned through Ray, it lands in the object store without
+        passing through the caller."""
+        from actors.rollout.weights import pack
+
+        weights = self.get_weights()
+        return pack(weights) if self.rank == 0 else None
+
+    # ------------------------------------------------------------ weight sync
+    def _param_specs(self) -> List[Any]:
+        from actors.rollout.buckets import ParamSpec
+
+        # Under ZeRO-3 a parameter's local tensor is a partition; ds_shape is its full shape.
+        return [ParamSpec(name, p.dtype, tuple(getattr(p, "ds_shape", p.shape)))
+                for name, p in self._require_engine().module.named_parameters()]
+
+    def weight_plan(self, bucket_bytes: int) -> List[Any]:
+        """The bucket plan of this model (``actors.rollout.buckets.plan_buckets``): HF names,
+        dtypes and full shapes in ``named_parameters`` order, cut into <= ``bucket_bytes``."""
+        from actors.rollout.buckets import plan_buckets
+
+        return plan_buckets(self._param_specs(), bucket_bytes)
+
+    def join_weight_group(self, address: Any, plan: List[Any]) -> Optional[str]:
+        """Keep ``plan`` for ``broadcast_weights``; rank 0 also hosts and joins the transfer group
+        at ``address`` (blocks until every engine worker joined). Returns None, or why joining
+        failed: a peer's failure must not raise here (the group wrapper would stop the trainer)."""
+        from actors.rollout.transfer_group import TransferGroup, node_ip
+
+        self.leave_weight_group()
+        if [p for b in plan for p in b.params] != self._param_specs():
+            raise ValueError("join_weight_group: the bucket plan does not describe this model's parameters")
+        self._weight_plan = list(plan)
+        if self.rank == 0:
+            try:
+                self._transfer = TransferGroup(address, 0, self.device, node_ip())
+            except Exception as exc:  # a member never joined: the caller re-forms
+                return f"{type(exc).__name__}: {exc}"
+        return None
+
+    @torch.no_grad()
+    def broadcast_weights(self) -> Dict[str, Any]:
+        """Send the current weights, bucket by bucket, to the transfer group (rank 0). Under ZeRO-3
+        every rank must call: each bucket's parameters are gathered together (one bucket's worth
+        of full tensors at a time), rank 0 sends it, then the next. Returns ``{"bytes",
+        "buckets", "seconds", "error"}``; ``error`` is None or why the broadcast broke (a peer
+        died, say), in which case rank 0 still takes part in every gather, so the other ranks
+        never block, and the caller re-forms the group."""
+        import deepspeed
+
+        engine = self._require_engine()
+        plan = self._weight_plan
+        if plan is None:
+            raise RuntimeError(f"trainer rank {self.rank}: broadcast_weights before join_weight_group")
+        stage3 = engine.zero_optimization_stage() == 3
+        params = dict(engine.module.named_parameters())
+        transfer = self._transfer
+        error = None if self.rank != 0 or transfer is not None else "rank 0 is not in a transfer group"
+        sent = 0
+        t0 = time.perf_counter()
+        for bucket in plan:
+            group = [params[name] for name in bucket.names]
+            with deepspeed.zero.GatheredParameters(group, enabled=stage3):
+                if self.rank == 0 and error is None:
+                    try:
+                        sent += transfer.send_bucket(bucket, [p.data for p in group])
+                    except Exception as exc:
+                        error = f"{type(exc).__name__}: {exc}"
+        if self.rank == 0 and error is None:
+            try:
+                transfer.flush()
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        return {"bytes": sent, "buckets": len(plan), "seconds": time.perf_counter() - t0, "error": error}
+
+    def leave_weight_group(self) -> None:
+        transfer, self._transfer = self._transfer, None
+        if transfer is not None:
+            transfer.close()
+
     # ------------------------------------------------------------- checkpoints
     def save_checkpoint(self, ckpt_dir: str, tag: Optional[str] = None, client_state: Optional[Dict] = None) -> str:
         """DeepSpeed checkpoint (module, optimizer incl. ZeRO partitions) under ``ckpt_dir/tag``;
@@ -433,8 +516,9 @@ class TrainerRank:
         return int(self._require_engine().global_steps)
 
     def shutdown(self) -> None:
-        """Leave the process group so the actor can exit cleanly."""
+        """Leave the process groups so the actor can exit cleanly."""
         import torch.distributed as dist
 
+        self.leave_weight_group()
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -56,6 +56,11 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     cpu_kv_cache_gb: float = 0.1  # KV cache of a CPU vLLM engine (GiB)
     enforce_eager: bool = True
+    # Trainer -> engine weights: "collective" broadcasts from the trainer's rank 0 to every engine
+    # worker over a torch.distributed group (gloo on CPU, NCCL on GPU), never through the driver;
+    # "object_store" packs the state dict in the driver and hands it over through Ray's object store.
+    weight_sync: str = "collective"  # collective | object_store
+    weight_sync_bucket_mb: float = 128.0  # size of one broadcast buffer (MiB); a larger parameter goes alone
 
 
 @dataclass
@@ -170,6 +175,7 @@ class TrainerConfig:
     adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0
     micro_batch_tokens: int = 4096  # token budget of one training forward/backward
+    sync_check_every: int = 10  # probe check of the engines' weights every N syncs (and on the first, and after a recovery)
     max_staleness: int = 0  # 0: synchronous; K >= 1: generation runs up to K weight versions ahead of training
     eval_every: int = 0  # 0: never; else held-out evaluation every N steps and at the end
     eval_before_train: bool = True  # with eval_every > 0: also evaluate the initial policy (logged as step -1)

@@ -152,6 +152,7 @@ def validate_config(cfg: RunConfig) -> None:
     _at_least("trainer.micro_batch_tokens", t.micro_batch_tokens, 1)
     _at_least("trainer.save_every", t.save_every, 0)
     _at_least("trainer.keep_last", t.keep_last, 1)
+    _at_least("trainer.sync_check_every", t.sync_check_every, 1)
     if t.lr <= 0:
         raise ConfigError(f"trainer.lr={t.lr} must be > 0")
     if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
@@ -165,6 +166,9 @@ def validate_config(cfg: RunConfig) -> None:
     _at_least("rollout.num_engines", r.num_engines, 1)
     _at_least("rollout.tensor_parallel_size", r.tensor_parallel_size, 1)
     _at_least("rollout.max_new_tokens", r.max_new_tokens, 1)
+    _one_of("rollout.weight_sync", r.weight_sync, ["collective", "object_store"])
+    if r.weight_sync_bucket_mb <= 0:
+        raise ConfigError(f"rollout.weight_sync_bucket_mb={r.weight_sync_bucket_mb} must be > 0")
     if r.temperature <= 0:
         raise ConfigError(f"rollout.temperature={r.temperature} must be > 0 (sampling; greedy is for evaluation)")
     if not 0 < r.top_p <= 1:

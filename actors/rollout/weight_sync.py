@@ -1,0 +1,159 @@
+"""Trainer -> rollout engine weight sync, as the driver drives it (``rollout.weight_sync``).
+
+Both kinds share one interface, so the controller holds one object and never branches::
+
+    sync = WEIGHT_SYNCS.get(cfg.rollout.weight_sync)(trainer_group, engines, cfg.rollout)
+    stats = sync.push(version)   # every engine now holds the trainer's weights, labelled version
+    ref = sync.weights_ref(version)   # ObjectRef of PackedWeights, for loops that need full weights
+
+``collective`` (default): the trainer's rank 0 and every engine worker form a torch.distributed
+group (``transfer_group``: a TCPStore hosted by rank 0 + gloo on CPU / NCCL on GPU), formed at
+start. Each push first asks every engine which group it is in (one small RPC): an engine that
+Ray restarted is in none, and then every member leaves and joins a fresh group on a new port
+before anything is sent, so a restart never leaves the others blocked in a broadcast. The push
+then starts rank 0's bucketed broadcast (every rank under ZeRO-3, which gathers one bucket at a
+time) and every engine's receive together and waits for both: the driver only sends and
+receives small control messages.
+
+``object_store``: rank 0 gathers the full state dict, the driver ``pack``s it and ``ray.put``s it
+once, every engine reads it from the object store (the fallback; the driver holds the weights).
+
+A member that dies mid-push makes the push raise: ``RayActorError`` if an engine died (the
+controller's recovery waits for Ray's restart and pushes again, which re-forms the group), else
+a ``RuntimeError`` naming what broke. The survivors of a death mid-broadcast are blocked until
+the group's timeout (``transfer_group.DEFAULT_TIMEOUT_S``) at most.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import ray
+
+from actors.rollout import StaleWeightsError
+from actors.rollout.transfer_group import GroupAddress
+from actors.rollout.weights import pack
+from rlplat.registry import Registry
+
+WEIGHT_SYNCS: Registry[type] = Registry("rollout.weight_sync")
+
+# An engine died or is restarting: the controller recovers from these (see Controller.recoverable).
+ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
+@dataclass
+class SyncStats:
+    """What one push moved: ``bytes`` sent by the trainer side, in ``buckets`` buffers."""
+
+    bytes: int
+    buckets: int
+
+    def metrics(self, seconds: float) -> Dict[str, float]:
+        """``sync/seconds`` (the whole sync, as the caller timed it), ``sync/gbytes_per_s`` =
+        bytes / seconds / 1e9, ``sync/buckets``."""
+        return {"sync/seconds": seconds, "sync/gbytes_per_s": self.bytes / 1e9 / max(seconds, 1e-9),
+                "sync/buckets": float(self.buckets)}
+
+
+def _outcomes(refs: Sequence[Any]) -> List[Tuple[Any, Optional[BaseException]]]:
+    """(value, None) or (None, exception) for every ref, waiting for all of them."""
+    out = []
+    for ref in refs:
+        try:
+            out.append((ray.get(ref), None))
+        except Exception as exc:  # noqa: BLE001 - sorted by the caller
+            out.append((None, exc))
+    return out
+
+
+def _raise_first(engine_errors: List[BaseException], trainer_errors: List[str], what: str) -> None:
+    """An engine that died or was restarted wins (the caller recovers from that); else one
+    error naming all."""
+    for exc in engine_errors:
+        if isinstance(exc, ACTOR_LOST):
+            raise exc
+    for exc in engine_errors:
+        if isinstance(exc, StaleWeightsError):
+            raise exc
+    if engine_errors or trainer_errors:
+        lines = [f"engine: {str(e).splitlines()[0][:300]}" for e in engine_errors]
+        lines += [f"trainer rank 0: {e[:300]}" for e in trainer_errors]
+        raise RuntimeError(f"collective weight sync: {what} failed\n" + "\n".join(lines))
+
+
+@WEIGHT_SYNCS.register("collective")
+class CollectiveSync:
+    """Broadcast from the trainer's rank 0 to every engine worker; see the module docstring.
+
+    ``engines``: rollout engine actor handles (Ray restarts them in place, so the list never
+    changes); engine i's workers take ranks ``1 + i * tensor_parallel_size + w``."""
+
+    def __init__(self, trainer: Any, engines: Sequence[Any], rollout: Any) -> None:
+        self.trainer, self.engines = trainer, list(engines)
+        self.workers_per_engine = int(rollout.tensor_parallel_size)
+        self.bucket_bytes = max(1, int(rollout.weight_sync_bucket_mb * (1 << 20)))
+        self.plan = trainer.weight_plan(self.bucket_bytes)  # names, dtypes, shapes: no tensors
+        self.address: Optional[GroupAddress] = None  # the group every member is in; None: re-form
+        self.generation = 0  # groups formed so far (1 + re-formations)
+        self._ref: Tuple[Optional[int], Any] = (None, None)
+        self.form()
+
+    def form(self) -> None:
+        """Every member leaves its old group (if any) and joins a new one on a fresh port."""
+        self.address = None
+        host, port = self.trainer.weight_group_host()
+        address = GroupAddress(host, port, world_size=1 + len(self.engines) * self.workers_per_engine)
+        trainer_refs = self.trainer.start_join_weight_group(address, self.plan)
+        engine_refs = [e.join_weight_group.remote(address, 1 + i * self.workers_per_engine, self.plan)
+                       for i, e in enumerate(self.engines)]
+        engine_errors = [exc for _, exc in _outcomes(engine_refs) if exc is not None]
+        trainer_errors = [err for err in self.trainer.wait(trainer_refs) if err]
+        _raise_first(engine_errors, trainer_errors, "forming the transfer group")
+        self.address = address
+        self.generation += 1
+
+    def push(self, version: int) -> SyncStats:
+        # A restarted engine reports no group (an engine being restarted raises ACTOR_LOST here).
+        members = ray.get([e.weight_group_address.remote() for e in self.engines])
+        if self.address is None or any(m != self.address for m in members):
+            self.form()
+        trainer_refs = self.trainer.start_broadcast_weights()
+        engine_refs = [e.receive_weights.remote(version) for e in self.engines]
+        engine_errors = [exc for _, exc in _outcomes(engine_refs) if exc is not None]
+        sent = self.trainer.wait(trainer_refs)[0]  # rank 0's report
+        if engine_errors or sent["error"]:
+            self.address = None  # whatever broke, the next push starts from a fresh group
+            _raise_first(engine_errors, [sent["error"]] if sent["error"] else [], f"push of version {version}")
+        return SyncStats(bytes=sent["bytes"], buckets=sent["buckets"])
+
+    def weights_ref(self, version: int) -> Any:
+        """The trainer's current weights as an ObjectRef made by rank 0 (the driver never holds
+        them), produced on first use after each sync."""
+        if self._ref[0] != version:
+            self._ref = (version, self.trainer.weights_ref())
+        return self._ref[1]
+
+
+@WEIGHT_SYNCS.register("object_store")
+class ObjectStoreSync:
+    """The driver packs rank 0's full state dict and ``ray.put``s it once per version; every
+    engine reads that one copy from the object store (zero-copy) and reloads."""
+
+    def __init__(self, trainer: Any, engines: Sequence[Any], rollout: Any) -> None:
+        self.trainer, self.engines = trainer, list(engines)
+        self._ref: Tuple[Optional[int], Any] = (None, None)
+        self._bytes = 0
+
+    def _put(self, version: int) -> Any:
+        if self._ref[0] != version:
+            packed = pack(self.trainer.get_weights())
+            self._ref, self._bytes = (version, ray.put(packed)), packed.nbytes
+        return self._ref[1]
+
+    def push(self, version: int) -> SyncStats:
+        ref = self._put(version)
+        ray.get([e.update_weights.remote(ref, version) for e in self.engines])
+        return SyncStats(bytes=self._bytes, buckets=1)
+
+    def weights_ref(self, version: int) -> Any:
+        return self._put(version)
