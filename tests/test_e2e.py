@@ -169,6 +169,8 @@ def test_nash_mp_mirror_prox(tmp_path, tiny_models):
         assert r["nash/snapshot_version"] == i + 1  # refreshed exactly once per outer iteration
         assert r["nash/half_full_param_l2"] > 0  # the full step lands elsewhere than the half step
         assert r["half/sync/logprob_max_abs_diff"] < 1e-3  # engines really held pi_{k+1/2} for the full step
+        # Rewards are win probabilities: their mean is logged, a "pass rate" of them would mean nothing.
+        assert "samples/reward/mean" in r and "samples/reward/pass_rate" not in r
 
 
 def test_grpo_rollout_correction_at_temperature(tmp_path, tiny_models):
