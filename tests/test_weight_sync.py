@@ -287,13 +287,16 @@ def test_zero3_collective_sync_reaches_two_engines_and_reforms_after_a_restart(r
             assert (lp - init).abs().max() > 1e-2
         assert sync.generation == 1
 
+        old_pid = ray.get(engines[1].info.remote())["pid"]
         ray.kill(engines[1], no_restart=False)  # Ray restarts it with the initial weights
+        # ray.kill is asynchronous: a call may still reach the old process, so wait for a new pid.
         while True:
             try:
-                ray.get(engines[1].ready.remote())
-                break
+                if ray.get(engines[1].info.remote())["pid"] != old_pid:
+                    break
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                time.sleep(0.5)
+                pass
+            time.sleep(0.5)
         assert ray.get(engines[1].weight_group_address.remote()) is None
         assert (engine_lps()[1] - initial[1]).abs().max() < 1e-4
         sync.push(2)
