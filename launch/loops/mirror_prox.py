@@ -44,7 +44,7 @@ class MirrorProxLoop:
         self.ctrl = ctrl
         cfg = ctrl.cfg
         nm = cfg.algorithm.nash_mp
-        self.beta, self.eta, self.inner_steps = nm.beta, nm.eta, nm.inner_steps
+        self.inner_steps = nm.inner_steps  # beta and eta live in the loss (PolicyAdvantage)
         self.sampler = PromptSampler(ctrl.rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
         pref = ray.remote(num_cpus=cfg.resources.reward_cpus)(PreferenceWorker)
         self.judge = pref.options(name="preference-0").remote(nm.judge, ctrl.paths.get("preference"), cfg.model.dtype, cfg.roles.preference.micro_batch_tokens)
