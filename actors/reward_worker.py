@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, Dict, Optional, Sequence, Union
 
+from rlplat.batch import Batch
 from rlplat.config.schema import RewardConfig
 from rlplat.rewards.runner import RewardOutcome, RewardRunner
 
@@ -49,6 +50,13 @@ class RewardWorker:
                 f"{len(prompts)} prompts"
             )
         return self.runner.score(list(zip(responses, answers, prompts)))
+
+    def score_batches(self, *batches: Batch) -> RewardOutcome:
+        """``score`` of every row of ``batches`` (rollout Batches with ``meta`` "response_text",
+        "answer", "prompt"; passed as ObjectRefs, so the call starts when they are generated),
+        in row order."""
+        m = {k: [x for b in batches for x in b.meta[k]] for k in ("response_text", "answer", "prompt")}
+        return self.score(m["response_text"], m["answer"], m["prompt"])
 
     def close(self) -> None:
         self.runner.close()

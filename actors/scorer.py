@@ -57,6 +57,13 @@ class Scorer:
                 self.model, batch, self.micro_batch_tokens, temperature=self.temperature, device=self.device
             )
 
+    def score_rows(self, start: int, end: int, weights_version: Optional[int], *parts: Batch) -> torch.Tensor:
+        """``score`` of rows ``start:end`` of the row-wise concatenation of ``parts`` (the rollout
+        engines' outputs, passed as ObjectRefs so this call starts when they are generated):
+        Float32 [end - start, R], R = the longest response of all parts."""
+        batch = parts[0] if len(parts) == 1 else Batch.concat(parts, pad_id=0)  # padding is masked
+        return self.score(batch.select(torch.arange(start, end)), weights_version)
+
     @torch.no_grad()
     def topk_logits(self, batch: Batch, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(values Float32 [B, R, k], indices Long [B, R, k]) of the k most likely next tokens at

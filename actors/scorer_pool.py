@@ -14,20 +14,18 @@ restarted Nash-MP snapshot scorer never answers with pi_0 for pi_k.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import ray
 import torch
 
+from actors.recovery import ACTOR_LOST, log_loss, wait_until_answering
 from actors.rollout import StaleWeightsError
 from actors.scorer import create_scorer_actor
 from actors.trainer.group import split_rows
 from rlplat.batch import Batch
 
-# The actor died (Ray may be restarting it) or is temporarily unreachable.
-ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
-# ... or it is back but without the weights the pool last loaded (a call queued while it restarted).
+# The actor was lost, or it is back but without the weights the pool last loaded (a call queued while it restarted).
 RETRYABLE = ACTOR_LOST + (StaleWeightsError,)
 
 
@@ -83,6 +81,12 @@ class ScorerPool:
         """Submit ``batch``'s parts to every actor now; ``.result()`` collects them."""
         return PendingScores(self, batch)
 
+    def score_rows_async(self, part_refs: Sequence[ray.ObjectRef], num_rows: int) -> "PendingRowScores":
+        """Submit the scoring of rows not generated yet: ``part_refs`` are the rollout engines'
+        pending Batches (``num_rows`` rows in all); each actor takes an equal share of rows and
+        starts as soon as the parts exist. ``.result(batch)`` collects them."""
+        return PendingRowScores(self, part_refs, num_rows)
+
     def score(self, batch: Batch) -> torch.Tensor:
         """Float32 [B, R]: log-prob (nats) of each ``response_ids`` token under this role; 0 on padding."""
         return self.score_async(batch).result()
@@ -114,26 +118,15 @@ class ScorerPool:
     def restore(self, timeout_s: Optional[float] = None) -> None:
         """Wait until every actor answers (a restarting one refuses calls until it is back), then
         reload the last weights into any actor that does not hold them (Ray restarted it)."""
-        deadline = time.time() + (self.restart_timeout_s if timeout_s is None else timeout_s)
-        stale = []
-        for actor in self.actors:
-            while True:
-                try:
-                    if ray.get(actor.info.remote())["weights_version"] != self._weights_version:
-                        stale.append(actor)
-                    break
-                except ray.exceptions.ActorUnavailableError:
-                    if time.time() > deadline:
-                        raise
-                    time.sleep(1.0)
+        infos = wait_until_answering([a.info.remote for a in self.actors],
+                                     self.restart_timeout_s if timeout_s is None else timeout_s)
+        stale = [a for a, info in zip(self.actors, infos) if info["weights_version"] != self._weights_version]
         if stale and self._weights_ref is not None:
             ray.get([a.load_weights.remote(self._weights_ref, self._weights_version) for a in stale])
 
     def recover(self, exc: Exception, name: str = "") -> None:
         """Log the loss, count it and ``restore``."""
-        who = name or f"scorer-{self.role}-*"
-        print(f"rlplat: {who}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}; "
-              "waiting for the restarted actor and retrying", flush=True)
+        log_loss(name or f"scorer-{self.role}-*", exc)
         self.recoveries += 1
         self.restore()
 
@@ -180,3 +173,27 @@ class PendingScores:
             self.pool.recover(lost[1], self.pool.names[lost[0]])
             pending = {k: self._submit(k) for k in pending}
         raise AssertionError("unreachable")
+
+
+class PendingRowScores:
+    """``Scorer.score_rows`` in flight on every actor, each on its contiguous share of the rows."""
+
+    def __init__(self, pool: ScorerPool, part_refs: Sequence[ray.ObjectRef], num_rows: int) -> None:
+        self.pool = pool
+        bounds = torch.linspace(0, num_rows, len(pool) + 1).round().long().tolist()
+        self.ranges = [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
+        self.refs = [pool.actors[k].score_rows.remote(a, b, pool._weights_version, *part_refs)
+                     for k, (a, b) in enumerate(self.ranges)]
+
+    def result(self, batch: Batch) -> torch.Tensor:
+        """Float32 [B, R] for ``batch``, the collected rows. If any share failed (its actor or an
+        engine was lost, or the actor came back without the pool's weights), the pool scores
+        ``batch`` afresh, with its recovery: the retried rows are the same seeded samples."""
+        try:
+            parts = ray.get(self.refs)
+        except ray.exceptions.RayError:  # StaleWeightsError arrives as a RayTaskError too
+            return self.pool.score(batch)
+        out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+        for (a, b), part in zip(self.ranges, parts):
+            out[a:b, : part.shape[1]] = part
+        return out

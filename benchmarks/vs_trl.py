@@ -15,7 +15,7 @@ The exit status is non-zero only when a run fails, never because the target is m
 rlplat settings. rlplat runs ``--config`` (``configs/grpo.yaml``) with the benchmark's sizes and
 ``RLPLAT_SETTINGS``, the one list at the top of this file naming the rlplat settings the benchmark
 uses by default (today: one vLLM engine, two ZeRO-2 trainer ranks, as ``configs/grpo.yaml``
-has them); ``--rlplat-override KEY=VALUE`` comes after it and wins. The printed report and the
+has them, and one-step-off-policy overlap, ``trainer.max_staleness=1``); ``--rlplat-override KEY=VALUE`` comes after it and wins. The printed report and the
 markdown summary state the settings that ran, resolved from the config.
 
 Long responses. ``--ignore-eos`` makes neither side stop at EOS, so every completion has exactly
@@ -30,9 +30,10 @@ ids its reward function receives; rlplat: ``response/length_mean``). When the co
 raises ``rollout.max_model_len`` to the sum (up to the model's ``max_position_embeddings``: 256
 for the built-in tiny models, so up to 224 new tokens with ``configs/grpo.yaml``'s 32-token prompts).
 
-Overlap. ``--max-staleness K`` passes ``trainer.max_staleness=K`` to rlplat (bounded staleness:
-generation of the next batches overlaps training; TRL has no equivalent and runs as always). Only
-given when asked for: a checkout whose config schema has no such key refuses it by name.
+Overlap. ``RLPLAT_SETTINGS`` runs rlplat one step off-policy (``trainer.max_staleness=1``: the next
+batch's generation, reward and reference scoring overlap the update; measured the faster setting
+at both shapes, docs/vs_trl.md). ``--max-staleness K`` passes ``trainer.max_staleness=K`` instead
+(0: the synchronous loop); TRL has no equivalent and runs as always.
 
 What is the same on both sides
 - Model: ``--model`` (``builtin:tiny-policy`` resolves through ``rlplat.models.tiny``), in the
@@ -66,7 +67,10 @@ What is the same on both sides
 
 Known differences (inherent to each design, not tuned away): rlplat checks the weight sync to
 the rollout engine with a probe forward on both sides (as often as the config says); it is counted
-in rlplat's step time. (With one update per batch both sides take the "old" log-probs detached
+in rlplat's step time. With ``RLPLAT_SETTINGS``' overlap rlplat trains every batch but the first on
+samples one weight version old (``async/staleness_max`` 1), with the clipped ratio taken against
+the trainer's own log-probs at the version being updated (no rollout correction); TRL trains on
+samples of its current weights. (With one update per batch both sides take the "old" log-probs detached
 from the training forward: TRL with ``num_iterations=1``, rlplat's ``old_from_forward``.)
 
 Definitions, identical for both sides
@@ -117,7 +121,7 @@ TARGET_RATIO = 2.0
 # The rlplat settings the benchmark runs with by default, after the sizes and before the user's
 # --rlplat-override: the best setting rlplat offers for this job (a one-line change).
 RLPLAT_SETTINGS: List[str] = ["rollout.backend=vllm", "rollout.num_engines=1", "trainer.num_ranks=2",
-                              "trainer.zero_stage=2"]
+                              "trainer.zero_stage=2", "trainer.max_staleness=1"]
 # Resolved config keys the report states (a key this checkout's schema lacks reads "n/a").
 REPORTED_SETTINGS = ("rollout.backend", "rollout.num_engines", "rollout.ignore_eos", "rollout.weight_sync",
                      "trainer.num_ranks", "trainer.zero_stage", "trainer.max_staleness", "model.dtype")
@@ -511,8 +515,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="neither side stops at EOS: every completion has exactly --max-new-tokens tokens "
                         "(rlplat rollout.ignore_eos=true, TRL generation_kwargs min_new_tokens)")
     p.add_argument("--max-staleness", type=int, default=None, metavar="K",
-                   help="pass trainer.max_staleness=K to rlplat (bounded-staleness overlap; TRL unchanged). "
-                        "Passed only when given: a checkout without that key refuses it by name")
+                   help="pass trainer.max_staleness=K to rlplat instead of RLPLAT_SETTINGS' 1 "
+                        "(0: synchronous; TRL unchanged)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--model", default="builtin:tiny-policy", help="builtin:tiny-<size>, a local HF directory or hub id")
     p.add_argument("--config", default="configs/grpo.yaml", help="rlplat config the job is read from")

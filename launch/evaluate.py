@@ -12,7 +12,7 @@ which is why ``main`` only runs under ``if __name__ == "__main__"``.
 
 Library: ``evaluate(generate_fn, rows, prompt_ids, score, n, ks, greedy_fn=...)`` takes the
 generation and scoring as callables, so the controller can run it on its Ray engines and reward
-worker (``engines_generate_fn``); metrics are named ``eval/pass@1_greedy`` and ``eval/pass@{k}``.
+worker (``EnginePool.generate_fn``); metrics are named ``eval/pass@1_greedy`` and ``eval/pass@{k}``.
 
 Greedy pass@1 runs on the same engines with ``generate(..., greedy=True)`` (argmax decoding
 whatever the rollout config's sampling settings), so one copy of the weights serves both passes.
@@ -49,27 +49,6 @@ def engine_generate_fn(engine: Any, pad_id: int, greedy: bool = False) -> Genera
     def generate(prompt_ids: List[List[int]], group_size: int, meta: Dict[str, List[Any]],
                  seed: Optional[int] = None) -> Batch:
         return engine.generate(prompt_ids, group_size, 0, pad_id, meta, seed, greedy=greedy, ignore_eos=False)
-
-    return generate
-
-
-def engines_generate_fn(engines: Sequence[Any], pad_id: int, greedy: bool = False) -> GenerateFn:
-    """A ``GenerateFn`` over Ray rollout actors: contiguous prompt chunks per engine, as
-    ``Controller.generate`` does; the training engines serve evaluation with their current weights."""
-    import ray
-
-    def generate(prompt_ids: List[List[int]], group_size: int, meta: Dict[str, List[Any]],
-                 seed: Optional[int] = None) -> Batch:
-        bounds = [round(i * len(prompt_ids) / len(engines)) for i in range(len(engines) + 1)]
-        futures = []
-        for engine, a, b in zip(engines, bounds, bounds[1:]):
-            if a == b:
-                continue
-            chunk_seed = None if seed is None else seed + a * group_size  # Controller.generate's rule
-            futures.append(engine.generate.remote(prompt_ids[a:b], group_size, a, pad_id,
-                                                  {k: v[a:b] for k, v in meta.items()}, chunk_seed, greedy=greedy,
-                                                  ignore_eos=False))
-        return Batch.concat(ray.get(futures), pad_id=pad_id)
 
     return generate
 

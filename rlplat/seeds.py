@@ -9,7 +9,7 @@ bit 31 sample identically on CPU. Every seed here is therefore in ``[0, 2**32)``
 are disjoint iff their seeds differ mod 2**32 (on CUDA, whose Philox keeps 64 bits, too).
 
 Layout. A draw's samples are seeded consecutively: prompt ``i``, child ``j`` of a call with seed
-``s`` gets ``s + i * group_size + j``, and ``Controller.generate`` adds ``a * group_size`` for
+``s`` gets ``s + i * group_size + j``, and ``EnginePool.launch`` adds ``a * group_size`` for
 the engine chunk starting at prompt ``a``. The run's 2**32 seeds, rotated by a 32-bit hash of
 the run seed, are cut into streams of consecutive seeds:
 

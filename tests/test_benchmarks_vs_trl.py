@@ -32,7 +32,7 @@ def _job(argv, tmp_path, model_dir):
 def test_job_with_ignore_eos_and_128_new_tokens(tmp_path, model_dir):
     overrides, job = _job(["--ignore-eos", "--max-new-tokens", "128"], tmp_path, model_dir)
     assert "rollout.ignore_eos=true" in overrides and "rollout.max_new_tokens=128" in overrides
-    assert not any(o.startswith("trainer.max_staleness") for o in overrides)  # only when asked for
+    assert job["rlplat_settings"]["trainer.max_staleness"] == 1  # RLPLAT_SETTINGS' overlap
     assert job["ignore_eos"] is True and job["max_new_tokens"] == 128
     assert job["rlplat_settings"]["rollout.ignore_eos"] is True
     # configs/grpo.yaml: 32 prompt tokens + 128 fit its max_model_len of 256 without an override
@@ -66,17 +66,10 @@ def test_long_responses_raise_max_model_len_up_to_the_model_positions(tmp_path):
         _job(["--max-new-tokens", "481"], tmp_path, str(model))
 
 
-def test_max_staleness_is_passed_only_when_given(tmp_path, model_dir):
-    from rlplat.config import schema
-
-    if "max_staleness" in schema.TrainerConfig.__dataclass_fields__:
-        overrides, job = _job(["--max-staleness", "1"], tmp_path, model_dir)
-        assert "trainer.max_staleness=1" in overrides and job["rlplat_settings"]["trainer.max_staleness"] == 1
-    else:  # this checkout predates the key: the benchmark refuses it by name before running anything
-        from rlplat.config import ConfigError
-
-        with pytest.raises(ConfigError, match="max_staleness"):
-            _job(["--max-staleness", "1"], tmp_path, model_dir)
+def test_max_staleness_option_wins_over_the_default_setting(tmp_path, model_dir):
+    overrides, job = _job(["--max-staleness", "0"], tmp_path, model_dir)
+    assert overrides.index("trainer.max_staleness=0") > overrides.index("trainer.max_staleness=1")
+    assert job["rlplat_settings"]["trainer.max_staleness"] == 0
 
 
 @pytest.mark.runtime

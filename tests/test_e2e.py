@@ -63,6 +63,8 @@ def test_grpo_vllm_zero2(tmp_path, tiny_models):
         assert r["actor/ratio_mean"] == 1.0  # one update per batch: "old" is the training forward, rho == 1
         assert r["div/kl_ref"] >= 0
         assert sum(r[f"time/{p}"] for p in ("generate", "score", "reward", "train", "sync")) <= r["time/step"]
+        # Synchronous loop: the engine sat idle from its generation through scoring and training.
+        assert r["async/idle_s"] >= r["time/train"] > 0
     assert_weights_arrived(rows)
     assert rows[0]["div/kl_ref"] < 1e-6  # the policy starts at the reference
     assert "ETA" in log and "step 3/3" in log

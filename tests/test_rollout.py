@@ -318,7 +318,7 @@ def test_engine_actor_generates_and_syncs_weights(backend, ray_cluster, tiny_mod
     assert ray.get(engine.info.remote())["weight_version"] == 2
 
     print(f"\n[{backend}] actor start {start_s:.1f}s (from launch, overlapping the other engine), first "
-          f"generate (6 x <={MAX_NEW_TOKENS} tokens) {gen_s:.2f}s, weight sync {sync_s * 1e3:.0f}ms")
+          f"generate (6 x <={MAX_NEW_TOKENS} tokens) {gen_s:.2f}s, weight sync {sync_s['seconds'] * 1e3:.0f}ms")
 
 
 # ------------------------------------------------------------- rollout.ignore_eos

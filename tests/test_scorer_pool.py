@@ -126,3 +126,35 @@ def test_killed_scorer_is_restarted_with_the_last_weights_and_scores_stay_equal(
         assert [i["weights_version"] for i in pool.info()] == [1, 1]
     finally:
         pool.kill()
+
+
+def test_scores_chained_on_pending_parts_equal_the_direct_scores_and_fall_back_after_a_failure(
+        ray_cluster, policy, batch, single):
+    """``score_rows_async`` on ObjectRefs of not-yet-made parts (as the rollout engines' outputs
+    are): two actors each take a contiguous share of the 10 rows, the result equals one scorer's
+    on the whole batch; when a part's producer failed, ``result`` scores the collected batch afresh."""
+    import ray
+
+    @ray.remote(num_cpus=0.1)
+    def part(b, delay):
+        import time
+
+        time.sleep(delay)  # the scorer calls are submitted before the parts exist
+        return b
+
+    @ray.remote(num_cpus=0.1)
+    def lost_part():
+        raise RuntimeError("the engine that made this part died")
+
+    pool = _pool("teacher", policy, 2)
+    try:
+        refs = [part.remote(batch.select(list(range(0, 4))), 1.0), part.remote(batch.select(list(range(4, 10))), 1.5)]
+        pending = pool.score_rows_async(refs, len(batch))
+        assert pending.ranges == [(0, 5), (5, 10)]  # actor 1 takes rows of both parts
+        torch.testing.assert_close(pending.result(batch), single, atol=1e-6, rtol=0)
+
+        failed = pool.score_rows_async([refs[0], lost_part.remote()], len(batch))
+        torch.testing.assert_close(failed.result(batch), single, atol=1e-6, rtol=0)
+        assert pool.recoveries == 0  # no scorer was lost: nothing to recover
+    finally:
+        pool.kill()

@@ -1,10 +1,10 @@
-"""Sampling seed streams (rlplat.seeds, Controller.step_seed): one disjoint stream per (step, phase)."""
+"""Sampling seed streams (rlplat.seeds, StepContext.step_seed): one disjoint stream per (step, phase)."""
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from launch.controller import Controller
+from launch.context import StepContext
 from rlplat import seeds
 from rlplat.config import ConfigError, RunConfig
 from rlplat.config.validate import validate_config
@@ -13,7 +13,7 @@ BATCH = 8192  # samples one draw takes: prompts_per_step * group_size, above the
 
 
 def _controller(run_seed: int):
-    """Just what ``Controller.step_seed`` reads."""
+    """Just what ``StepContext.step_seed`` reads."""
     cfg = RunConfig()
     cfg.trainer.seed = run_seed
     return SimpleNamespace(cfg=cfg)
@@ -22,8 +22,8 @@ def _controller(run_seed: int):
 def _draws(run_seed: int, steps):
     """(seed, who) of every draw of a run: per-step rollouts and opponents, the DPH split, evaluation."""
     ctrl = _controller(run_seed)
-    out = [(Controller.step_seed(ctrl, s, phase), (s, phase)) for s in steps for phase in ("rollout", "opponents")]
-    return out + [(Controller.step_seed(ctrl, 0, phase), (0, phase)) for phase in ("prepare", "eval")]
+    out = [(StepContext.step_seed(ctrl, s, phase), (s, phase)) for s in steps for phase in ("rollout", "opponents")]
+    return out + [(StepContext.step_seed(ctrl, 0, phase), (0, phase)) for phase in ("prepare", "eval")]
 
 
 @pytest.mark.parametrize("run_seed", [0, 1, 42, 2**40 + 3])
@@ -70,7 +70,7 @@ def test_out_of_range_draws_are_refused():
         seeds.stream_seed(0, 0, seeds.ROLLOUT, offset=seeds.STEP_SAMPLES)
     seeds.stream_seed(0, 0, seeds.PREPARE, offset=2**24 - 1)
     with pytest.raises(KeyError, match="unknown sampling phase 'opponent'"):
-        Controller.step_seed(_controller(0), 0, "opponent")
+        StepContext.step_seed(_controller(0), 0, "opponent")
     with pytest.raises(ValueError, match="DPH-RL = 16777217 samples"):
         seeds.check_draw_size(2**24 + 1, seeds.PREPARE, "DPH-RL")
     seeds.check_draw_size(2**24, seeds.PREPARE, "DPH-RL")

@@ -183,11 +183,11 @@ class DriverSpy:
         return out
 
 
-def _probe_logprobs(ctrl):
-    p, r = ctrl.probe.prompt_ids[0].tolist(), ctrl.probe.response_ids[0].tolist()
+def _probe_logprobs(ctx):
+    p, r = ctx.probe.prompt_ids[0].tolist(), ctx.probe.response_ids[0].tolist()
     import ray
 
-    return [torch.tensor(lp) for lp in ray.get([e.sequence_logprobs.remote(p, r) for e in ctrl.engines])]
+    return [torch.tensor(lp) for lp in ray.get([e.sequence_logprobs.remote(p, r) for e in ctx.engines.engines])]
 
 
 @pytest.mark.runtime
@@ -216,23 +216,24 @@ def test_collective_sync_after_a_training_step_matches_the_trainer_without_the_d
     monkeypatch.setattr(ray, "get", spy.get)
     ctrl = Controller(cfg, plan, paths, prepare_run_dir(cfg), load_tokenizer(paths["tokenizer"], "model.path"))
     try:
-        assert ctrl.weight_sync.generation == 1  # formed at start
-        before = _probe_logprobs(ctrl)
+        ctx, engines = ctrl.ctx, ctrl.ctx.engines
+        assert engines.weight_sync.generation == 1  # formed at start
+        before = _probe_logprobs(ctx)
         metrics = ctrl.loop.step(0)
         assert spy.seen == [], f"weights passed through the driver: {spy.seen}"
-        assert metrics["sync/buckets"] == len(ctrl.weight_sync.plan) > 10
+        assert metrics["sync/buckets"] == len(engines.weight_sync.plan) > 10
         assert metrics["sync/gbytes_per_s"] > 0 and metrics["sync/seconds"] > 0
         assert metrics["sync/logprob_max_abs_diff"] < 1e-3
-        trainer_lp = ctrl.trainer.compute_logprobs(ctrl.probe)[0]
-        (after,) = _probe_logprobs(ctrl)
+        trainer_lp = ctx.trainer.compute_logprobs(ctx.probe)[0]
+        (after,) = _probe_logprobs(ctx)
         assert (after - trainer_lp).abs().max() < 1e-3
         assert (after - before[0]).abs().max() > 1e-2, "the engine still holds the initial weights"
-        assert ray.get(ctrl.engines[0].info.remote())["weight_version"] == ctrl.weight_version == 1
+        assert ray.get(engines.engines[0].info.remote())["weight_version"] == ctx.weight_version == 1
         assert spy.seen == []
 
         from actors.rollout.weight_sync import ObjectStoreSync
 
-        ObjectStoreSync(ctrl.trainer, ctrl.engines, cfg.rollout).push(ctrl.weight_version)
+        ObjectStoreSync(ctx.trainer, engines.engines, cfg.rollout).push(ctx.weight_version)
         assert any(what == "ray.put" for what, _, _ in spy.seen), spy.seen  # the fallback is seen
         print(f"\ncollective sync: {metrics['sync/seconds'] * 1e3:.0f} ms in {metrics['sync/buckets']:.0f} buckets, "
               f"{metrics['sync/gbytes_per_s']:.2f} GB/s; object-store path caught by the spy: {spy.seen}")

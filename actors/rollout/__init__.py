@@ -7,21 +7,23 @@ Every backend is a plain class with the same interface, which the controller wra
     engine = ray.remote(num_cpus=cfg.resources.rollout_cpus)(engine_cls).remote(
         model_path, tokenizer_path, cfg.rollout, cfg.model.dtype, seed)
     batch = ray.get(engine.generate.remote(prompt_ids, group_size, group_offset, pad_id, meta))
-    seconds = ray.get(engine.update_weights.remote(packed_ref))   # object_store sync; see weight_sync
+    got = ray.get(engine.update_weights.remote(packed_ref))   # object_store sync; see weight_sync
 
 Interface (``E`` = an engine):
 
     E(model_path, tokenizer_path, rollout: RolloutConfig, dtype: str, seed: int)
     E.generate(prompt_ids, group_size, group_offset, pad_id, meta=None) -> Batch
     E.sequence_logprobs(prompt_ids, response_ids) -> list[float]
-    E.update_weights(named_tensors, version=None) -> float (seconds); ``version`` labels the
+    E.update_weights(named_tensors, version=None) -> {"seconds", "idle_s"}; ``version`` labels the
         weights, and ``generate(..., weight_version=v)`` raises StaleWeightsError unless the
         engine holds version v (a restarted engine is back at version 0, its initial weights)
-    E.join_weight_group(address, rank_offset, plan) -> None;  E.receive_weights(version) -> float;
+    E.join_weight_group(address, rank_offset, plan) -> None;  E.receive_weights(version) -> {"seconds", "idle_s"};
     E.weight_group_address() -> GroupAddress | None;  E.leave_weight_group() -> None: the
         collective sync (``rollout.weight_sync=collective``, ``actors.rollout.weight_sync``): join
         the trainer's transfer group, then receive each broadcast of the weights in place while
-        the trainer's rank 0 sends it; an engine in no group raises StaleWeightsError
+        the trainer's rank 0 sends it; an engine in no group raises StaleWeightsError.
+        Both weight calls report ``seconds`` (loading) and ``idle_s``: how long the engine sat
+        with nothing to do between its last ``generate`` and these weights (``IdleClock``)
     E.ready() -> True;  E.info() -> dict
 
 Backends: ``vllm`` (``VLLMRolloutEngine``, the default) and ``hf`` (``HFRolloutEngine``,
@@ -37,6 +39,7 @@ constructor (after setting the environment variables vLLM reads at import time).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -61,6 +64,23 @@ class Sample:
 
 class StaleWeightsError(RuntimeError):
     """The engine does not hold the weights the caller expects (it was restarted, say)."""
+
+
+class IdleClock:
+    """Seconds an engine waited for weights: from the end of its last ``generate`` to the start
+    of the next weight load (0 when weights come before any generation since the last load).
+    Ray runs an actor's calls one at a time, so this is time with no call to run."""
+
+    def __init__(self) -> None:
+        self.free_since: Optional[float] = None
+
+    def generated(self) -> None:
+        self.free_since = time.monotonic()
+
+    def weights_arrived(self) -> float:
+        idle = 0.0 if self.free_since is None else time.monotonic() - self.free_since
+        self.free_since = None
+        return idle
 
 
 def check_weight_version(have: int, want: Optional[int]) -> None:
@@ -169,6 +189,7 @@ def make_engine(backend: str, **kwargs: Any) -> Any:
 
 __all__ = [
     "ROLLOUT_BACKENDS",
+    "IdleClock",
     "Sample",
     "build_rollout_batch",
     "check_prompts",

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from actors.rollout import StaleWeightsError, check_weight_version, Sample, build_rollout_batch, check_prompts
+from actors.rollout import IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version
 from actors.rollout.weights import as_named_tensors
 from rlplat.batch import Batch
 
@@ -77,6 +77,7 @@ class HFRolloutEngine:
         self.greedy_config = GenerationConfig(**{**self.generation_config.to_dict(), "do_sample": False,
                                                  "temperature": None, "top_p": None, "top_k": None})
         self.weight_version = 0
+        self.idle = IdleClock()
         self._group = None  # the collective weight-transfer group, once joined
         self._weight_plan: List[Any] = []
 
@@ -115,6 +116,7 @@ class HFRolloutEngine:
         for start in range(0, len(rows), step):
             samples.extend(self._sample(rows[start : start + step], greedy, no_eos))
         grouped = [samples[i * group_size : (i + 1) * group_size] for i in range(len(prompt_ids))]
+        self.idle.generated()
         return build_rollout_batch(prompt_ids, grouped, group_offset, pad_id, meta, self.weight_version)
 
     def _sample(self, prompts: List[List[int]], greedy: bool = False, ignore_eos: bool = False) -> List[Sample]:
@@ -166,16 +168,18 @@ class HFRolloutEngine:
 
     # ------------------------------------------------------------------ weights
     @torch.no_grad()
-    def update_weights(self, named_tensors: Any, version: Optional[int] = None) -> float:
+    def update_weights(self, named_tensors: Any, version: Optional[int] = None) -> Dict[str, float]:
         """Copy HF-named tensors (``PackedWeights``, dict or ``(name, tensor)`` list; a subset of
-        the state dict is allowed) into the model in place. Returns the seconds it took."""
+        the state dict is allowed) into the model in place. Returns ``{"seconds", "idle_s"}``
+        (see ``actors.rollout.IdleClock``)."""
+        idle = self.idle.weights_arrived()
         t0 = time.perf_counter()
         weights = as_named_tensors(named_tensors)
         targets = self._targets("update_weights", [(n, tuple(t.shape)) for n, t in weights])
         for name, tensor in weights:
             targets[name].copy_(tensor)
         self.weight_version = self.weight_version + 1 if version is None else version
-        return time.perf_counter() - t0
+        return {"seconds": time.perf_counter() - t0, "idle_s": idle}
 
     def _targets(self, caller: str, shapes: List[Tuple[str, Tuple[int, ...]]]) -> Dict[str, torch.Tensor]:
         """The model's state dict (tensors sharing storage with the parameters), after checking
@@ -201,18 +205,19 @@ class HFRolloutEngine:
         self._group = TransferGroup(address, rank_offset, self.device, node_ip())
 
     @torch.no_grad()
-    def receive_weights(self, version: Optional[int] = None) -> float:
+    def receive_weights(self, version: Optional[int] = None) -> Dict[str, float]:
         """Receive one broadcast of the weights from the trainer's rank 0 (which sends at the
-        same time) straight into the parameters. Returns seconds."""
+        same time) straight into the parameters. Returns ``{"seconds", "idle_s"}``."""
         if self._group is None:
             raise StaleWeightsError("this engine is in no weight-transfer group (restarted?)")
+        idle = self.idle.weights_arrived()
         t0 = time.perf_counter()
         targets = self.model.state_dict()
         for _, named in self._group.receive(self._weight_plan):
             for name, tensor in named:
                 targets[name].copy_(tensor)
         self.weight_version = self.weight_version + 1 if version is None else version
-        return time.perf_counter() - t0
+        return {"seconds": time.perf_counter() - t0, "idle_s": idle}
 
     def weight_group_address(self) -> Any:
         """The ``GroupAddress`` this engine is in, None if none (a restarted engine)."""

@@ -49,7 +49,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from actors.rollout import StaleWeightsError, check_weight_version, Sample, build_rollout_batch, check_prompts
+from actors.rollout import IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version
 from actors.rollout.transfer_group import node_ip
 from actors.rollout.weights import as_named_tensors
 from rlplat.batch import Batch
@@ -126,6 +126,7 @@ class VLLMRolloutEngine:
         self.llm = LLM(**kwargs)
         self.start_seconds = time.perf_counter() - t0
         self.weight_version = 0
+        self.idle = IdleClock()
         self._weight_plan = None  # bucket plan of the collective weight sync (join_weight_group)
         self._weight_group = None  # and the GroupAddress joined
         self.last_generate: Dict[str, float] = {}
@@ -180,6 +181,7 @@ class VLLMRolloutEngine:
         seconds = time.perf_counter() - t0
         tokens = sum(len(s.token_ids) for group in samples for s in group)
         self.last_generate = {"seconds": seconds, "response_tokens": tokens, "tokens_per_s": tokens / seconds}
+        self.idle.generated()
         return build_rollout_batch(prompt_ids, samples, group_offset, pad_id, meta, self.weight_version)
 
     def sequence_logprobs(self, prompt_ids: List[int], response_ids: List[int]) -> List[float]:
@@ -201,9 +203,10 @@ class VLLMRolloutEngine:
         return [plp[k][seq[k]].logprob for k in range(len(prompt_ids), len(seq))]
 
     # ------------------------------------------------------------------ weights
-    def update_weights(self, named_tensors: Any, version: Optional[int] = None) -> float:
+    def update_weights(self, named_tensors: Any, version: Optional[int] = None) -> Dict[str, float]:
         """Load a full HF-named state dict (``PackedWeights``, dict or ``(name, tensor)`` list,
-        CPU tensors from the Ray object store) into the running engine, in place. Returns seconds.
+        CPU tensors from the Ray object store) into the running engine, in place. Returns
+        ``{"seconds", "idle_s"}`` (see ``actors.rollout.IdleClock``).
 
         CPU path: ``LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ...,
         "is_checkpoint_format": True})`` -> ``Worker.reload_weights`` ->
@@ -218,6 +221,7 @@ class VLLMRolloutEngine:
         This is the ``rollout.weight_sync=object_store`` path; the default, ``collective``,
         is ``join_weight_group`` + ``receive_weights`` (no tensor passes through Ray).
         """
+        idle = self.idle.weights_arrived()
         t0 = time.perf_counter()
         weights = as_named_tensors(named_tensors)
         if not weights:
@@ -228,7 +232,7 @@ class VLLMRolloutEngine:
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
         self.weight_version = self.weight_version + 1 if version is None else version
-        return time.perf_counter() - t0
+        return {"seconds": time.perf_counter() - t0, "idle_s": idle}
 
     def join_weight_group(self, address: Any, rank_offset: int, plan: List[Any]) -> None:
         """Join the collective weight-transfer group at ``address`` (``rollout.weight_sync=collective``):
@@ -239,12 +243,13 @@ class VLLMRolloutEngine:
             "address": address, "rank_offset": rank_offset, "hostname": node_ip()}})
         self._weight_plan, self._weight_group = list(plan), address
 
-    def receive_weights(self, version: Optional[int] = None) -> float:
+    def receive_weights(self, version: Optional[int] = None) -> Dict[str, float]:
         """Receive one broadcast of the full weights (concurrently with the trainer's rank 0
         sending it) through vLLM's weight-update lifecycle, in place; see
-        ``actors.rollout.vllm_transfer``. Returns seconds."""
+        ``actors.rollout.vllm_transfer``. Returns ``{"seconds", "idle_s"}``."""
         if self._weight_plan is None:
             raise StaleWeightsError("this engine is in no weight-transfer group (restarted?)")
+        idle = self.idle.weights_arrived()
         t0 = time.perf_counter()
         self.llm.start_weight_update()
         self.llm.update_weights({"update_info": {"buckets": self._weight_plan}})
@@ -252,7 +257,7 @@ class VLLMRolloutEngine:
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
         self.weight_version = self.weight_version + 1 if version is None else version
-        return time.perf_counter() - t0
+        return {"seconds": time.perf_counter() - t0, "idle_s": idle}
 
     def weight_group_address(self) -> Any:
         """The ``GroupAddress`` this engine joined last, None if none (a restarted engine)."""

@@ -1,6 +1,6 @@
 """Trainer -> rollout engine weight sync, as the driver drives it (``rollout.weight_sync``).
 
-Both kinds share one interface, so the controller holds one object and never branches::
+Both kinds share one interface, so the engine pool (``actors.rollout.pool``) holds one object and never branches::
 
     sync = WEIGHT_SYNCS.get(cfg.rollout.weight_sync)(trainer_group, engines, cfg.rollout)
     stats = sync.push(version)   # every engine now holds the trainer's weights, labelled version
@@ -19,17 +19,18 @@ receives small control messages.
 once, every engine reads it from the object store (the fallback; the driver holds the weights).
 
 A member that dies mid-push makes the push raise: ``RayActorError`` if an engine died (the
-controller's recovery waits for Ray's restart and pushes again, which re-forms the group), else
+engine pool's recovery waits for Ray's restart and pushes again, which re-forms the group), else
 a ``RuntimeError`` naming what broke. The survivors of a death mid-broadcast are blocked until
 the group's timeout (``transfer_group.DEFAULT_TIMEOUT_S``) at most.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import ray
 
+from actors.recovery import ACTOR_LOST
 from actors.rollout import StaleWeightsError
 from actors.rollout.transfer_group import GroupAddress
 from actors.rollout.weights import pack
@@ -37,22 +38,23 @@ from rlplat.registry import Registry
 
 WEIGHT_SYNCS: Registry[type] = Registry("rollout.weight_sync")
 
-# An engine died or is restarting: the controller recovers from these (see Controller.recoverable).
-ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
 @dataclass
 class SyncStats:
-    """What one push moved: ``bytes`` sent by the trainer side, in ``buckets`` buffers."""
+    """What one push moved: ``bytes`` sent by the trainer side, in ``buckets`` buffers;
+    ``engine_idle_s``: per engine, seconds it had waited for these weights (``IdleClock``)."""
 
     bytes: int
     buckets: int
+    engine_idle_s: List[float] = field(default_factory=list)
 
     def metrics(self, seconds: float) -> Dict[str, float]:
         """``sync/seconds`` (the whole sync, as the caller timed it), ``sync/gbytes_per_s`` =
-        bytes / seconds / 1e9, ``sync/buckets``."""
+        bytes / seconds / 1e9, ``sync/buckets``, ``async/idle_s`` (mean over engines)."""
+        idle = sum(self.engine_idle_s) / len(self.engine_idle_s) if self.engine_idle_s else 0.0
         return {"sync/seconds": seconds, "sync/gbytes_per_s": self.bytes / 1e9 / max(seconds, 1e-9),
-                "sync/buckets": float(self.buckets)}
+                "sync/buckets": float(self.buckets), "async/idle_s": idle}
 
 
 def _outcomes(refs: Sequence[Any]) -> List[Tuple[Any, Optional[BaseException]]]:
@@ -119,12 +121,13 @@ class CollectiveSync:
             self.form()
         trainer_refs = self.trainer.start_broadcast_weights()
         engine_refs = [e.receive_weights.remote(version) for e in self.engines]
-        engine_errors = [exc for _, exc in _outcomes(engine_refs) if exc is not None]
+        outcomes = _outcomes(engine_refs)
+        engine_errors = [exc for _, exc in outcomes if exc is not None]
         sent = self.trainer.wait(trainer_refs)[0]  # rank 0's report
         if engine_errors or sent["error"]:
             self.address = None  # whatever broke, the next push starts from a fresh group
             _raise_first(engine_errors, [sent["error"]] if sent["error"] else [], f"push of version {version}")
-        return SyncStats(bytes=sent["bytes"], buckets=sent["buckets"])
+        return SyncStats(bytes=sent["bytes"], buckets=sent["buckets"], engine_idle_s=[got["idle_s"] for got, _ in outcomes])
 
     def weights_ref(self, version: int) -> Any:
         """The trainer's current weights as an ObjectRef made by rank 0 (the driver never holds
@@ -152,8 +155,8 @@ class ObjectStoreSync:
 
     def push(self, version: int) -> SyncStats:
         ref = self._put(version)
-        ray.get([e.update_weights.remote(ref, version) for e in self.engines])
-        return SyncStats(bytes=self._bytes, buckets=1)
+        got = ray.get([e.update_weights.remote(ref, version) for e in self.engines])
+        return SyncStats(bytes=self._bytes, buckets=1, engine_idle_s=[g["idle_s"] for g in got])
 
     def weights_ref(self, version: int) -> Any:
         return self._put(version)

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
-import ray
 import torch
 
 from actors.preference import PreferenceWorker
-from actors.rollout.weights import unpack
+from launch.context import StepContext
 from launch.loops import LOOPS
 from launch.metrics import PhaseTimer
 from rlplat.batch import Batch
@@ -40,16 +39,14 @@ def _pairs(group_ids: torch.Tensor, other_group_ids: torch.Tensor, exclude_self:
 
 @LOOPS.register("mirror_prox")
 class MirrorProxLoop:
-    def __init__(self, ctrl) -> None:
-        self.ctrl = ctrl
-        cfg = ctrl.cfg
+    def __init__(self, ctx: StepContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.cfg
         nm = cfg.algorithm.nash_mp
         self.inner_steps = nm.inner_steps  # beta and eta live in the loss (PolicyAdvantage)
-        self.sampler = PromptSampler(ctrl.rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
-        pref = ray.remote(num_cpus=cfg.resources.reward_cpus)(PreferenceWorker)
-        self.judge = pref.options(name="preference-0").remote(nm.judge, ctrl.paths.get("preference"), cfg.model.dtype, cfg.roles.preference.micro_batch_tokens)
-        ray.get(self.judge.ready.remote())
-        self.actors = [self.judge]
+        self.sampler = PromptSampler(ctx.rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+        self.judge = ctx.start_actor(PreferenceWorker, "preference-0", nm.judge, ctx.paths.get("preference"),
+                                     cfg.model.dtype, cfg.roles.preference.micro_batch_tokens)
         self.snapshot_version = 0
 
     def _win_rates(self, batch: Batch, opponents: Batch, exclude_self: bool) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -57,9 +54,9 @@ class MirrorProxLoop:
         pairs = _pairs(batch.group_ids, opponents.group_ids, exclude_self)
         i_idx, j_idx = zip(*pairs)
         m = batch.meta
-        probs, metrics, failures = ray.get(self.judge.win_probs.remote(
-            [m["prompt"][i] for i in i_idx], [m["response_text"][i] for i in i_idx],
-            [opponents.meta["response_text"][j] for j in j_idx], [m["answer"][i] for i in i_idx]))
+        probs, metrics, failures = self.judge.call(
+            "win_probs", [m["prompt"][i] for i in i_idx], [m["response_text"][i] for i in i_idx],
+            [opponents.meta["response_text"][j] for j in j_idx], [m["answer"][i] for i in i_idx])
         for msg in failures:
             print(f"rlplat: preference failure: {msg}", flush=True)
         i_t = torch.tensor(i_idx)
@@ -74,42 +71,41 @@ class MirrorProxLoop:
         """``inner_steps`` updates on ``batch`` against fixed win probabilities ``win``. The loss
         recomputes the advantage's log-ratios to pi_ref and pi_k from the policy being updated at
         every update (``PolicyAdvantage``), so the proximal term acts from the second update on."""
-        ctrl = self.ctrl
         batch.rewards = win
-        collected = [ctrl.train(batch, step, update=phase * self.inner_steps + i) for i in range(self.inner_steps)]
+        collected = [self.ctx.train(batch, step, update=phase * self.inner_steps + i) for i in range(self.inner_steps)]
         out = {f"{prefix}/{k}": sum(c[k] for c in collected) / len(collected) for k in collected[0]}
         out[f"{prefix}/win_rate"] = win.mean().item()
         return out
 
     def step(self, step: int) -> Dict[str, float]:
-        ctrl, timer = self.ctrl, PhaseTimer()
+        ctx, timer = self.ctx, PhaseTimer()
         rows = self.sampler.next_batch()
         with timer.phase("generate"):
-            batch = ctrl.generate(rows, ctrl.plan.group_size, seed=ctrl.step_seed(step))
+            batch = ctx.generate(rows, ctx.plan.group_size, seed=ctx.step_seed(step))
         batch.meta.setdefault("answer", [None] * len(batch))
         with timer.phase("score"):
-            batch.logprobs["old"] = ctrl.trainer.compute_logprobs(batch)
-            batch.logprobs.update(ctrl.score_roles(batch, ["reference", "snapshot"]))
+            batch.logprobs["old"] = ctx.policy_logprobs(batch)
+            batch.logprobs.update(ctx.score_roles(batch, ["reference", "snapshot"]))
         with timer.phase("reward"):
             win_half, metrics = self._win_rates(batch, batch, exclude_self=True)
         with timer.phase("train"):
-            ctrl.trainer.snapshot_state()
+            ctx.save_policy_state()
             metrics.update(self._proximal_step(batch, win_half, step, 0, "half"))
         with timer.phase("sync"):
-            metrics.update({f"half/{k}": v for k, v in ctrl.sync_weights().items()})
-            half_weights = unpack(ray.get(ctrl.weights_ref))
+            metrics.update({f"half/{k}": v for k, v in ctx.sync().items()})
+            half_weights = ctx.policy_weights()
         with timer.phase("generate"):
-            opponents = ctrl.generate(rows, ctrl.plan.group_size, seed=ctrl.step_seed(step, "opponents"))
+            opponents = ctx.generate(rows, ctx.plan.group_size, seed=ctx.step_seed(step, "opponents"))
         with timer.phase("reward"):
             win_full, m2 = self._win_rates(batch, opponents, exclude_self=False)
         metrics.update({f"full/{k}": v for k, v in m2.items()})
         with timer.phase("train"):
-            ctrl.trainer.restore_state()
+            ctx.restore_policy_state()
             metrics.update(self._proximal_step(batch, win_full, step, 1, "full"))
         with timer.phase("sync"):
-            metrics.update(ctrl.sync_weights())
-            full_weights = unpack(ray.get(ctrl.weights_ref))
-            ctrl.scorers["snapshot"].load_weights(full_weights)  # the pool reloads them into a restarted actor
+            metrics.update(ctx.sync())
+            full_weights = ctx.policy_weights()
+            ctx.load_scorer_weights("snapshot", full_weights)
             self.snapshot_version += 1
         full_weights = dict(full_weights)
         diff = sum(float((full_weights[n] - t).pow(2).sum()) for n, t in half_weights)
@@ -119,8 +115,8 @@ class MirrorProxLoop:
             "loss/policy": metrics["full/loss/policy"],
             "reward/mean": win_full.mean().item(),
         })
-        metrics.update(ctrl.batch_metrics(batch, prefix="samples/", pass_rate=False))  # rewards are win probabilities
-        return ctrl.finish_step(step, metrics, timer, batch, opponents)
+        metrics.update(ctx.batch_metrics(batch, prefix="samples/", pass_rate=False))  # rewards are win probabilities
+        return ctx.finish_step(step, metrics, timer, batch, opponents)
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "snapshot_version": self.snapshot_version}
@@ -131,4 +127,4 @@ class MirrorProxLoop:
 
     def after_resume(self) -> None:
         """The snapshot is pi_k, the policy the restored checkpoint holds."""
-        self.ctrl.scorers["snapshot"].load_weights(unpack(ray.get(self.ctrl.weights_ref)))
+        self.ctx.load_scorer_weights("snapshot", self.ctx.policy_weights())

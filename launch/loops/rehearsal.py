@@ -19,18 +19,18 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 
+from launch.context import StepContext
 from launch.loops import LOOPS
-from launch.loops.sampling import BatchSource
-from launch.metrics import PhaseTimer
+from launch.loops.rl import RLLoop
 from rlplat.batch import DATA_REHEARSAL, Batch
-from rlplat.data import PromptRow, PromptSampler
+from rlplat.data import PromptRow
 from rlplat.seeds import PREPARE, check_draw_size
 
 STORE_VERSION = 2  # 2: the fingerprint covers sampling settings, dtype, threshold and rendering
 
 
-def store_path(ctrl) -> str:
-    return ctrl.cfg.algorithm.dph_rl.store_path or os.path.join(ctrl.run_dir, "dph_rehearsal.pt")
+def store_path(ctx) -> str:
+    return ctx.cfg.algorithm.dph_rl.store_path or os.path.join(ctx.run_dir, "dph_rehearsal.pt")
 
 
 def fingerprint(cfg, paths: Mapping[str, str], rows: Sequence[PromptRow], prompt_ids: Mapping[int, Sequence[int]]) -> dict:
@@ -50,8 +50,8 @@ def fingerprint(cfg, paths: Mapping[str, str], rows: Sequence[PromptRow], prompt
     }
 
 
-def _fingerprint(ctrl) -> dict:
-    return fingerprint(ctrl.cfg, ctrl.paths, ctrl.rows, ctrl.prompt_ids)
+def _fingerprint(ctx) -> dict:
+    return fingerprint(ctx.cfg, ctx.paths, ctx.rows, ctx.prompt_ids)
 
 
 def load_store(path: str, expected: dict) -> Optional[dict]:
@@ -68,19 +68,19 @@ def load_store(path: str, expected: dict) -> Optional[dict]:
     return None
 
 
-def prepare(ctrl) -> dict:
+def prepare(ctx) -> dict:
     """Split the training prompts with pi_0 and store the rehearsal samples; returns the store."""
-    cfg = ctrl.cfg
+    cfg = ctx.cfg
     k = cfg.algorithm.dph_rl.samples_per_prompt
     chunk = max(cfg.data.prompts_per_step * 4, 1)
     rehearsal: List[Batch] = []
     exploration: List[int] = []
-    check_draw_size(len(ctrl.rows) * k, PREPARE, "DPH-RL's pi_0 split: training prompts * algorithm.dph_rl.samples_per_prompt")
-    for start in range(0, len(ctrl.rows), chunk):
-        rows = ctrl.rows[start:start + chunk]
+    check_draw_size(len(ctx.rows) * k, PREPARE, "DPH-RL's pi_0 split: training prompts * algorithm.dph_rl.samples_per_prompt")
+    for start in range(0, len(ctx.rows), chunk):
+        rows = ctx.rows[start:start + chunk]
         # One stream for the whole split: chunk `start` begins at sample start * k.
-        batch = ctrl.generate(rows, k, group_offset=start, seed=ctrl.step_seed(0, "prepare", offset=start * k))
-        outcome = ctrl.reward_outcome(batch)
+        batch = ctx.generate(rows, k, group_offset=start, seed=ctx.step_seed(0, "prepare", offset=start * k))
+        outcome = ctx.reward_outcome(batch)
         correct = (outcome.rewards >= cfg.reward.correct_threshold) & outcome.valid
         for g, row in enumerate(rows):
             in_group = batch.group_ids == start + g
@@ -88,23 +88,23 @@ def prepare(ctrl) -> dict:
                 rehearsal.append(batch.select(in_group.nonzero().flatten()))
             else:
                 exploration.append(row.index)
-    store = {"fingerprint": _fingerprint(ctrl), "exploration_rows": exploration, "rehearsal": None}
+    store = {"fingerprint": _fingerprint(ctx), "exploration_rows": exploration, "rehearsal": None}
     if rehearsal:
-        stored = Batch.concat(rehearsal, pad_id=ctrl.pad_id)
-        stored.logprobs = {"initial": ctrl.trainer.compute_logprobs(stored), "rollout": stored.logprobs["rollout"]}
+        stored = Batch.concat(rehearsal, pad_id=ctx.pad_id)
+        stored.logprobs = {"initial": ctx.policy_logprobs(stored), "rollout": stored.logprobs["rollout"]}
         stored.rewards = torch.ones(len(stored))
         stored.kind = torch.full((len(stored),), DATA_REHEARSAL, dtype=torch.long)
         store["rehearsal"] = stored.to_dict()
-    path = store_path(ctrl)
+    path = store_path(ctx)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     torch.save(store, path + ".tmp")
     os.replace(path + ".tmp", path)  # a half-written store is never picked up
     return store
 
 
-def load_or_prepare(ctrl) -> dict:
-    store = load_store(store_path(ctrl), _fingerprint(ctrl))
-    return store if store is not None else prepare(ctrl)
+def load_or_prepare(ctx) -> dict:
+    store = load_store(store_path(ctx), _fingerprint(ctx))
+    return store if store is not None else prepare(ctx)
 
 
 def check_exploration_pool(num_prompts: int, num_explore: int, prompts_per_step: int, k: int) -> None:
@@ -119,27 +119,27 @@ def check_exploration_pool(num_prompts: int, num_explore: int, prompts_per_step:
 
 
 @LOOPS.register("rehearsal")
-class RehearsalLoop:
-    def __init__(self, ctrl) -> None:
-        self.ctrl = ctrl
-        cfg = ctrl.cfg
+class RehearsalLoop(RLLoop):
+    """``RLLoop`` on the exploration prompts, with stored pi_0 rows appended to every trained batch."""
+
+    def __init__(self, ctx: StepContext) -> None:
+        cfg = ctx.cfg
         t0 = time.perf_counter()
-        store = load_or_prepare(ctrl)
+        store = load_or_prepare(ctx)
         self.prepare_seconds = time.perf_counter() - t0
-        by_index = {r.index: r for r in ctrl.rows}
-        explore_rows = [by_index[i] for i in store["exploration_rows"]] or list(ctrl.rows)
-        check_exploration_pool(len(ctrl.rows), len(explore_rows), cfg.data.prompts_per_step,
+        by_index = {r.index: r for r in ctx.rows}
+        explore_rows = [by_index[i] for i in store["exploration_rows"]] or list(ctx.rows)
+        check_exploration_pool(len(ctx.rows), len(explore_rows), cfg.data.prompts_per_step,
                                cfg.algorithm.dph_rl.samples_per_prompt)
-        self.source = BatchSource(ctrl, PromptSampler(explore_rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed,
-                                                      shuffle=cfg.data.shuffle))
+        super().__init__(ctx, explore_rows)
         self.stored = Batch.from_dict(store["rehearsal"]) if store["rehearsal"] is not None else None
-        self.num_rehearsal_prompts = len(ctrl.rows) - len(store["exploration_rows"])
+        self.num_rehearsal_prompts = len(ctx.rows) - len(store["exploration_rows"])
         if self.stored is None:
             print("rlplat: DPH-RL found no prompt that pi_0 solves in every sample; training without rehearsal", flush=True)
 
     def _rehearsal_rows(self, step: int, group_offset: int, with_old: bool) -> Batch:
-        n = self.ctrl.cfg.algorithm.dph_rl.rehearsal_per_step
-        gen = torch.Generator().manual_seed(self.ctrl.cfg.trainer.seed * 7919 + step)
+        n = self.ctx.cfg.algorithm.dph_rl.rehearsal_per_step
+        gen = torch.Generator().manual_seed(self.ctx.cfg.trainer.seed * 7919 + step)
         idx = torch.randperm(len(self.stored), generator=gen)[:n]
         rows = self.stored.select(idx.sort().values)
         rows.group_ids = group_offset + torch.arange(len(rows))  # not a group: no baseline across them
@@ -148,26 +148,15 @@ class RehearsalLoop:
         rows.advantages = torch.zeros(len(rows))
         return rows
 
-    def step(self, step: int) -> Dict[str, float]:
-        ctrl, timer = self.ctrl, PhaseTimer()
-        batch, metrics = self.source.next(step, timer)
-        metrics.update({"dph/rehearsal_prompts": float(self.num_rehearsal_prompts), "dph/prepare_seconds": self.prepare_seconds})
-        if batch is None:  # dynamic sampling found no exploration group with unequal rewards: skip the update
-            return ctrl.finish_step(step, metrics, timer)
-        ctrl.compute_advantages(batch)
-        metrics.update(ctrl.batch_metrics(batch))
-        if self.stored is not None:
-            batch.logprobs["initial"] = torch.zeros_like(batch.response_mask)  # masked out for explore rows
-            rehearsal = self._rehearsal_rows(step, int(batch.group_ids.max()) + 1, with_old="old" in batch.logprobs)
-            batch = Batch.concat([batch, rehearsal], pad_id=ctrl.pad_id)
-        with timer.phase("train"):
-            metrics.update(ctrl.train(batch, step))
-        with timer.phase("sync"):
-            metrics.update(ctrl.sync_weights())
-        return ctrl.finish_step(step, metrics, timer, batch)
+    def training_batch(self, batch: Batch, step: int) -> Batch:
+        if self.stored is None:
+            return batch
+        batch.logprobs["initial"] = torch.zeros_like(batch.response_mask)  # masked out for explore rows
+        rehearsal = self._rehearsal_rows(step, int(batch.group_ids.max()) + 1, with_old="old" in batch.logprobs)
+        return Batch.concat([batch, rehearsal], pad_id=self.ctx.pad_id)
+
+    def step_metrics(self) -> Dict[str, float]:
+        return {"dph/rehearsal_prompts": float(self.num_rehearsal_prompts), "dph/prepare_seconds": self.prepare_seconds}
 
     def state_dict(self) -> dict:
-        return {"sampler": self.source.state_dict(), "store": store_path(self.ctrl)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.source.load_state_dict(state["sampler"])
+        return {**super().state_dict(), "store": store_path(self.ctx)}

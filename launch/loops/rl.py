@@ -1,34 +1,50 @@
 """GRPO-shaped RL step (GRPO, KDRL, and any algorithm that is surrogate + divergence terms)."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, Optional
 
+from launch.context import StepContext
 from launch.loops import LOOPS
 from launch.loops.sampling import BatchSource
 from launch.metrics import PhaseTimer
-from rlplat.data import PromptSampler
+from rlplat.batch import Batch
+from rlplat.data import PromptRow, PromptSampler
 
 
 @LOOPS.register("rl")
 class RLLoop:
-    def __init__(self, ctrl) -> None:
-        self.ctrl = ctrl
-        cfg = ctrl.cfg
-        self.source = BatchSource(ctrl, PromptSampler(ctrl.rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed,
-                                                      shuffle=cfg.data.shuffle))
+    """sample (``BatchSource``: generate, reward, score) -> advantages -> train -> sync.
+
+    A variant overrides ``training_batch`` (what is trained besides the on-policy batch) and
+    ``step_metrics`` (metrics of every step, skipped or not); ``rows`` are the prompts it samples."""
+
+    def __init__(self, ctx: StepContext, rows: Optional[List[PromptRow]] = None) -> None:
+        self.ctx = ctx
+        cfg = ctx.cfg
+        self.source = BatchSource(ctx, PromptSampler(ctx.rows if rows is None else rows, cfg.data.prompts_per_step,
+                                                     seed=cfg.trainer.seed, shuffle=cfg.data.shuffle))
 
     def step(self, step: int) -> Dict[str, float]:
-        ctrl, timer = self.ctrl, PhaseTimer()
+        ctx, timer = self.ctx, PhaseTimer()
         batch, metrics = self.source.next(step, timer)
+        metrics.update(self.step_metrics())
         if batch is None:  # dynamic sampling found no group with unequal rewards: nothing to learn from
-            return ctrl.finish_step(step, metrics, timer)
-        ctrl.compute_advantages(batch)
+            return ctx.finish_step(step, metrics, timer)
+        ctx.compute_advantages(batch)
+        metrics.update(ctx.batch_metrics(batch))
+        batch = self.training_batch(batch, step)
         with timer.phase("train"):
-            metrics.update(ctrl.train(batch, step))
+            metrics.update(ctx.train(batch, step))
         with timer.phase("sync"):
-            metrics.update(ctrl.sync_weights())
-        metrics.update(ctrl.batch_metrics(batch))
-        return ctrl.finish_step(step, metrics, timer, batch)
+            metrics.update(ctx.sync())
+        return ctx.finish_step(step, metrics, timer, batch)
+
+    def training_batch(self, batch: Batch, step: int) -> Batch:
+        """The rows trained at ``step``, from the on-policy ``batch`` (with advantages)."""
+        return batch
+
+    def step_metrics(self) -> Dict[str, float]:
+        return {}
 
     def state_dict(self) -> dict:
         return {"sampler": self.source.state_dict()}

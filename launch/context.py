@@ -1,0 +1,297 @@
+"""``StepContext``: the actors of one run, and all that a loop (``launch.loops``) may do with them.
+
+A step reads as the list of what it does::
+
+    pending = ctx.launch_scored(rows, group_size, seed=ctx.step_seed(step))  # engines, then reward + scorers
+    batch = ctx.collect(pending.rollout)
+    batch, metrics = ctx.finish_scored(batch, pending, timer)
+    ctx.compute_advantages(batch)
+    metrics.update(ctx.train(batch, step))                            # trainer ranks
+    metrics.update(ctx.sync())                                        # trainer -> engines
+    return ctx.finish_step(step, metrics, timer, batch)
+
+Every call goes to a pool that owns its actors, their placement and their recovery
+(``EnginePool``, ``ScorerPool``, ``RestartingActor`` for the reward worker, ``TrainerGroup``);
+no loop holds an actor handle or calls ``.remote``. Resume, checkpoints, evaluation and metrics
+files are the run driver's (``launch.controller``), not the step's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import ray
+import torch
+
+from actors.recovery import PendingCall, RestartingActor
+from actors.reward_worker import RewardWorker
+from actors.rollout.pool import EnginePool, PendingRollout
+from actors.rollout.weights import unpack
+from actors.scorer_pool import PendingRowScores, ScorerPool
+from actors.trainer.group import TrainerGroup
+from launch.metrics import PhaseTimer
+from launch.placement import colocated_group
+from rlplat import advantages, seeds
+from rlplat.algorithms import AlgorithmPlan
+from rlplat.batch import Batch, minibatch_seed
+from rlplat.config.schema import RunConfig
+from rlplat.data import PromptRow, load_prompts, render_prompts
+from rlplat.rewards.runner import RewardOutcome
+
+
+@dataclasses.dataclass
+class PendingBatch:
+    """A launched batch: its generation, and the reward and per-role scores chained on it."""
+
+    rollout: PendingRollout
+    reward: PendingCall
+    scores: Dict[str, PendingRowScores]
+
+
+class StepContext:
+    """``paths`` maps role ("policy", "tokenizer", "reference", "teacher", ...) to a path or hub id.
+
+    Read-only for loops: ``cfg``, ``plan``, ``paths``, ``run_dir``, ``rows`` (the training
+    prompts), ``prompt_ids`` (row index -> rendered token ids), ``pad_id``, ``weight_version``.
+    """
+
+    def __init__(self, cfg: RunConfig, plan: AlgorithmPlan, paths: Dict[str, str], run_dir: str, tokenizer) -> None:
+        self.cfg, self.plan, self.paths, self.run_dir, self.tok = cfg, plan, paths, run_dir, tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.rows = load_prompts(cfg.data, "train")  # the data must not change with trainer.seed
+        # Rendering every prompt up front makes an over-long prompt fail now, not at step 500.
+        self.prompt_ids = dict(zip((r.index for r in self.rows), render_prompts(self.rows, tokenizer, cfg.data)))
+        res = cfg.resources
+        self.engines = EnginePool(cfg, paths["policy"], paths["tokenizer"], self.prompt_ids, self.pad_id)
+        roles = sorted(plan.scorer_roles)
+        counts = {role: self._num_scorers(role) for role in roles}
+        self.placement = colocated_group(res, cfg.trainer.num_ranks, [r for r in roles for _ in range(counts[r])])
+        self.trainer = TrainerGroup(cfg, paths["policy"], cfg.trainer.num_ranks, res, placement_group=self.placement)
+        firsts = itertools.accumulate([0] + [counts[r] for r in roles])  # a pool's first actor's global index
+        self.scorers = {role: self._start_scorer(role, counts[role], first) for role, first in zip(roles, firsts)}
+        self.reward = RestartingActor(RewardWorker, "reward-0", cfg.reward, num_cpus=res.reward_cpus,
+                                      max_restarts=res.max_actor_restarts)
+        self.reward.call("ready")
+        self.probe = self._make_probe()
+        self.engines.connect(self.trainer, self.probe)
+        for pool in self.scorers.values():
+            pool.ready()
+        self.extra_actors: List[RestartingActor] = []  # started by a loop (Nash-MP's judge)
+
+    # ------------------------------------------------------------------ actors
+    def _num_scorers(self, role: str) -> int:
+        """``roles.<role>.num_actors``; the snapshot role (the policy, no RoleModelConfig) has one."""
+        role_cfg = getattr(self.cfg.roles, role, None)
+        return role_cfg.num_actors if role_cfg is not None else 1
+
+    def _start_scorer(self, role: str, num_actors: int, first: int) -> ScorerPool:
+        """Scorers ``scorer-<role>-0..num_actors-1``; global scorer j shares bundle j % num_ranks."""
+        res = self.cfg.resources
+        role_cfg = getattr(self.cfg.roles, role, None)
+        micro = role_cfg.micro_batch_tokens if role_cfg is not None else self.cfg.trainer.micro_batch_tokens
+        return ScorerPool(
+            role, self.paths[role], num_actors, dtype=self.cfg.model.dtype, micro_batch_tokens=micro,
+            trust_remote_code=self.cfg.model.trust_remote_code, temperature=self.cfg.rollout.temperature,
+            num_cpus=res.scorer_cpus, num_gpus=res.scorer_gpus, placement_group=self.placement,
+            bundle_indices=[(first + i) % self.cfg.trainer.num_ranks for i in range(num_actors)],
+            max_restarts=res.max_actor_restarts)
+
+    def start_actor(self, cls: type, name: str, *args) -> RestartingActor:
+        """A loop's own actor (``resources.reward_cpus``, restarted like the reward worker), ready
+        when this returns and killed with the run."""
+        actor = RestartingActor(cls, name, *args, num_cpus=self.cfg.resources.reward_cpus,
+                                max_restarts=self.cfg.resources.max_actor_restarts)
+        actor.call("ready")
+        self.extra_actors.append(actor)
+        return actor
+
+    def _make_probe(self) -> Batch:
+        """A fixed sequence whose log-probs must agree between trainer and engines after a sync."""
+        row = self.rows[0]
+        ids = self.prompt_ids[row.index]
+        resp = self.tok.encode(" " + (row.answer or "0"), add_special_tokens=False) + [self.tok.eos_token_id]
+        return Batch(
+            prompt_ids=torch.tensor([ids]), prompt_mask=torch.ones(1, len(ids), dtype=torch.long),
+            response_ids=torch.tensor([resp]), response_mask=torch.ones(1, len(resp)),
+            group_ids=torch.zeros(1, dtype=torch.long),
+        )
+
+    def shutdown(self) -> None:
+        """Kill this run's actors (a driver that stays alive, e.g. a test, must free their names)."""
+        self.engines.kill()
+        for actor in [self.reward, *self.extra_actors]:
+            actor.kill()
+        for pool in self.scorers.values():
+            pool.kill()
+        self.trainer.shutdown()
+        if self.placement is not None:
+            ray.util.remove_placement_group(self.placement)
+
+    @property
+    def weight_version(self) -> int:
+        """Pushes of the trainer's weights into the engines so far (0: the initial weights)."""
+        return self.engines.weight_version
+
+    @property
+    def actor_restarts(self) -> int:
+        """Recoveries of every pool's actors so far (``faults/actor_restarts``)."""
+        return (self.engines.restarts + sum(a.restarts for a in [self.reward, *self.extra_actors])
+                + sum(pool.recoveries for pool in self.scorers.values()))
+
+    # --------------------------------------------------------------- sampling
+    def step_seed(self, step: int, phase: str = "rollout", offset: int = 0) -> int:
+        """Seed of sample ``offset`` of the draw ``phase`` (a name in ``rlplat.seeds.PHASES``) at
+        ``step``; every (step, phase) has its own stream of seeds, and a resumed run samples
+        exactly what an uninterrupted one did."""
+        if phase not in seeds.PHASES:
+            raise KeyError(f"unknown sampling phase '{phase}'; known: {sorted(seeds.PHASES)}")
+        return seeds.stream_seed(self.cfg.trainer.seed, step, seeds.PHASES[phase], offset)
+
+    def generate(self, rows: Sequence[PromptRow], group_size: int, group_offset: int = 0,
+                 seed: Optional[int] = None) -> Batch:
+        """``group_size`` samples per prompt on the engines' current weights (``EnginePool``)."""
+        return self.engines.generate(rows, group_size, group_offset, seed)
+
+    def collect(self, pending: PendingRollout) -> Batch:
+        """The Batch of a launched generation (``EnginePool.collect``)."""
+        return self.engines.collect(pending)
+
+    def launch_scored(self, rows: Sequence[PromptRow], group_size: int, seed: Optional[int] = None) -> "PendingBatch":
+        """``group_size`` samples per prompt submitted now, on the weights the engines hold now, plus
+        the reward and every scorer role's log-probs of them, submitted on the engines' pending outputs: each starts when the samples exist, so
+        reward and scoring of a batch launched ahead overlap the trainer's update too."""
+        rollout = self.engines.launch(rows, group_size, seed=seed)
+        num_rows = len(rows) * group_size
+        return PendingBatch(rollout, self.reward.submit("score_batches", *rollout.refs, retry=False),
+                            {r: self.scorers[r].score_rows_async(rollout.refs, num_rows) for r in sorted(self.scorers)})
+
+    def finish_scored(self, batch: Batch, pending: "PendingBatch", timer: PhaseTimer) -> Tuple[Batch, Dict[str, float]]:
+        """Rewards and log-probs of ``batch`` (collected from ``pending.rollout``) from the calls in
+        flight, plus the trainer's "old" log-probs unless the loss takes them from its own forward;
+        a call that failed (an actor lost meanwhile) runs again on ``batch``. Returns the batch
+        without the groups whose reward failed and the ``reward/*`` metrics (``apply_rewards``)."""
+        with timer.phase("score"):
+            if not self.plan.loss.old_from_forward:  # the proximal policy: the weights being updated, now
+                batch.logprobs["old"] = self.trainer.compute_logprobs(batch)
+            batch.logprobs.update({role: p.result(batch) for role, p in pending.scores.items()})
+        with timer.phase("reward"):
+            try:
+                outcome = pending.reward.result()
+            except ray.exceptions.RayError:
+                outcome = self.reward_outcome(batch)
+        return self.apply_rewards(batch, outcome)
+
+    # ---------------------------------------------------------------- rewards
+    def reward_outcome(self, batch: Batch) -> RewardOutcome:
+        """``RewardOutcome`` of every sample (on the reward worker, never on the driver)."""
+        m = batch.meta
+        return self.score_texts(m["response_text"], m["answer"], m["prompt"])
+
+    def score_texts(self, responses, answers, prompts) -> RewardOutcome:
+        """``RewardOutcome`` of raw texts (``RewardWorker.score``'s signature)."""
+        return self.reward.call("score", responses, answers, prompts)
+
+    def apply_rewards(self, batch: Batch, outcome: RewardOutcome) -> Tuple[Batch, Dict[str, float]]:
+        """Set ``batch.rewards`` from a ``RewardOutcome`` of its rows; returns the batch without the
+        groups whose reward failed (their baseline is meaningless; the failures are counted in
+        ``reward/*`` and written to ``reward_failures.jsonl``) and the ``reward/*`` metrics."""
+        metrics = outcome.metrics()
+        batch.rewards = outcome.rewards.float()
+        if outcome.num_invalid:
+            self._log_reward_failures(outcome)
+            keep = outcome.group_valid(batch.group_ids)
+            if not bool(keep.any()):
+                raise RuntimeError(f"every group has a failed reward this step:\n{outcome.summary()}")
+            batch = batch.select(keep.nonzero().flatten())
+        return batch, metrics
+
+    def _log_reward_failures(self, outcome: RewardOutcome) -> None:
+        print(f"rlplat: {outcome.summary()}", flush=True)
+        with open(os.path.join(self.run_dir, "reward_failures.jsonl"), "a") as f:
+            for failure in outcome.failures:
+                f.write(json.dumps(dataclasses.asdict(failure)) + "\n")
+
+    # ---------------------------------------------------------------- scoring
+    def score(self, batch: Batch, timer: PhaseTimer, roles: Optional[List[str]] = None) -> None:
+        """Fill ``batch.logprobs``: each scorer role's (default: every one started) and, unless the
+        loss takes them from its own forward, the trainer's "old" log-probs."""
+        roles = sorted(self.scorers) if roles is None else roles
+        with timer.phase("score"):
+            pending = [self.scorers[r].score_async(batch) for r in roles]
+            if not self.plan.loss.old_from_forward:
+                batch.logprobs["old"] = self.trainer.compute_logprobs(batch)
+            batch.logprobs.update(zip(roles, [p.result() for p in pending]))
+
+    def score_roles(self, batch: Batch, roles: List[str]) -> Dict[str, torch.Tensor]:
+        """Float [B, R] log-probs of ``batch``'s responses under each scorer role (in flight together)."""
+        pending = [self.scorers[r].score_async(batch) for r in roles]
+        return dict(zip(roles, [p.result() for p in pending]))
+
+    def policy_logprobs(self, batch: Batch, temperature: Optional[float] = None) -> torch.Tensor:
+        """Float [B, R]: the trainer's log-probs of ``batch``'s responses (at ``rollout.temperature``
+        unless given), no gradient."""
+        return self.trainer.compute_logprobs(batch, temperature=temperature)
+
+    # --------------------------------------------------------------- training
+    def compute_advantages(self, batch: Batch, **extra) -> None:
+        fn = advantages.get(self.plan.advantage)
+        batch.advantages = fn(batch.rewards, batch.group_ids, **dict(self.plan.advantage_params), **extra)
+
+    def train(self, batch: Batch, step: int, update: int = 0) -> Dict[str, float]:
+        """PPO epochs over ``algorithm.mini_batches`` shuffled mini-batches; metrics averaged.
+        ``update`` numbers the calls within a step (Nash-MP's inner updates): each call shuffles
+        its own way, and a resumed run shuffles exactly as an uninterrupted one."""
+        alg = self.cfg.algorithm
+        gen = torch.Generator().manual_seed(minibatch_seed(self.cfg.trainer.seed, step, update))
+        collected: List[Dict[str, float]] = []
+        for rows in batch.mini_batches(alg.mini_batches, alg.ppo_epochs, gen):
+            m = self.trainer.train(batch.select(rows), step, (self.plan.loss, list(self.plan.terms)))
+            if m.get("trainer/skipped_nonfinite"):
+                print(f"rlplat: step {step}: NaN/inf loss in {m['trainer/nonfinite_micro_batches']:.0f} "
+                      "micro-batch(es); that update was skipped", flush=True)
+            collected.append(m)
+        keys = set().union(*collected)
+        return {k: sum(m[k] for m in collected if k in m) / sum(1 for m in collected if k in m) for k in keys}
+
+    def save_policy_state(self) -> None:
+        """Keep the policy's parameters and optimizer state (Mirror-Prox's pi_k) for ``restore_policy_state``."""
+        self.trainer.snapshot_state()
+
+    def restore_policy_state(self) -> None:
+        self.trainer.restore_state()
+
+    def sync(self) -> Dict[str, float]:
+        """Trainer -> every engine (``EnginePool.sync``), plus ``faults/actor_restarts``."""
+        return {**self.engines.sync(), "faults/actor_restarts": float(self.actor_restarts)}
+
+    def policy_weights(self) -> List[Tuple[str, torch.Tensor]]:
+        """``[(HF name, tensor)]`` of the weights of the last sync, on the driver (Mirror-Prox's
+        snapshot and its parameter distance; the one place weights reach the driver)."""
+        return unpack(ray.get(self.engines.weights_ref()))
+
+    def load_scorer_weights(self, role: str, weights: List[Tuple[str, torch.Tensor]]) -> None:
+        """Load ``weights`` into the ``role`` scorers (the pool reloads them into a restarted actor)."""
+        self.scorers[role].load_weights(weights)
+
+    # ---------------------------------------------------------------- metrics
+    def batch_metrics(self, batch: Batch, prefix: str = "", pass_rate: bool = True) -> Dict[str, float]:
+        """Reward mean, response length and sample count; ``pass_rate``: also the share of rewards
+        reaching ``reward.correct_threshold`` (meaningless where rewards are win probabilities)."""
+        out = {
+            f"{prefix}reward/mean": batch.rewards.mean().item(),
+            f"{prefix}response/length_mean": batch.response_mask.sum(1).mean().item(),
+            f"{prefix}samples": float(len(batch)),
+        }
+        if pass_rate:
+            out[f"{prefix}reward/pass_rate"] = (batch.rewards >= self.cfg.reward.correct_threshold).float().mean().item()
+        return out
+
+    def finish_step(self, step: int, metrics: Dict[str, float], timer: PhaseTimer, *batches: Batch) -> Dict[str, float]:
+        """The step's metrics plus its phase times and ``throughput/tokens`` of the batches trained."""
+        metrics.update(timer.metrics())
+        tokens = sum(float(b.num_tokens.sum()) for b in batches)
+        metrics.update({"step": step, "throughput/tokens": tokens, "throughput/tokens_per_s": tokens / metrics["time/step"]})
+        return metrics
