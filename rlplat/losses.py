@@ -24,6 +24,7 @@ from rlplat import advantages as advantage_estimators
 from rlplat import divergences
 from rlplat import masks as masks_lib
 from rlplat import rollout_correction
+from rlplat.divergences import links
 from rlplat.batch import DATA_EXPLORE, DATA_REHEARSAL, Batch
 from rlplat.registry import Registry
 from rlplat.rollout_correction import RolloutCorrection
@@ -465,3 +466,39 @@ def token_entropy(logits: torch.Tensor, chunk_positions: int = 1024) -> torch.Te
     if not out:
         return logits.new_zeros((b, r), dtype=torch.float32)
     return torch.cat(out).reshape(b, r)
+
+
+# ============================================================================ f-DPO (offline pairs)
+def fdpo_implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, divergence: str, beta: float,
+                          alpha: float = 0.5) -> torch.Tensor:
+    """Float [B]: ``beta * f'(u)`` with ``log u = policy_logps - ref_logps`` (sequence log-probs,
+    nats): the reward the policy implies under the f-divergence constraint, up to a per-prompt
+    constant (``rlplat.divergences.links``). The reference is treated as a constant."""
+    return beta * links.link(divergence, policy_logps - ref_logps.detach(), alpha=alpha)
+
+
+def fdpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+              ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, divergence: str, beta: float,
+              alpha: float = 0.5) -> torch.Tensor:
+    """Float [B] per-pair f-DPO losses ``-log sigmoid(beta (f'(u_w) - f'(u_l)))``, ``u = pi / pi_ref``
+    of the chosen (w) and rejected (l) responses; inputs Float [B] sequence log-probs (nats).
+    ``divergence``: a name in ``links.LINKS`` (``reverse_kl`` is DPO); ``alpha`` reaches the
+    ``alpha`` link only. Differentiable in the policy log-probs."""
+    margin = (fdpo_implicit_rewards(policy_chosen_logps, ref_chosen_logps, divergence, beta, alpha)
+              - fdpo_implicit_rewards(policy_rejected_logps, ref_rejected_logps, divergence, beta, alpha))
+    return -torch.nn.functional.logsigmoid(margin)
+
+
+def fdpo_metrics(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                 ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, divergence: str, beta: float,
+                 alpha: float = 0.5) -> Dict[str, float]:
+    """Means over the pairs: ``rewards/chosen`` and ``rewards/rejected`` (implicit rewards),
+    ``rewards/margin``, ``rewards/accuracy`` (share of pairs whose chosen reward is higher) and
+    ``rewards/preference_prob`` (the model's P(chosen > rejected), for calibration)."""
+    with torch.no_grad():
+        chosen = fdpo_implicit_rewards(policy_chosen_logps, ref_chosen_logps, divergence, beta, alpha)
+        rejected = fdpo_implicit_rewards(policy_rejected_logps, ref_rejected_logps, divergence, beta, alpha)
+        margin = chosen - rejected
+        return {"rewards/chosen": float(chosen.mean()), "rewards/rejected": float(rejected.mean()),
+                "rewards/margin": float(margin.mean()), "rewards/accuracy": float((margin > 0).float().mean()),
+                "rewards/preference_prob": float(torch.sigmoid(margin).mean())}

@@ -223,6 +223,7 @@ def test_collective_sync_after_a_training_step_matches_the_trainer_without_the_d
         assert spy.seen == [], f"weights passed through the driver: {spy.seen}"
         assert metrics["sync/buckets"] == len(engines.weight_sync.plan) > 10
         assert metrics["sync/gbytes_per_s"] > 0 and metrics["sync/seconds"] > 0
+        assert 0 < metrics["sync/engine_load_s"] <= metrics["sync/seconds"]  # measured in the engine
         assert metrics["sync/logprob_max_abs_diff"] < 1e-3
         trainer_lp = ctx.trainer.compute_logprobs(ctx.probe)[0]
         (after,) = _probe_logprobs(ctx)

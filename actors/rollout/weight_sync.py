@@ -42,19 +42,23 @@ WEIGHT_SYNCS: Registry[type] = Registry("rollout.weight_sync")
 
 @dataclass
 class SyncStats:
-    """What one push moved: ``bytes`` sent by the trainer side, in ``buckets`` buffers;
-    ``engine_idle_s``: per engine, seconds it had waited for these weights (``IdleClock``)."""
+    """What one push moved: ``bytes`` sent by the trainer side, in ``buckets`` buffers; per
+    engine, ``engine_idle_s`` (seconds it had waited for these weights, ``IdleClock``) and
+    ``engine_load_s`` (seconds it spent receiving and loading them)."""
 
     bytes: int
     buckets: int
     engine_idle_s: List[float] = field(default_factory=list)
+    engine_load_s: List[float] = field(default_factory=list)
 
     def metrics(self, seconds: float) -> Dict[str, float]:
         """``sync/seconds`` (the whole sync, as the caller timed it), ``sync/gbytes_per_s`` =
-        bytes / seconds / 1e9, ``sync/buckets``, ``async/idle_s`` (mean over engines)."""
+        bytes / seconds / 1e9, ``sync/buckets``, ``sync/engine_load_s`` (slowest engine) and
+        ``async/idle_s`` (mean over engines)."""
         idle = sum(self.engine_idle_s) / len(self.engine_idle_s) if self.engine_idle_s else 0.0
         return {"sync/seconds": seconds, "sync/gbytes_per_s": self.bytes / 1e9 / max(seconds, 1e-9),
-                "sync/buckets": float(self.buckets), "async/idle_s": idle}
+                "sync/buckets": float(self.buckets), "sync/engine_load_s": max(self.engine_load_s, default=0.0),
+                "async/idle_s": idle}
 
 
 def _outcomes(refs: Sequence[Any]) -> List[Tuple[Any, Optional[BaseException]]]:
@@ -127,7 +131,8 @@ class CollectiveSync:
         if engine_errors or sent["error"]:
             self.address = None  # whatever broke, the next push starts from a fresh group
             _raise_first(engine_errors, [sent["error"]] if sent["error"] else [], f"push of version {version}")
-        return SyncStats(bytes=sent["bytes"], buckets=sent["buckets"], engine_idle_s=[got["idle_s"] for got, _ in outcomes])
+        return SyncStats(bytes=sent["bytes"], buckets=sent["buckets"], engine_idle_s=[got["idle_s"] for got, _ in outcomes],
+                         engine_load_s=[got["seconds"] for got, _ in outcomes])
 
     def weights_ref(self, version: int) -> Any:
         """The trainer's current weights as an ObjectRef made by rank 0 (the driver never holds
@@ -156,7 +161,8 @@ class ObjectStoreSync:
     def push(self, version: int) -> SyncStats:
         ref = self._put(version)
         got = ray.get([e.update_weights.remote(ref, version) for e in self.engines])
-        return SyncStats(bytes=self._bytes, buckets=1, engine_idle_s=[g["idle_s"] for g in got])
+        return SyncStats(bytes=self._bytes, buckets=1, engine_idle_s=[g["idle_s"] for g in got],
+                         engine_load_s=[g["seconds"] for g in got])
 
     def weights_ref(self, version: int) -> Any:
         return self._put(version)
