@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.test_e2e import SMALL, assert_weights_arrived, train
+from tests.test_e2e import assert_weights_arrived, train
 from tests.test_faults import run as run_with_fault
 from tests.test_resume import metrics, run as run_resumable
 
