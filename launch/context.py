@@ -54,14 +54,15 @@ class PendingBatch:
 class StepContext:
     """``paths`` maps role ("policy", "tokenizer", "reference", "teacher", ...) to a path or hub id.
 
-    Read-only for loops: ``cfg``, ``plan``, ``paths``, ``run_dir``, ``rows`` (the training
-    prompts), ``prompt_ids`` (row index -> rendered token ids), ``pad_id``, ``weight_version``.
+    Read-only for loops: ``cfg``, ``plan``, ``paths``, ``run_dir``, ``tok`` (the policy's tokenizer),
+    ``rows`` (the training prompts, or preference pairs when ``plan.pairs``), ``prompt_ids`` (row
+    index -> rendered token ids), ``pad_id``, ``weight_version``.
     """
 
     def __init__(self, cfg: RunConfig, plan: AlgorithmPlan, paths: Dict[str, str], run_dir: str, tokenizer) -> None:
         self.cfg, self.plan, self.paths, self.run_dir, self.tok = cfg, plan, paths, run_dir, tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.rows = load_prompts(cfg.data, "train")  # the data must not change with trainer.seed
+        self.rows = load_prompts(cfg.data, "train", pairs=plan.pairs)  # the data must not change with trainer.seed
         # Rendering every prompt up front makes an over-long prompt fail now, not at step 500.
         self.prompt_ids = dict(zip((r.index for r in self.rows), render_prompts(self.rows, tokenizer, cfg.data)))
         res = cfg.resources
@@ -80,6 +81,7 @@ class StepContext:
         for pool in self.scorers.values():
             pool.ready()
         self.extra_actors: List[RestartingActor] = []  # started by a loop (Nash-MP's judge)
+        self._engines_behind = False  # the trainer has updated since the engines last got its weights
 
     # ------------------------------------------------------------------ actors
     def _num_scorers(self, role: str) -> int:
@@ -240,15 +242,18 @@ class StepContext:
         fn = advantages.get(self.plan.advantage)
         batch.advantages = fn(batch.rewards, batch.group_ids, **dict(self.plan.advantage_params), **extra)
 
-    def train(self, batch: Batch, step: int, update: int = 0) -> Dict[str, float]:
+    def train(self, batch: Batch, step: int, update: int = 0, loss=None) -> Dict[str, float]:
         """PPO epochs over ``algorithm.mini_batches`` shuffled mini-batches; metrics averaged.
         ``update`` numbers the calls within a step (Nash-MP's inner updates): each call shuffles
-        its own way, and a resumed run shuffles exactly as an uninterrupted one."""
+        its own way, and a resumed run shuffles exactly as an uninterrupted one. ``loss``: a
+        trainer loss spec (``actors.trainer.rank.LossSpec``); default the plan's policy loss."""
         alg = self.cfg.algorithm
+        loss = (self.plan.loss, list(self.plan.terms)) if loss is None else loss
         gen = torch.Generator().manual_seed(minibatch_seed(self.cfg.trainer.seed, step, update))
         collected: List[Dict[str, float]] = []
+        self._engines_behind = True
         for rows in batch.mini_batches(alg.mini_batches, alg.ppo_epochs, gen):
-            m = self.trainer.train(batch.select(rows), step, (self.plan.loss, list(self.plan.terms)))
+            m = self.trainer.train(batch.select(rows), step, loss)
             if m.get("trainer/skipped_nonfinite"):
                 print(f"rlplat: step {step}: NaN/inf loss in {m['trainer/nonfinite_micro_batches']:.0f} "
                       "micro-batch(es); that update was skipped", flush=True)
@@ -265,7 +270,14 @@ class StepContext:
 
     def sync(self) -> Dict[str, float]:
         """Trainer -> every engine (``EnginePool.sync``), plus ``faults/actor_restarts``."""
-        return {**self.engines.sync(), "faults/actor_restarts": float(self.actor_restarts)}
+        metrics = self.engines.sync()
+        self._engines_behind = False
+        return {**metrics, "faults/actor_restarts": float(self.actor_restarts)}
+
+    def sync_if_behind(self) -> Dict[str, float]:
+        """``sync`` when the trainer has updated since the last one (a loop that does not sample
+        every step, like f-DPO's, leaves the engines behind until they are needed), else ``{}``."""
+        return self.sync() if self._engines_behind else {}
 
     def policy_weights(self) -> List[Tuple[str, torch.Tensor]]:
         """``[(HF name, tensor)]`` of the weights of the last sync, on the driver (Mirror-Prox's

@@ -49,11 +49,12 @@ class Controller:
         self.ctx.shutdown()
 
     def evaluate(self, step: int) -> Dict[str, float]:
-        """Greedy pass@1 and sampled pass@k on held-out prompts, on the engines' current weights.
+        """Greedy pass@1 and sampled pass@k on held-out prompts, on the trainer's current weights.
         Every sample, its reward and the greedy response go to ``<run_dir>/eval/step_<step>.json``
         (``step`` -1: before the first update), for offline comparisons between runs."""
         t = self.cfg.trainer
         ctx = self.ctx
+        ctx.sync_if_behind()
         result = evaluate(ctx.engines.generate_fn(), self.eval_rows, self.eval_ids, ctx.score_texts,
                           n=t.eval_n, ks=list(t.eval_ks), greedy_fn=ctx.engines.generate_fn(greedy=True),
                           correct_threshold=self.cfg.reward.correct_threshold, keep_samples=True,
@@ -62,8 +63,11 @@ class Controller:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, f"step_{step}.json"), "w") as f:
             json.dump({"step": step, **result.to_json()}, f)
-        print(eval_line(step, result.metrics), flush=True)
-        return result.metrics
+        metrics = dict(result.metrics)
+        if hasattr(self.loop, "eval_metrics"):  # a loop's own held-out measures (f-DPO: pair calibration)
+            metrics.update(self.loop.eval_metrics())
+        print(eval_line(step, metrics), flush=True)
+        return metrics
 
     # ------------------------------------------------------------- checkpoints
     def save(self, step: int) -> str:

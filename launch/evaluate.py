@@ -31,7 +31,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from rlplat.batch import Batch
-from rlplat.evaluation import GREEDY_KEY, METRIC_PREFIX, EvalResult, check_ks, summarize
+from rlplat.evaluation import GREEDY_KEY, METRIC_PREFIX, EvalResult, check_ks, diversity, summarize
 
 # (prompt_ids, group_size, meta, seed) -> Batch of len(prompt_ids) * group_size rows, prompt-major,
 # with meta repeated per row and meta["response_text"] / meta["finish_reason"] filled in. ``seed``
@@ -93,7 +93,8 @@ def evaluate(
     steps use the same random numbers (less noise between them) and leaves the engines' own
     sampling streams alone.
 
-    Metrics: ``eval/pass@{k}`` per k, ``eval/pass@1_greedy``, ``eval/reward_mean`` (valid sampled
+    Metrics: ``eval/pass@{k}`` per k, ``eval/pass@1_greedy``, ``eval/distinct`` and ``eval/entropy``
+    (diversity of the sampled responses, ``rlplat.evaluation.diversity``), ``eval/reward_mean`` (valid sampled
     rewards), ``eval/reward_invalid``, ``eval/response_tokens_mean`` and ``eval/truncated_frac``
     (sampled; truncated = hit max_new_tokens), ``eval/num_prompts``, ``eval/samples_per_prompt``,
     ``eval/seconds_generate``, ``eval/seconds_reward``, ``eval/seconds``.
@@ -140,6 +141,8 @@ def evaluate(
     sampled_valid = outcome.valid[g:]
 
     metrics = summarize(sampled_correct, ks)
+    texts_of = sampled.meta["response_text"]
+    metrics.update(diversity([texts_of[i * n:(i + 1) * n] for i in range(len(rows))]))
     if greedy is not None:
         metrics[GREEDY_KEY] = correct[:g].float().mean().item()
     lengths = sampled.response_mask.sum(1)

@@ -2,7 +2,7 @@
 normal runs, where these are no-ops):
 
 - ``<point>:<step>`` makes the driver die abruptly (``os._exit``, no cleanup, like a killed
-  process) when it reaches ``point`` (``after_generate``) in ``step``;
+  process) when it reaches ``point`` (``after_generate``; ``after_train`` in the pair loop) in ``step``;
 - ``kill:<actor name>:<step>`` kills that named actor at the start of ``step`` the way a crashed
   process dies; Ray restarts it (``resources.max_actor_restarts``) and the controller recovers.
 """

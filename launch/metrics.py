@@ -52,10 +52,14 @@ def progress_line(step: int, max_steps: int, metrics: Dict[str, float], started:
     done = step + 1 - done_before
     elapsed = time.time() - started
     eta = elapsed / max(done, 1) * (max_steps - step - 1)
-    reward = metrics.get("reward/mean", float("nan"))
-    return (f"step {step + 1}/{max_steps} reward {reward:.3f} pass {metrics.get('reward/pass_rate', float('nan')):.3f} "
-            f"loss {metrics.get('loss/policy', float('nan')):+.4f} {metrics.get('time/step', 0):.1f}s/step "
-            f"{metrics.get('throughput/tokens_per_s', 0):.0f} tok/s ETA {eta / 60:.1f} min")
+    if "rewards/accuracy" in metrics:  # preference pairs (f-DPO): implicit-reward accuracy and margin
+        what = f"pair accuracy {metrics['rewards/accuracy']:.3f} margin {metrics.get('rewards/margin', float('nan')):+.3f}"
+    else:
+        what = (f"reward {metrics.get('reward/mean', float('nan')):.3f} "
+                f"pass {metrics.get('reward/pass_rate', float('nan')):.3f}")
+    return (f"step {step + 1}/{max_steps} {what} loss {metrics.get('loss/total', float('nan')):+.4f} "
+            f"{metrics.get('time/step', 0):.1f}s/step {metrics.get('throughput/tokens_per_s', 0):.0f} tok/s "
+            f"ETA {eta / 60:.1f} min")
 
 
 def eval_line(step: int, metrics: Dict[str, float]) -> str:
@@ -65,9 +69,11 @@ def eval_line(step: int, metrics: Dict[str, float]) -> str:
     prefix = "eval/pass@"
     ks = sorted(int(key[len(prefix):]) for key in metrics if key.startswith(prefix) and key[len(prefix):].isdigit())
     top = [f"pass@{k} {metrics[prefix + str(k)]:.3f}" for k in ks if k > 1]
+    pairs = (f"; held-out pairs accuracy {metrics['eval/pairs_accuracy']:.3f}, ECE {metrics['eval/pairs_ece']:.3f}"
+             if "eval/pairs_ece" in metrics else "")
     return (f"eval {when}: held-out pass@1 {metrics['eval/pass@1']:.3f} "
             f"(greedy {metrics.get('eval/pass@1_greedy', float('nan')):.3f})" + "".join(f", {t}" for t in top) +
-            f" on {metrics['eval/num_prompts']:.0f} prompts x {metrics['eval/samples_per_prompt']:.0f}")
+            f" on {metrics['eval/num_prompts']:.0f} prompts x {metrics['eval/samples_per_prompt']:.0f}" + pairs)
 
 
 def read_metrics(path: str) -> list:

@@ -72,6 +72,20 @@ def check_same_tokenizer(policy_tok, other_path: str, key: str) -> None:
             raise ConfigError(f"{key}='{other_path}': {name} is {getattr(other, name)}, the policy's is {getattr(policy_tok, name)}")
 
 
+def check_data(cfg: RunConfig, plan: AlgorithmPlan, tokenizer) -> None:
+    """Read and render the training rows (prompts or preference pairs) and, when evaluating, the
+    held-out prompts, so that a bad row, a mistyped key or an over-long prompt is a ``ConfigError``
+    naming it before Ray starts."""
+    from rlplat.data import load_prompts, render_prompts
+
+    splits = [("train", plan.pairs)] + ([("eval", False)] if cfg.trainer.eval_every else [])
+    for split, pairs in splits:
+        try:
+            render_prompts(load_prompts(cfg.data, split, pairs=pairs), tokenizer, cfg.data)
+        except ValueError as exc:
+            raise ConfigError(f"{split} data: {exc}") from None
+
+
 def prepare_run_dir(cfg: RunConfig) -> str:
     """Create ``trainer.output_dir`` and save the resolved config there (never touching metrics)."""
     run_dir = os.path.abspath(os.path.expanduser(cfg.trainer.output_dir))

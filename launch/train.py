@@ -32,12 +32,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
             return 0
-        from launch.preflight import check_same_tokenizer, load_tokenizer, prepare_run_dir, resolve_paths
+        from launch.preflight import check_data, check_same_tokenizer, load_tokenizer, prepare_run_dir, resolve_paths
 
         paths = resolve_paths(cfg, plan)
         tokenizer = load_tokenizer(paths["tokenizer"], "model.tokenizer" if cfg.model.tokenizer else "model.path")
         for role in sorted(plan.scorer_roles - {"snapshot"}):
             check_same_tokenizer(tokenizer, paths[role], f"roles.{role}.path")
+        check_data(cfg, plan, tokenizer)
     except ConfigError as exc:
         print(f"rlplat: config error: {exc}", file=sys.stderr)
         return 2

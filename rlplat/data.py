@@ -2,7 +2,8 @@
 
 Sources (``data.train_path`` / ``data.eval_path``):
 
-- ``builtin:<task>`` - a task in ``rlplat.tasks.TASKS`` (``builtin:arithmetic``):
+- ``builtin:<task>`` - a task in ``rlplat.tasks.TASKS`` (``builtin:arithmetic``; preference pairs
+  ``builtin:arithmetic_pairs``):
   ``builtin_train_size`` rows of its train split, ``builtin_eval_size`` rows of its held-out split.
 - ``*.jsonl`` - one JSON object per line (blank lines skipped).
 - ``*.parquet`` - one row per record; nested structs arrive as dicts.
@@ -16,7 +17,9 @@ Fields: ``data.prompt_key`` and ``data.answer_key`` are dotted paths into nested
 tried first. ``answer_key: ""`` means the data has no answers (preference-only training).
 The prompt is a string, or a chat message list ``[{"role", "content"}, ...]`` (verl style),
 which needs ``data.chat_template: true``. Numeric answers become strings (``3`` -> ``"3"``).
-Every other top-level field of a row is kept in ``PromptRow.extra``.
+Every other top-level field of a row is kept in ``PromptRow.extra``. Preference data
+(``load_prompts(..., pairs=True)``) also needs ``data.chosen_key`` and ``data.rejected_key``: strings,
+or message lists whose last assistant message is the response.
 
 Over-long prompts are an error, not a silent drop (verl's default ``truncation="error"``): a
 dropped prompt changes the data distribution without anyone noticing. ``render_prompts`` renders
@@ -207,7 +210,8 @@ def _builtin_rows(name: str, split: str, data_cfg: DataConfig, seed: int) -> Lis
         raise ValueError(f"unknown built-in data source '{BUILTIN_PREFIX}{name}': {exc.args[0]}") from None
     n = data_cfg.builtin_train_size if split == "train" else data_cfg.builtin_eval_size
     raw = task_cls().generate(_BUILTIN_SPLIT[split], n, seed)
-    return [PromptRow(prompt=r["prompt"], answer=r["answer"], index=i, extra={}) for i, r in enumerate(raw)]
+    return [PromptRow(prompt=r["prompt"], answer=r["answer"], index=i,
+                      extra={k: v for k, v in r.items() if k not in ("prompt", "answer")}) for i, r in enumerate(raw)]
 
 
 def source_for(data_cfg: DataConfig, split: str) -> Tuple[str, str]:
@@ -224,16 +228,50 @@ def source_for(data_cfg: DataConfig, split: str) -> Tuple[str, str]:
     raise ValueError("data.eval_path is not set: evaluation needs prompts (a file, or builtin:<task>)")
 
 
-def load_prompts(data_cfg: DataConfig, split: str = "train", seed: int = 0) -> List[PromptRow]:
+def _response_text(raw: Any, key: str, where: str, data_cfg: DataConfig) -> str:
+    """A preference row's response under ``key``: a string, or (with ``data.chat_template``) a
+    message list whose last assistant message is the response (TRL's conversational format)."""
+    value = lookup(raw, key)
+    config_key = "data.chosen_key" if key == data_cfg.chosen_key else "data.rejected_key"
+    if value is _MISSING:
+        raise ValueError(f"{where}: missing response key '{key}' ({config_key}); the row has keys {sorted(map(str, raw))}")
+    if _is_messages(value):
+        if not data_cfg.chat_template:
+            raise ValueError(f"{where}: response '{key}' is a chat message list; set data.chat_template=true to read it")
+        replies = [m["content"] for m in value if m["role"] == "assistant"]
+        if not replies:
+            raise ValueError(f"{where}: response '{key}' has no assistant message")
+        return replies[-1]
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: response '{key}' must be a string or a list of {{'role', 'content'}} messages, "
+                         f"got {type(value).__name__}: {str(value)[:80]!r}")
+    return value
+
+
+def _make_pair_row(raw: Any, index: int, where: str, data_cfg: DataConfig) -> PromptRow:
+    """``_make_row`` plus the two responses, as ``extra["chosen"]`` / ``extra["rejected"]`` texts."""
+    row = _make_row(raw, index, where, data_cfg)
+    for name, key in (("chosen", data_cfg.chosen_key), ("rejected", data_cfg.rejected_key)):
+        row.extra.pop(key, None)
+        row.extra[name] = _response_text(raw, key, where, data_cfg)
+    return row
+
+
+def load_prompts(data_cfg: DataConfig, split: str = "train", seed: int = 0, pairs: bool = False) -> List[PromptRow]:
     """All rows of ``split`` (``train`` | ``eval``), in file order.
 
     ``seed`` only affects ``builtin:`` sources (which problems are generated); keep it fixed
-    so the data set does not change with ``trainer.seed``. Every data problem raises
+    so the data set does not change with ``trainer.seed``. ``pairs``: rows are preference pairs,
+    each with a chosen and a rejected response (``data.chosen_key``, ``data.rejected_key``),
+    returned as the texts ``extra["chosen"]`` and ``extra["rejected"]``. Every data problem raises
     ``ValueError`` naming the file, the row and the key.
     """
     path, cfg_key = source_for(data_cfg, split)
     if path.startswith(BUILTIN_PREFIX):
-        return _builtin_rows(path[len(BUILTIN_PREFIX):], split, data_cfg, seed)
+        rows = _builtin_rows(path[len(BUILTIN_PREFIX):], split, data_cfg, seed)
+        if pairs and rows and not {"chosen", "rejected"} <= set(rows[0].extra):
+            raise ValueError(f"{cfg_key}: '{path}' holds prompts, not preference pairs (try builtin:arithmetic_pairs)")
+        return rows
     if not os.path.exists(path):
         raise ValueError(f"{cfg_key}: '{path}' does not exist")
     fmt = detect_format(path) if data_cfg.format == "auto" else data_cfg.format
@@ -241,7 +279,8 @@ def load_prompts(data_cfg: DataConfig, split: str = "train", seed: int = 0) -> L
         reader = READERS.get(fmt)
     except KeyError as exc:
         raise ValueError(f"data.format: {exc.args[0]}") from None
-    rows = [_make_row(raw, row, f"{path}: {where}", data_cfg) for row, where, raw in reader(path, split)]
+    make = _make_pair_row if pairs else _make_row
+    rows = [make(raw, row, f"{path}: {where}", data_cfg) for row, where, raw in reader(path, split)]
     if not rows:
         raise ValueError(f"{cfg_key}: '{path}' has no rows")
     return rows

@@ -88,6 +88,23 @@ def summarize(correct: Any, ks: Sequence[int]) -> Dict[str, float]:
     return {pass_at_k_key(k): sum(pass_at_k(n, c, k) for c in counts) / len(counts) for k in check_ks(ks, n)}
 
 
+def diversity(samples: Sequence[Sequence[str]]) -> Dict[str, float]:
+    """Diversity of sampled responses, averaged over prompts (``samples``: one list of response
+    texts per prompt, compared after stripping whitespace): ``eval/distinct`` (distinct responses
+    per prompt) and ``eval/entropy`` (nats: entropy of a prompt's empirical response distribution,
+    0 when every sample is the same, log n when all n differ)."""
+    if not samples or any(len(s) == 0 for s in samples):
+        raise ValueError("diversity: need at least one prompt and one sample per prompt")
+    distinct, entropy = 0.0, 0.0
+    for texts in samples:
+        counts: Dict[str, int] = {}
+        for text in texts:
+            counts[text.strip()] = counts.get(text.strip(), 0) + 1
+        distinct += len(counts)
+        entropy -= sum(c / len(texts) * math.log(c / len(texts)) for c in counts.values())
+    return {METRIC_PREFIX + "distinct": distinct / len(samples), METRIC_PREFIX + "entropy": entropy / len(samples)}
+
+
 @dataclass
 class EvalResult:
     """One evaluation of a model on a prompt set.
@@ -110,4 +127,4 @@ class EvalResult:
         return {"metrics": metrics, "n": self.n, "ks": list(self.ks), "records": list(self.records)}
 
 
-__all__ = ["EvalResult", "GREEDY_KEY", "METRIC_PREFIX", "check_ks", "pass_at_k", "pass_at_k_key", "summarize"]
+__all__ = ["EvalResult", "GREEDY_KEY", "METRIC_PREFIX", "check_ks", "diversity", "pass_at_k", "pass_at_k_key", "summarize"]

@@ -99,14 +99,16 @@ def resolve_loss(spec: LossSpec) -> Any:
 
 
 def _metric_weight(key: str, comp_tokens: Mapping[str, float], tokens: float) -> float:
-    """Weight of a micro-batch's mean-type metric: the tokens of the set it averages over."""
+    """Weight of a micro-batch's mean-type metric: the tokens (or other units) of the set it averages over."""
     if key.startswith("div/"):
         return comp_tokens.get(key[len("div/"):], tokens)
     if key.startswith("actor/"):
         return comp_tokens.get("policy", tokens)
     if key.startswith("rollout/"):  # rlplat.rollout_correction.metrics: over all exploration tokens
         return comp_tokens.get(EXPLORE_KEY, comp_tokens.get("policy", tokens))
-    return tokens
+    # ``<component>/<name>``: a mean over that component's units, when the loss counts it
+    # (rlplat.pairs.PairLoss: ``rewards/*`` are means over pairs).
+    return comp_tokens.get(key.split("/", 1)[0], tokens)
 
 
 @dataclass

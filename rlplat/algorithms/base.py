@@ -26,7 +26,8 @@ class AlgorithmPlan:
     """Everything the controller needs to run one algorithm; built once from the config."""
 
     name: str
-    loop: str  # the controller's step program: rl | rehearsal | mirror_prox
+    loop: str  # the controller's step program: rl | rehearsal | mirror_prox | pairs
+    pairs: bool  # the training data are preference pairs (data.chosen_key / rejected_key), not prompts
     scorer_roles: FrozenSet[str]  # forward-only models to start: reference | teacher | snapshot
     preference: bool  # a pairwise preference model or judge is needed (Nash-MP)
     initial_samples: bool  # stored pi_0 rehearsal samples are needed (DPH-RL)
@@ -36,6 +37,7 @@ class AlgorithmPlan:
     advantage_params: Tuple[Tuple[str, float], ...]
     terms: Tuple  # rlplat.losses.DivergenceTerm, one per active divergence term
     loss: object  # rlplat.losses.PolicyLossConfig
+    pair_loss: object = None  # pairs: the trainer's loss spec (rlplat.pairs.PairLoss)
 
 
 def _reward_threshold(term, threshold: float):
@@ -65,6 +67,9 @@ class Algorithm:
     extra_roles: FrozenSet[str] = frozenset()  # scorer roles needed beyond divergence anchors
     loss_agg: str = "seq-mean-token-mean"  # used when algorithm.loss_agg is null
     several_updates_per_batch: bool = False  # the loop itself trains a batch more than once (Nash-MP)
+    pairs: bool = False  # trains on preference pairs (``pair_loss``), not on sampled prompts
+    # Config keys this algorithm never reads: a value other than the schema default is refused.
+    unused_keys: Tuple[str, ...] = ("algorithm.fdpo",)
     # The loop can drop groups with identical rewards and sample more (DAPO, algorithm.dynamic_sampling).
     dynamic_sampling: bool = True
     samples_from = {"reference": "policy", "teacher": "policy", "snapshot": "policy", "initial": "anchor"}
@@ -75,6 +80,7 @@ class Algorithm:
         from rlplat import advantages, divergences, masks, schedules
 
         alg = cfg.algorithm
+        self._check_unused(cfg)
         if alg.group_size < 2:
             raise ConfigError(f"algorithm.group_size={alg.group_size}: group-relative advantages need >= 2 samples per prompt")
         if alg.advantage not in advantages.names():
@@ -128,6 +134,20 @@ class Algorithm:
         if self.needs_preference and not (alg.nash_mp.judge or cfg.roles.preference.path):
             raise ConfigError(f"algorithm '{self.name}' needs a preference model: set roles.preference.path or algorithm.nash_mp.judge")
 
+    def _check_unused(self, cfg: RunConfig) -> None:
+        """Refuse a non-default value of a key in ``unused_keys``: accepted, it would be ignored."""
+        default = RunConfig()
+        for key in self.unused_keys:
+            mine, theirs = cfg, default
+            for part in key.split("."):
+                mine, theirs = getattr(mine, part), getattr(theirs, part)
+            if mine != theirs:
+                raise ConfigError(f"{key} is set, but algorithm '{self.name}' does not use it; remove it from the config")
+
+    def pair_loss(self, cfg: RunConfig):
+        """The trainer's loss spec for preference pairs (``pairs`` algorithms), else None."""
+        return None
+
     def old_from_forward(self, cfg: RunConfig) -> bool:
         """True when every batch meets exactly one optimizer update, on the current weights (pi_prox,
         whatever version sampled the batch): then the "old" log-probs are the training forward's own
@@ -160,6 +180,7 @@ class Algorithm:
         return AlgorithmPlan(
             name=self.name,
             loop=self.loop,
+            pairs=self.pairs,
             scorer_roles=frozenset(roles),
             preference=self.needs_preference,
             initial_samples=any(t.anchor == "initial" for t in terms),
@@ -169,4 +190,5 @@ class Algorithm:
             advantage_params=tuple(sorted(alg.advantage_params.items())),
             terms=terms,
             loss=loss,
+            pair_loss=self.pair_loss(cfg),
         )

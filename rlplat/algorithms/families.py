@@ -1,4 +1,4 @@
-"""The four algorithm families of docs/algorithms.md, each a declaration on top of ``Algorithm``."""
+"""The algorithm families of docs/algorithms.md, each a declaration on top of ``Algorithm``."""
 from __future__ import annotations
 
 from rlplat.algorithms.base import Algorithm
@@ -93,3 +93,46 @@ class NashMP(Algorithm):
         if cfg.algorithm.advantage_params:
             raise ConfigError(f"algorithm.advantage_params={dict(cfg.algorithm.advantage_params)}: Nash-MP's advantage "
                               "takes its parameters from algorithm.nash_mp (beta, eta); leave advantage_params empty")
+
+
+@register
+class FDPO(Algorithm):
+    """f-DPO: offline preference pairs, ``-log sigmoid(beta (f'(u_w) - f'(u_l)))`` under the
+    divergence ``algorithm.fdpo.divergence``; reference log-probs scored once before training."""
+
+    name = "fdpo"
+    loop = "pairs"
+    anchors = frozenset()  # the divergence is the loss itself (algorithm.fdpo), not a term
+    extra_roles = frozenset({"reference"})
+    pairs = True
+    dynamic_sampling = False
+    # Keys of the online objective that the pair loss never reads: refused unless left at their defaults.
+    unused_keys = ("algorithm.group_size", "algorithm.advantage", "algorithm.advantage_params", "algorithm.eps_low",
+                   "algorithm.eps_high", "algorithm.dual_clip", "algorithm.loss_agg", "algorithm.norm_len",
+                   "algorithm.dynamic_sampling", "algorithm.max_sampling_rounds", "algorithm.rollout_correction",
+                   "algorithm.divergences", "algorithm.dph_rl", "algorithm.nash_mp", "trainer.max_staleness",
+                   "rollout.ignore_eos")
+
+    def check(self, cfg: RunConfig) -> None:
+        from rlplat.divergences.links import LINKS
+
+        super().check(cfg)
+        f = cfg.algorithm.fdpo
+        if f.divergence not in LINKS:
+            raise ConfigError(f"algorithm.fdpo.divergence='{f.divergence}' is not registered; choose one of {LINKS.names()}")
+        if f.beta <= 0:
+            raise ConfigError(f"algorithm.fdpo.beta={f.beta} must be > 0")
+        if not 0 < f.alpha < 1:
+            raise ConfigError(f"algorithm.fdpo.alpha={f.alpha} must be in (0, 1)")
+        if f.divergence != "alpha" and f.alpha != type(f)().alpha:
+            raise ConfigError(f"algorithm.fdpo.alpha={f.alpha} acts only with algorithm.fdpo.divergence='alpha' "
+                              f"(it is '{f.divergence}'); drop it or choose the alpha divergence")
+        if cfg.rollout.temperature != 1.0:
+            raise ConfigError(f"rollout.temperature={cfg.rollout.temperature}: f-DPO's sequence log-probs are the "
+                              "policy's own (temperature 1; the trainer and scorers divide logits by rollout.temperature)")
+
+    def pair_loss(self, cfg: RunConfig):
+        from rlplat.pairs import PairLoss
+
+        f = cfg.algorithm.fdpo
+        return PairLoss(f.divergence, f.beta, f.alpha)

@@ -65,13 +65,15 @@ class RolloutConfig:
 
 @dataclass
 class DataConfig:
-    """Prompts: ``builtin:arithmetic``, a .jsonl / .parquet file or a ``save_to_disk`` dataset dir."""
+    """Prompts (or preference pairs): ``builtin:<task>``, a .jsonl / .parquet file or a ``save_to_disk`` dataset dir."""
 
     train_path: str = "builtin:arithmetic"
     eval_path: Optional[str] = None
     format: str = "auto"  # auto | jsonl | parquet | hf_disk
     prompt_key: str = "prompt"
     answer_key: str = "answer"
+    chosen_key: str = "chosen"  # preference pairs (f-DPO): the preferred response
+    rejected_key: str = "rejected"  # and the dispreferred one
     chat_template: bool = False
     system_prompt: Optional[str] = None
     max_prompt_tokens: int = 128
@@ -130,6 +132,16 @@ class NashMPConfig:
 
 
 @dataclass
+class FDPOConfig:
+    """f-DPO: ``-log sigmoid(beta (f'(u_w) - f'(u_l)))`` on preference pairs (rlplat.divergences.links)."""
+
+    divergence: str = "reverse_kl"  # reverse_kl (DPO) | forward_kl | js | alpha
+    beta: float = 0.1
+    alpha: float = 0.5  # the alpha link's parameter, in (0, 1)
+    store_path: Optional[str] = None  # reference log-probs of every pair; default <output_dir>/fdpo_reference.pt
+
+
+@dataclass
 class RolloutCorrectionConfig:
     """Importance weights between the rollout engine's log-probs (mu) and the trainer's "old" ones
     (pi_prox) on exploration rows (rlplat.rollout_correction, docs/algorithms.md#off-policy-data-rollout-correction-and-bounded-staleness)."""
@@ -158,6 +170,7 @@ class AlgorithmConfig:
     divergences: List[DivergenceTermConfig] = field(default_factory=list)
     dph_rl: DPHRLConfig = field(default_factory=DPHRLConfig)
     nash_mp: NashMPConfig = field(default_factory=NashMPConfig)
+    fdpo: FDPOConfig = field(default_factory=FDPOConfig)
 
 
 @dataclass

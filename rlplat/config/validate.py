@@ -88,7 +88,9 @@ def check_model_path(key: str, path: Optional[str]) -> None:
 def _check_data_path(key: str, path: Optional[str]) -> None:
     if path is None or path.startswith("builtin:"):
         if path is not None:
-            _one_of(key, path, ["builtin:arithmetic"])
+            from rlplat.tasks import TASKS
+
+            _one_of(key, path, ["builtin:" + name for name in TASKS.names()])
         return
     if not os.path.exists(os.path.expanduser(path)):
         raise ConfigError(f"{key}='{path}' does not exist")
