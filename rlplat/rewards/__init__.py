@@ -1,6 +1,6 @@
 """Reward functions: ``fn(response: str, answer: str | None, prompt: str) -> float``.
 
-``reward.fn`` is a registered name (``REWARDS.names()``: ``arithmetic``, ``math``) or
+``reward.fn`` is a registered name (``REWARDS.names()``: ``arithmetic``, ``arithmetic_graded``, ``math``) or
 ``module:function`` (any importable callable with that signature). ``resolve_reward`` checks a
 spec completely - import, attribute, callable, signature - so config validation rejects a bad
 spec before Ray starts. Running the functions (timeouts, errors) is ``rlplat.rewards.runner``.

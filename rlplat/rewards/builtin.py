@@ -1,4 +1,5 @@
-"""Built-in reward functions. Each returns 1.0 (correct) or 0.0 (wrong) and raises when the
+"""Built-in reward functions. ``arithmetic`` and ``math`` return 1.0 (correct) or 0.0 (wrong),
+``arithmetic_graded`` a value in [0, 1]; each raises when the
 gold answer itself is unusable - a data problem the runner counts as an error, never a 0."""
 from __future__ import annotations
 
@@ -48,3 +49,12 @@ def _import_math_verify() -> None:
 
 # Worker processes run this once before their first call, so sympy's import is not timed.
 math_reward.warmup = _import_math_verify  # type: ignore[attr-defined]
+
+
+@REWARDS.register("arithmetic_graded")
+def arithmetic_graded_reward(response: str, answer: Optional[str], prompt: str) -> float:
+    """1.0 for the exact answer, partial credit in [0, 0.9] by digit agreement and relative error
+    otherwise (``rlplat.tasks.arithmetic.graded_score``): a reward with spread, for calibration."""
+    from rlplat.tasks.arithmetic import graded_score
+
+    return graded_score(response, _need_answer("arithmetic_graded", answer))

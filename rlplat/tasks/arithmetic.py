@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from rlplat.registry import Registry
 
@@ -160,6 +160,20 @@ class ArithmeticPairs(ArithmeticTask):
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
 
+def _first_number(response_text: str) -> Optional[Decimal]:
+    """The first number in ``response_text`` (text from the first ``<eos>`` on ignored), or None."""
+    text = response_text.split(EOS_TEXT, 1)[0].strip()
+    match = _NUMBER.search(text)
+    return None if match is None else Decimal(match.group())
+
+
+def _gold(answer: str) -> Decimal:
+    try:
+        return Decimal(answer.strip())
+    except InvalidOperation:
+        raise ValueError(f"answer {answer!r} is not a number") from None
+
+
 def score(response_text: str, answer: str) -> float:
     """1.0 when the first number in ``response_text`` equals ``answer``, else 0.0.
 
@@ -167,14 +181,48 @@ def score(response_text: str, answer: str) -> float:
     rest is stripped. Numbers compare by value, so ``"47.0"`` and ``"047"`` match ``"47"``;
     a response with no number (empty included) scores 0.0.
     """
-    text = response_text.split(EOS_TEXT, 1)[0].strip()
-    match = _NUMBER.search(text)
-    if match is None:
+    pred = _first_number(response_text)
+    if pred is None:
         return 0.0
-    try:
-        return 1.0 if Decimal(match.group()) == Decimal(answer.strip()) else 0.0
-    except InvalidOperation:
-        raise ValueError(f"answer {answer!r} is not a number") from None
+    return 1.0 if pred == _gold(answer) else 0.0
+
+
+# A wrong answer earns at most this much, so every wrong answer stays below the exact one (1.0).
+GRADED_WRONG_MAX = 0.9
+
+
+def _digits(value: Decimal) -> Optional[str]:
+    """The decimal digits of a non-negative integer value, else None."""
+    if value < 0 or value != value.to_integral_value():
+        return None
+    return str(int(value))
+
+
+def graded_score(response_text: str, answer: str) -> float:
+    """A continuous reward in [0, 1] with spread among wrong answers (for reward calibration,
+    which is degenerate with 0/1 rewards). Deterministic; the number read is ``score``'s.
+
+    - exact value: 1.0; no number: 0.0;
+    - otherwise ``0.9 * (0.5 * digits + 0.5 * closeness)``, in [0, 0.9], where
+      ``digits`` = share of digit positions, aligned from the units, where the two non-negative
+      integers agree, over the longer one's length (0 when either is not a non-negative integer), and
+      ``closeness`` = ``max(0, 1 - |pred - gold| / max(|gold|, 1))``.
+
+    ``38+45=``: `` 83`` 1.0, `` 73`` (carry dropped) 0.9 (0.25 + 0.5 * 73/83) = 0.6208, `` 84`` 0.6696,
+    `` 0`` and `` 200`` 0.0.
+    """
+    gold = _gold(answer)
+    pred = _first_number(response_text)
+    if pred is None:
+        return 0.0
+    if pred == gold:
+        return 1.0
+    p, g = _digits(pred), _digits(gold)
+    digits = 0.0
+    if p is not None and g is not None:
+        digits = sum(a == b for a, b in zip(reversed(p), reversed(g))) / max(len(p), len(g))
+    closeness = max(0.0, 1.0 - float(abs(pred - gold)) / max(float(abs(gold)), 1.0))
+    return GRADED_WRONG_MAX * (0.5 * digits + 0.5 * closeness)
 
 
 def write_jsonl(path: Union[str, Path], rows: Iterable[Row]) -> int:
