@@ -105,6 +105,6 @@ def _param_names(factory: Factory) -> list[str]:
 
 
 # Imported last: these modules register the built-ins through ``register`` above.
-from rlplat.divergences import full, per_token  # noqa: E402,F401
+from rlplat.divergences import full, per_token, sinkhorn  # noqa: E402,F401
 
 __all__ = ["DivergenceFn", "SAMPLES", "register", "get", "names", "info", "params"]
