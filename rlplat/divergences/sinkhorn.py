@@ -113,7 +113,8 @@ def sinkhorn(epsilon: float = 0.1, iters: int = 20, temperature: float = 2.0,
     values summing to ``<P, W>`` (nats-free: W is an L1 distance between probabilities, in [0, 2]).
     Leading dims ``[..., V]`` are flattened to n positions, all transported together.
     ``top_k``: restrict the cost to each teacher position's top-k ids plus a tail bucket."""
-    eps, n_iters, temp = _positive("epsilon", epsilon), _positive("iters", iters, True), _positive("temperature", temperature)
+    eps, temp = _positive("epsilon", epsilon), _positive("temperature", temperature)
+    n_iters = _positive("iters", iters, True)
     k = None if top_k is None else _positive("top_k", top_k, True)
 
     def fn(logits: torch.Tensor, anchor_logits: torch.Tensor) -> torch.Tensor:

@@ -217,7 +217,8 @@ def topk_divergence(name: str, support: str = "tail", chunk_size: Optional[int] 
     def fn(logits: torch.Tensor, teacher: TopK) -> torch.Tensor:
         vocab, k = logits.shape[-1], teacher.ids.shape[-1]
         lead = logits.shape[:-1]
-        if teacher.ids.shape != (*lead, k) or teacher.logp.shape != teacher.ids.shape or teacher.tail_logp.shape != lead:
+        shapes_ok = teacher.ids.shape == (*lead, k) == teacher.logp.shape and teacher.tail_logp.shape == lead
+        if not shapes_ok:
             raise ValueError(
                 f"topk_divergence: logits {tuple(logits.shape)} need teacher logp/ids [..., k] and tail_logp [...] "
                 f"with the same leading dims; got {tuple(teacher.logp.shape)}, {tuple(teacher.ids.shape)}, "
