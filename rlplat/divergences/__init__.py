@@ -12,6 +12,9 @@ the estimator ``fn``. Two call shapes exist, told apart by ``info(name)``:
 * ``info(name) == "full"`` (full_forward_kl, full_reverse_kl, full_jsd):
   ``fn(logits, anchor_logits) -> values``, logits ``[..., V]``, values ``[...]``: the exact
   divergence between the two next-token distributions at each position, computed in chunks.
+  ``sinkhorn`` (SinKD) has the same call shape but couples the positions: its values are each
+  position's share of one batch-wise transport cost (``rlplat/divergences/sinkhorn.py``).
+  ``rlplat.divergences.topk`` evaluates the per-position ones against a teacher's top-k.
 
 All estimators are differentiable in their first argument only; the anchor is detached.
 Adding one::
@@ -105,6 +108,6 @@ def _param_names(factory: Factory) -> list[str]:
 
 
 # Imported last: these modules register the built-ins through ``register`` above.
-from rlplat.divergences import full, per_token  # noqa: E402,F401
+from rlplat.divergences import full, per_token, sinkhorn  # noqa: E402,F401
 
 __all__ = ["DivergenceFn", "SAMPLES", "register", "get", "names", "info", "params"]

@@ -126,6 +126,9 @@ def make_full(value_fn: ValueFn, grad_fn: Optional[GradFn] = None, chunk_size: O
         )
         return out.reshape(lead)
 
+    # The kernels travel with the estimator, so the same registered divergence can be evaluated
+    # on another support (rlplat.divergences.topk: the teacher's top-k plus a tail bucket).
+    full_divergence.value_fn, full_divergence.grad_fn = value_fn, grad_fn
     return full_divergence
 
 
