@@ -8,7 +8,7 @@ each divergence, over several seeds, compared on alignment, diversity and calibr
 Every run is ``python -m launch.train --config configs/fdpo.yaml`` with ``algorithm.fdpo.divergence``,
 ``trainer.seed`` and the evaluation size set (the seed orders the pairs and the evaluation's sampling);
 the runs share one stored set of reference log-probs (``algorithm.fdpo.store_path``), scored by the
-first. Measured on the held-out split of the built-in pairs (additions that carry), before training
+first. Measured on the held-out split of the built-in pairs (additions), before training
 and after the last step:
 
   * alignment: sampled pass@1 (``eval/pass@1``, ``--eval-n`` samples per prompt) and greedy pass@1;
@@ -175,7 +175,7 @@ def plot(result: Dict[str, Any], path: str) -> None:
         ax.set_xticks(range(len(divs)), [LABELS.get(d, d).replace(" (DPO)", "\n(DPO)") for d in divs], fontsize=8)
         ax.set_title(MEASURES[measure][1])
         ax.legend(fontsize=7)
-    fig.suptitle("f-DPO on the built-in carry pairs: mean ± std over seeds (dots: seeds)", fontsize=10)
+    fig.suptitle("f-DPO on the built-in addition pairs: mean ± std over seeds (dots: seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

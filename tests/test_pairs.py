@@ -22,13 +22,18 @@ def write_jsonl(path, rows):
 
 
 # ----------------------------------------------------------------------------- data
-def test_builtin_pairs_chosen_is_the_sum_and_rejected_drops_the_carries():
+def test_builtin_pairs_chosen_is_the_sum_and_rejected_a_wrong_carry():
     rows = load_prompts(DataConfig(train_path="builtin:arithmetic_pairs", builtin_train_size=200), "train", pairs=True)
     assert len(rows) == 200
+    kinds = set()
     for row in rows:
         left, right = map(int, row.prompt[:-1].split("+"))
         assert row.answer == str(left + right) and row.extra["chosen"] == f" {left + right}"
-        assert row.extra["rejected"] == f" {sum_without_carries(left, right)}" != row.extra["chosen"]
+        carries = sum_without_carries(left, right) != left + right
+        wrong = sum_without_carries(left, right) if carries else left + right + 10  # dropped / spurious carry
+        assert row.extra["rejected"] == f" {wrong}" != row.extra["chosen"]
+        kinds.add(carries)
+    assert kinds == {True, False}
     held = load_prompts(DataConfig(train_path="builtin:arithmetic_pairs", builtin_eval_size=50), "eval", pairs=True)
     assert not {r.prompt for r in rows} & {r.prompt for r in held}  # the task's hash split
 

@@ -134,26 +134,26 @@ class ArithmeticTask:
 
 @dataclass(frozen=True)
 class ArithmeticPairs(ArithmeticTask):
-    """Preference pairs on addition problems that carry: ``chosen`` is the correct answer,
-    ``rejected`` the carry-dropping one (``sum_without_carries``), the very error the built-in
-    policy makes in about half of such problems (``rlplat.models.tiny``). Rows are
-    ``{"prompt", "answer", "chosen", "rejected"}``; responses carry the leading space the
-    models emit (``" 83"``). Problems without a carry have no such wrong answer and are skipped,
-    so the held-out split measures exactly the error the pairs teach against. Addition only."""
+    """Preference pairs on additions: ``chosen`` is the sum, ``rejected`` a wrong carry. A problem
+    that carries is rejected with the carry-dropping sum (``sum_without_carries``), the very error
+    the built-in policy makes in about half of such problems (``rlplat.models.tiny``); one that does
+    not carry is rejected with a spurious carry into the tens (sum + 10), so that "always carry"
+    satisfies no more pairs than "never carry" does. Rows are ``{"prompt", "answer", "chosen",
+    "rejected"}``; responses carry the leading space the models emit (``" 83"``). Addition only."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.ops != ("+",):
-            raise ValueError(f"ArithmeticPairs builds carry-dropping answers of additions only, got ops {self.ops}")
+            raise ValueError(f"ArithmeticPairs builds wrong carries of additions only, got ops {self.ops}")
 
     def sample(self, rng: random.Random) -> Row:
-        """One problem with a carry (either split), drawn with ``rng``."""
-        while True:
-            row = super().sample(rng)
-            left, right = map(int, row["prompt"][:-1].split("+"))
-            wrong = sum_without_carries(left, right)
-            if wrong != left + right:
-                return {**row, "chosen": f" {left + right}", "rejected": f" {wrong}"}
+        """One problem (either split) with its pair, drawn with ``rng``."""
+        row = super().sample(rng)
+        left, right = map(int, row["prompt"][:-1].split("+"))
+        wrong = sum_without_carries(left, right)
+        if wrong == left + right:
+            wrong = left + right + 10
+        return {**row, "chosen": f" {left + right}", "rejected": f" {wrong}"}
 
 
 # First number in the text: optional sign, digits, optional decimal part.
