@@ -110,11 +110,11 @@ def group(request, ray_cluster, model_dir, tmp_path_factory):
     cfg = RunConfig()
     cfg.trainer.zero_stage = stage
     cfg.trainer.lr, cfg.trainer.weight_decay, cfg.trainer.grad_clip = LR, WEIGHT_DECAY, GRAD_CLIP
-    cfg.trainer.micro_batch_tokens = MICRO_BATCH_TOKENS
-    # Partition every parameter of the tiny model (the default threshold would keep them all whole).
-    overrides = {"zero_optimization": {"stage3_param_persistence_threshold": 0}} if stage == 3 else None
+    cfg.trainer.micro_batch_tokens, cfg.trainer.adam_eps = MICRO_BATCH_TOKENS, ADAM_EPS
+    if stage == 3:  # partition every parameter of the tiny model (the default threshold would keep them all whole)
+        cfg.trainer.deepspeed = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
     g = TrainerGroup(cfg, model_dir, 2, ResourcesConfig(trainer_cpus=0.5), temperature=1.0,
-                     ds_overrides=overrides, name_prefix=f"test-zero{stage}", adam_eps=ADAM_EPS)
+                     name_prefix=f"test-zero{stage}")
     fresh = str(tmp_path_factory.mktemp(f"fresh-zero{stage}"))
     g.save_checkpoint(fresh, tag="fresh")
     yield g, fresh
@@ -326,3 +326,54 @@ def test_nonfinite_loss_skips_the_update_without_leaking_into_the_next(group, mo
     ref_params, _, _ = reference_update(model_dir, clean)
     for name, value in weights(g).items():
         torch.testing.assert_close(value, ref_params[name].detach(), atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.runtime
+def test_cosine_warmup_lrs_follow_the_formula_and_resume_exactly(ray_cluster, model_dir, tmp_path):
+    """ZeRO-2, 2 ranks: the learning rate of each update is ``lr * LRSchedule(s)`` for a cosine schedule
+    with warmup; restoring a Nash-MP snapshot does not rewind the schedule; a checkpoint loaded
+    into a new group continues with the next update's rate and the same parameters and Adam state."""
+    pytest.importorskip("deepspeed")
+    from actors.trainer import TrainerGroup
+    from rlplat import lr_schedules
+
+    cfg = RunConfig()
+    cfg.trainer.zero_stage, cfg.trainer.lr, cfg.trainer.micro_batch_tokens = 2, LR, MICRO_BATCH_TOKENS
+    # S = 6 updates (one per step), 2 of them warmup, cosine down to 0.1 * lr.
+    cfg.trainer.max_steps, cfg.trainer.lr_scheduler, cfg.trainer.warmup_steps, cfg.trainer.min_lr_ratio = 6, "cosine", 2, 0.1
+    schedule = lr_schedules.from_config(cfg)
+    assert (schedule.kind, schedule.total, schedule.warmup, schedule.floor) == ("cosine", 6, 2, 0.1)
+    expected = [LR * schedule(s) for s in range(6)]
+    assert len(set(expected[1:])) == 4  # updates 1 and 2 are both at the peak; the others differ
+    batch = with_roles(make_batch(seed=6), torch.zeros(10, 7), seed=6)
+
+    def new_group(name: str) -> "TrainerGroup":
+        return TrainerGroup(cfg, model_dir, 2, ResourcesConfig(trainer_cpus=0.5), temperature=1.0, name_prefix=name)
+
+    def update(g) -> float:
+        return g.train(batch, 0, loss_spec())["trainer/lr"]
+
+    g = new_group("test-lr-a")
+    try:
+        lrs = [update(g), update(g)]  # warmup: lr / 2, lr
+        g.snapshot_state()
+        lrs.append(update(g))  # update 2
+        g.restore_state()  # Nash-MP's pi_k: parameters and Adam state back, the count of updates taken not
+        lrs.append(update(g))  # update 3, not update 2 again
+        g.save_checkpoint(str(tmp_path), tag="resume")
+        lr_uninterrupted = update(g)  # update 4 without a restart
+        uninterrupted = weights(g)
+    finally:
+        g.shutdown()
+    h = new_group("test-lr-b")
+    try:
+        h.load_checkpoint(str(tmp_path), tag="resume")
+        lrs.append(update(h))  # update 4 after the restart
+        resumed = weights(h)
+        lrs.append(update(h))  # update 5, the last planned one
+    finally:
+        h.shutdown()
+    assert lrs == pytest.approx(expected, rel=1e-12, abs=0)
+    assert lrs[4] == lr_uninterrupted
+    for name, value in resumed.items():
+        assert torch.equal(value, uninterrupted[name]), name  # same state, same rate: the same update

@@ -261,8 +261,8 @@ def test_zero3_collective_sync_reaches_two_engines_and_reforms_after_a_restart(r
     cfg = RunConfig()
     cfg.trainer.zero_stage, cfg.trainer.lr = 3, 1e-2
     cfg.rollout = RolloutConfig(backend="hf", max_new_tokens=4, weight_sync_bucket_mb=0.25)
+    cfg.trainer.deepspeed = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
     trainer = TrainerGroup(cfg, policy, 2, ResourcesConfig(trainer_cpus=0.25), temperature=1.0,
-                           ds_overrides={"zero_optimization": {"stage3_param_persistence_threshold": 0}},
                            name_prefix="wsync-zero3")
     engine_cls = ray.remote(num_cpus=0.25, max_restarts=1)(HFRolloutEngine)
     engines = [engine_cls.options(name=f"wsync-hf-{i}").remote(policy, policy, cfg.rollout, "float32", i)

@@ -37,9 +37,15 @@ def build_ds_config(
 
     ``dtype``: the model's dtype name (float32 | bfloat16 | float16); half precision turns on
     DeepSpeed's mixed-precision optimizer (fp32 master weights). ``grad_clip`` <= 0 disables
-    clipping (by global norm over all ranks). ``overrides`` is merged last (nested dicts merge),
-    e.g. ``{"zero_optimization": {"stage3_param_persistence_threshold": 0}}``.
+    clipping (by global norm over all ranks). ``overrides`` (``trainer.deepspeed``) is merged last
+    (nested dicts merge), e.g. ``{"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}``;
+    a key rlplat sets from another option raises ValueError naming that option
+    (``rlplat.config.deepspeed_keys``). The optimizer and the learning-rate scheduler are not
+    in the config: the rank builds them and hands them to ``deepspeed.initialize``.
     """
+    from rlplat.config.deepspeed_keys import check_overrides
+
+    check_overrides(overrides or {})
     if zero_stage not in ZERO_STAGES:
         raise ValueError(f"trainer.zero_stage={zero_stage} is not a ZeRO stage; choose one of {ZERO_STAGES}")
     if dtype not in ("float32", "bfloat16", "float16"):

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from actors.trainer.rank import LossSpec, RankMetrics, TrainerRank, resolve_loss
+from rlplat import lr_schedules
 from rlplat.batch import Batch
 from rlplat.config.schema import ResourcesConfig, RunConfig
 
@@ -78,9 +79,11 @@ class TrainerGroup:
     """``num_ranks`` DeepSpeed ranks as Ray actors named ``f"{name_prefix}-rank{i}"``.
 
     ``temperature``: logits are divided by it before every log-prob (default
-    ``cfg.rollout.temperature``; scorers must use the same). ``ds_overrides``: merged into the
-    DeepSpeed config. ``placement_group``: optional; rank i uses bundle ``bundle_offset + i``.
-    ``adam_eps``: AdamW's epsilon (TrainerConfig has no field for it yet).
+    ``cfg.rollout.temperature``; scorers must use the same). ``placement_group``: optional; rank i
+    uses bundle ``bundle_offset + i``. The optimizer (``trainer.lr``, ``adam_betas``, ``adam_eps``,
+    ``weight_decay``), its learning-rate schedule over the algorithm's S updates
+    (``rlplat.lr_schedules.from_config``) and the DeepSpeed passthrough (``trainer.deepspeed``)
+    come from ``cfg``.
     """
 
     def __init__(
@@ -93,10 +96,8 @@ class TrainerGroup:
         placement_group: Any = None,
         bundle_offset: int = 0,
         temperature: Optional[float] = None,
-        ds_overrides: Optional[Dict[str, Any]] = None,
         name_prefix: str = "trainer",
         tokenizer_path: Optional[str] = None,
-        adam_eps: float = 1e-8,
     ):
         import ray
 
@@ -110,6 +111,7 @@ class TrainerGroup:
         self.zero_stage = int(cfg.trainer.zero_stage)
         self._snapshot_dir: Optional[str] = None
         temp = cfg.rollout.temperature if temperature is None else temperature
+        self.lr_schedule = lr_schedules.from_config(cfg)
 
         remote_cls = ray.remote(TrainerRank)
         self.ranks = []
@@ -123,8 +125,7 @@ class TrainerGroup:
                 )
             self.ranks.append(
                 remote_cls.options(**opts).remote(
-                    i, self.num_ranks, model_path, cfg.model, cfg.trainer, temp, ds_overrides,
-                    adam_eps=adam_eps,
+                    i, self.num_ranks, model_path, cfg.model, cfg.trainer, temp, self.lr_schedule,
                 )
             )
         t0 = time.perf_counter()

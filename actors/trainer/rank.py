@@ -26,6 +26,7 @@ from actors.trainer.oom import budget_on_oom
 from rlplat.batch import Batch
 from rlplat.config.schema import ModelConfig, TrainerConfig
 from rlplat.losses import EXPLORE_KEY
+from rlplat.lr_schedules import LRSchedule
 from rlplat.modeling import load_causal_lm, micro_batch_logprobs
 
 Totals = Mapping[str, Any]  # component name -> rlplat.losses.LossTotals
@@ -144,7 +145,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class TrainerRank:
     """One DeepSpeed data-parallel rank. Construct, then ``setup(master_addr, master_port)`` on
-    all ranks at once (the rendezvous blocks until every rank has joined)."""
+    all ranks at once (the rendezvous blocks until every rank has joined).
+
+    ``lr_schedule``: the multiplier of ``trainer.lr`` per optimizer update (default constant 1);
+    the DeepSpeed engine steps it with every update it applies and keeps it in checkpoints."""
 
     def __init__(
         self,
@@ -154,18 +158,17 @@ class TrainerRank:
         model_cfg: ModelConfig,
         trainer_cfg: TrainerConfig,
         temperature: float = 1.0,
-        ds_overrides: Optional[Mapping[str, Any]] = None,
+        lr_schedule: Optional[LRSchedule] = None,
         entropy_metrics: bool = True,
-        adam_eps: float = 1e-8,
     ):
         self.rank, self.world_size = rank, world_size
         self.model_path = model_path
         self.model_cfg, self.trainer_cfg = model_cfg, trainer_cfg
         self.temperature = temperature
-        self.ds_overrides = dict(ds_overrides or {})
+        self.lr_schedule = lr_schedule or LRSchedule()
         self.entropy_metrics = entropy_metrics
-        self.adam_eps = adam_eps
         self.engine = None
+        self.scheduler: Optional[torch.optim.lr_scheduler.LambdaLR] = None
         self.device = torch.device("cpu")
         self._weight_plan: Optional[List[Any]] = None  # bucket plan of the collective weight sync
         self._transfer = None  # rank 0's TransferGroup with the rollout engines
@@ -217,10 +220,18 @@ class TrainerRank:
         t0 = time.perf_counter()
         tc = self.trainer_cfg
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay, eps=self.adam_eps
+            model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay, eps=tc.adam_eps
         )
-        config = build_ds_config(tc.zero_stage, self.model_cfg.dtype, self.world_size, tc.grad_clip, self.ds_overrides)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        schedule = self.lr_schedule
+        # A plain function, not the LRSchedule object: LambdaLR checkpoints the __dict__ of a callable
+        # object and would put the saved schedule's shape over the config's on resume. The config
+        # decides the shape; the checkpoint carries the count of updates taken (last_epoch).
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: schedule(update))
+        config = build_ds_config(tc.zero_stage, self.model_cfg.dtype, self.world_size, tc.grad_clip, tc.deepspeed)
+        # The engine steps the scheduler after each update it applies (not after a skipped one) and
+        # saves / loads its state with every checkpoint.
+        self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                                 lr_scheduler=scheduler, config=config)
         self.device = torch.device(get_accelerator().current_device_name()) if use_gpu else torch.device("cpu")
         times["deepspeed_initialize_s"] = time.perf_counter() - t0
         return times
@@ -347,6 +358,7 @@ class TrainerRank:
                 "trainer/skipped_nonfinite": 1.0, "trainer/nonfinite_micro_batches": float(nonfinite),
                 "trainer/micro_batches": float(len(mbs)), "time/train_step_s": time.perf_counter() - t0})
         local_norm = self._stage0_grad_norm()
+        lr = self.learning_rate()  # what this update applies; engine.step() moves it to the next update's
         engine.step()
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is None:
@@ -356,11 +368,23 @@ class TrainerRank:
             "trainer/micro_batches": float(len(mbs)),
             "trainer/padding_micro_batches": float(n - len(mbs)),
             "trainer/response_tokens": tokens,
+            "trainer/lr": lr,
             "time/train_step_s": time.perf_counter() - t0,
         }
         if grad_norm is not None:
             stats["trainer/grad_norm"] = float(grad_norm)
         return RankMetrics(sums=sums, weighted=weighted, stats=stats)
+
+    def learning_rate(self) -> float:
+        """The learning rate the next update applies (the optimizer's param group)."""
+        self._require_engine()
+        return float(self.scheduler.optimizer.param_groups[0]["lr"])
+
+    def _set_scheduled_lr(self) -> None:
+        """Set the optimizer's learning rate to the schedule's for the updates counted so far: a
+        loaded optimizer state carries the rate it was saved with, which may belong to another count."""
+        for group, lr in zip(self.scheduler.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr
 
     def _stage0_grad_norm(self) -> Optional[float]:
         """Global L2 norm of the (already all-reduced) gradients under ZeRO-0, where DeepSpeed's
@@ -481,13 +505,15 @@ class TrainerRank:
         engine.save_checkpoint(ckpt_dir, tag=tag, client_state=dict(client_state or {}))
         return tag
 
-    def load_checkpoint(self, ckpt_dir: str, tag: Optional[str] = None) -> Dict[str, Any]:
-        """Restore module and optimizer state; returns the client_state saved with it."""
+    def load_checkpoint(self, ckpt_dir: str, tag: Optional[str] = None, lr_schedule_state: bool = True) -> Dict[str, Any]:
+        """Restore module and optimizer state, and with ``lr_schedule_state`` the schedule's count
+        of updates taken (else the count stays where it is); returns the client_state saved with it."""
         engine = self._require_engine()
         path, client_state = engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,
-                                                    load_lr_scheduler_states=True)
+                                                    load_lr_scheduler_states=lr_schedule_state)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in '{ckpt_dir}' (tag={tag})")
+        self._set_scheduled_lr()
         return dict(client_state or {})
 
     def snapshot_state(self, snapshot_dir: str) -> None:
@@ -496,7 +522,10 @@ class TrainerRank:
         self.save_checkpoint(snapshot_dir, tag="snapshot")
 
     def restore_state(self, snapshot_dir: str) -> None:
-        self.load_checkpoint(snapshot_dir, tag="snapshot")
+        """Back to the snapshot's parameters and optimizer state, keeping the learning-rate schedule's
+        count: Nash-MP's full step restarts from pi_k, but its updates are updates taken, so the
+        schedule goes on from where the half step left it instead of replaying the half step's rates."""
+        self.load_checkpoint(snapshot_dir, tag="snapshot", lr_schedule_state=False)
 
     def export_hf(self, out_dir: str, tokenizer_path: Optional[str] = None) -> Optional[str]:
         """``save_pretrained`` of the full weights (and the tokenizer) into ``out_dir`` from rank 0.

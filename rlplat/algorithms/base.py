@@ -144,6 +144,19 @@ class Algorithm:
             if mine != theirs:
                 raise ConfigError(f"{key} is set, but algorithm '{self.name}' does not use it; remove it from the config")
 
+    def updates_per_step(self, cfg: RunConfig) -> int:
+        """Optimizer updates one training step makes: ``StepContext.train`` runs
+        ``algorithm.ppo_epochs`` x ``algorithm.mini_batches`` of them, and the ``rl``, ``rehearsal``
+        and ``pairs`` loops call it once per step. A loop that calls it more often says so here."""
+        return cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
+
+    def total_updates(self, cfg: RunConfig) -> int:
+        """S, the optimizer updates the run plans: ``trainer.max_steps`` x ``updates_per_step``.
+        The learning-rate schedule (``rlplat.lr_schedules``) runs over them. It counts the updates
+        actually taken, so a step that takes fewer (dynamic sampling's skipped update, a NaN/inf
+        loss, fewer groups than ``algorithm.mini_batches``) leaves the run ending above the floor."""
+        return cfg.trainer.max_steps * self.updates_per_step(cfg)
+
     def pair_loss(self, cfg: RunConfig):
         """The trainer's loss spec for preference pairs (``pairs`` algorithms), else None."""
         return None

@@ -83,6 +83,13 @@ class NashMP(Algorithm):
             logratios=(("seq_logratio_ref", "reference"), ("seq_logratio_snapshot", "snapshot")))
     dynamic_sampling = False  # win rates against opponents, sampled in two phases, are not one reward group
 
+    def updates_per_step(self, cfg: RunConfig) -> int:
+        """``launch.loops.mirror_prox``: a half and a full proximal step of ``inner_steps`` calls of
+        ``StepContext.train`` each. Restoring pi_k before the full step restores its parameters and
+        Adam state but not the schedule's count: the full step's updates are updates taken, so the
+        learning rate keeps moving forward (``TrainerRank.restore_state``)."""
+        return 2 * cfg.algorithm.nash_mp.inner_steps * super().updates_per_step(cfg)
+
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
         n = cfg.algorithm.nash_mp

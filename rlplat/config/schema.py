@@ -186,6 +186,15 @@ class TrainerConfig:
     lr: float = 1e-5
     weight_decay: float = 0.0
     adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    # Learning rate over the run's optimizer updates (rlplat.lr_schedules; Algorithm.total_updates).
+    lr_scheduler: str = "constant"  # constant | linear | cosine
+    warmup_steps: int = 0  # optimizer updates of linear warmup from lr/warmup_steps to lr; or warmup_ratio, not both
+    warmup_ratio: float = 0.0  # warmup as a fraction of the run's optimizer updates, in [0, 1)
+    min_lr_ratio: float = 0.0  # linear / cosine decay ends at lr * min_lr_ratio
+    # Merged into the DeepSpeed config (nested dicts merge): offload, overlap_comm, bucket sizes, ...
+    # Keys rlplat sets from other options are refused (rlplat.config.deepspeed_keys.OWNED).
+    deepspeed: Dict[str, Any] = field(default_factory=dict)
     grad_clip: float = 1.0
     micro_batch_tokens: int = 4096  # token budget of one training forward/backward
     sync_check_every: int = 10  # probe check of the engines' weights every N syncs (and on the first, and after a recovery)

@@ -138,6 +138,37 @@ def _check_rollout_correction(cfg: RunConfig) -> None:
                           "set the kind (tis | mis) or drop them")
 
 
+def _check_optimizer(cfg: RunConfig) -> None:
+    """AdamW's epsilon, the learning-rate schedule (over the algorithm's S updates) and the
+    DeepSpeed passthrough."""
+    from rlplat import algorithms, lr_schedules
+    from rlplat.config.deepspeed_keys import check_overrides
+
+    t = cfg.trainer
+    if t.adam_eps <= 0:
+        raise ConfigError(f"trainer.adam_eps={t.adam_eps} must be > 0")
+    _one_of("trainer.lr_scheduler", t.lr_scheduler, lr_schedules.names())
+    _at_least("trainer.warmup_steps", t.warmup_steps, 0)
+    if not 0 <= t.warmup_ratio < 1:
+        raise ConfigError(f"trainer.warmup_ratio={t.warmup_ratio} must be in [0, 1)")
+    if t.warmup_steps and t.warmup_ratio:
+        raise ConfigError(f"trainer.warmup_steps={t.warmup_steps} and trainer.warmup_ratio={t.warmup_ratio} are both "
+                          "set; set one of them (the other 0)")
+    total = algorithms.get(cfg.algorithm.name).total_updates(cfg)
+    if t.warmup_steps >= total:
+        raise ConfigError(f"trainer.warmup_steps={t.warmup_steps} must be < the run's {total} optimizer updates "
+                          "(trainer.max_steps x updates per step); lower it or use trainer.warmup_ratio")
+    if not 0 <= t.min_lr_ratio <= 1:
+        raise ConfigError(f"trainer.min_lr_ratio={t.min_lr_ratio} must be in [0, 1] (a fraction of trainer.lr)")
+    if t.lr_scheduler == "constant" and t.min_lr_ratio:
+        raise ConfigError(f"trainer.min_lr_ratio={t.min_lr_ratio} acts only with a decaying trainer.lr_scheduler "
+                          "(linear | cosine), and it is 'constant'; drop it or choose a decay")
+    try:
+        check_overrides(t.deepspeed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def validate_config(cfg: RunConfig) -> None:
     """Raise ConfigError for the first problem found; the message names the key and what is allowed."""
     from rlplat import algorithms
@@ -195,6 +226,7 @@ def validate_config(cfg: RunConfig) -> None:
     if a.name not in algorithms.names():
         raise ConfigError(f"algorithm.name='{a.name}' is not registered; choose one of {algorithms.names()}")
     algorithms.get(a.name).check(cfg)
+    _check_optimizer(cfg)  # S, the schedule's length, is the algorithm's
 
     check_model_path("model.path", cfg.model.path)
     check_model_path("model.tokenizer", cfg.model.tokenizer)
