@@ -217,7 +217,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--divergences", default=",".join(DIVERGENCES))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eval-prompts", type=int, default=100)
     p.add_argument("--eval-n", type=int, default=16)
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "fdpo"))
