@@ -28,7 +28,8 @@ difference of seed means with its standard error ``sqrt(s_a^2 / n_a + s_b^2 / n_
 
 Writes ``results.md`` (table of mean +- standard deviation, claims, command, machine, wall time),
 ``results.json`` and ``fdpo_divergences.png`` in ``--out``; run directories keep their metrics,
-config and log (checkpoints are deleted).
+config, evaluations and log (checkpoints, TensorBoard files and, unless ``--keep-store``, the shared
+reference store are deleted).
 """
 from __future__ import annotations
 
@@ -130,7 +131,8 @@ def execute(div: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
         with open(os.path.join(run_dir, "train.log"), errors="replace") as f:
             tail = "".join(f.readlines()[-40:])
         raise RuntimeError(f"{div} seed {seed} failed (exit {rc}) after {seconds:.0f} s:\n{tail}")
-    shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
+    for bulky in ("checkpoints", "tensorboard"):  # the metrics and evaluations are all the report needs
+        shutil.rmtree(os.path.join(run_dir, bulky), ignore_errors=True)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     evals = [r for r in rows if "eval/pass@1" in r]
@@ -222,6 +224,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--eval-n", type=int, default=16)
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "fdpo"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override for every run")
+    p.add_argument("--keep-store", action="store_true", help="keep runs/fdpo_reference.pt (the shared reference log-probs)")
     p.add_argument("--smoke", action="store_true", help="2 steps, seed 0, tiny sizes, output in a temp dir")
     args = p.parse_args(argv)
     if args.smoke:
@@ -240,6 +243,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     records = [execute(div, int(seed), args) for seed in args.seeds.split(",") for div in args.divergences.split(",")]
+    if not args.keep_store:  # a cache of the reference's log-probs (MBs of tensors): not a result
+        os.remove(os.path.join(args.out, "runs", "fdpo_reference.pt"))
     result = {"command": command.strip(), "commit": git_commit(), "machine": machine_info(),
               "wall_seconds": time.time() - t0, "runs": [{k: r[k] for k in ("divergence", "seed", "seconds", "command")}
                                                       for r in records], **analyze(records)}
