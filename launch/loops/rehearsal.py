@@ -24,6 +24,7 @@ from launch.loops import LOOPS
 from launch.loops.rl import RLLoop
 from rlplat.batch import DATA_REHEARSAL, Batch
 from rlplat.data import PromptRow
+from rlplat.rewards.spec import describe, reward_specs
 from rlplat.seeds import PREPARE, check_draw_size
 
 STORE_VERSION = 2  # 2: the fingerprint covers sampling settings, dtype, threshold and rendering
@@ -45,7 +46,7 @@ def fingerprint(cfg, paths: Mapping[str, str], rows: Sequence[PromptRow], prompt
         "dtype": cfg.model.dtype, "k": cfg.algorithm.dph_rl.samples_per_prompt, "rows": [row.index for row in rows],
         "prompt_ids_sha256": hashlib.sha256(rendered.encode()).hexdigest(),
         "backend": r.backend, "max_new_tokens": r.max_new_tokens, "temperature": r.temperature, "top_p": r.top_p,
-        "top_k": r.top_k, "reward": cfg.reward.fn, "correct_threshold": cfg.reward.correct_threshold,
+        "top_k": r.top_k, "reward": describe(reward_specs(cfg.reward)), "correct_threshold": cfg.reward.correct_threshold,
         "seed": cfg.trainer.seed,
     }
 
