@@ -39,7 +39,7 @@ def rollout_rows(step: int, batches: Sequence[Batch], n: int, seed: int) -> List
         for i in range(len(b)):
             row = {"step": step, "weight_version": m.get("weight_version", none)[i], "prompt": m.get("prompt", none)[i],
                    "response": m["response_text"][i], "answer": m.get("answer", none)[i], "reward": _plain(rewards[i])}
-            if "reward_fns" in m:
+            if m.get("reward_fns", none)[i] is not None:  # None: a rehearsal row, not rewarded this step
                 row["rewards"] = {k: _plain(v) for k, v in m["reward_fns"][i].items()}
             rows.append(row)
     if len(rows) <= n:

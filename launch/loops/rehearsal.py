@@ -154,6 +154,9 @@ class RehearsalLoop(RLLoop):
             return batch
         batch.logprobs["initial"] = torch.zeros_like(batch.response_mask)  # masked out for explore rows
         rehearsal = self._rehearsal_rows(step, int(batch.group_ids.max()) + 1, with_old="old" in batch.logprobs)
+        # Stored rows lack what this step's rows carry beyond the rollout's own fields (per-function
+        # rewards; data columns in a store made before they travelled): None there, so the rows concat.
+        rehearsal.meta = {k: rehearsal.meta.get(k, [None] * len(rehearsal)) for k in batch.meta}
         return Batch.concat([batch, rehearsal], pad_id=self.ctx.pad_id)
 
     def step_metrics(self) -> Dict[str, float]:
