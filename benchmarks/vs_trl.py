@@ -202,8 +202,9 @@ def build_job(args: argparse.Namespace, overrides: List[str], model_path: str) -
         if shape != ("k3", "reference", "constant", "all") or len(alg.divergences) > 1:
             problems.append(f"divergence '{term.name}': TRL has one constant k3 KL to the reference on all samples")
         beta = term.coef.value
-    if cfg.reward.fn != "arithmetic":
-        problems.append(f"reward.fn={cfg.reward.fn} (the benchmark gives TRL the arithmetic reward)")
+    if cfg.reward.fn != "arithmetic" or cfg.reward.fns:
+        problems.append(f"reward.fn={cfg.reward.fn}, reward.fns={list(cfg.reward.fns)} "
+                        "(the benchmark gives TRL the arithmetic reward alone)")
     if cfg.data.chat_template or cfg.data.system_prompt is not None:
         problems.append("data.chat_template / data.system_prompt (the benchmark uses plain string prompts)")
     if problems:

@@ -34,6 +34,7 @@ from actors.scorer_pool import PendingRowScores, ScorerPool
 from actors.trainer.group import TrainerGroup
 from launch.metrics import PhaseTimer
 from launch.placement import colocated_group
+from launch.rollout_log import RolloutLog
 from rlplat import advantages, seeds
 from rlplat.algorithms import AlgorithmPlan
 from rlplat.batch import Batch, minibatch_seed
@@ -82,6 +83,7 @@ class StepContext:
             pool.ready()
         self.extra_actors: List[RestartingActor] = []  # started by a loop (Nash-MP's judge)
         self._engines_behind = False  # the trainer has updated since the engines last got its weights
+        self.rollout_log = RolloutLog(run_dir, cfg.trainer.log_rollouts, cfg.trainer.seed)  # rollouts.jsonl
 
     # ------------------------------------------------------------------ actors
     def _num_scorers(self, role: str) -> int:
@@ -190,11 +192,11 @@ class StepContext:
     def reward_outcome(self, batch: Batch) -> RewardOutcome:
         """``RewardOutcome`` of every sample (on the reward worker, never on the driver)."""
         m = batch.meta
-        return self.score_texts(m["response_text"], m["answer"], m["prompt"])
+        return self.score_texts(m["response_text"], m["answer"], m["prompt"], m.get("extra"))
 
-    def score_texts(self, responses, answers, prompts) -> RewardOutcome:
-        """``RewardOutcome`` of raw texts (``RewardWorker.score``'s signature)."""
-        return self.reward.call("score", responses, answers, prompts)
+    def score_texts(self, responses, answers, prompts, columns=None) -> RewardOutcome:
+        """``RewardOutcome`` of raw texts and their rows' data columns (``RewardWorker.score``'s signature)."""
+        return self.reward.call("score", responses, answers, prompts, columns)
 
     def apply_rewards(self, batch: Batch, outcome: RewardOutcome) -> Tuple[Batch, Dict[str, float]]:
         """Set ``batch.rewards`` from a ``RewardOutcome`` of its rows; returns the batch without the
@@ -202,6 +204,9 @@ class StepContext:
         ``reward/*`` and written to ``reward_failures.jsonl``) and the ``reward/*`` metrics."""
         metrics = outcome.metrics()
         batch.rewards = outcome.rewards.float()
+        if outcome.components:  # each reward function's own value, per row (rollouts.jsonl)
+            values = {k: v.tolist() for k, v in outcome.components.items()}
+            batch.meta["reward_fns"] = [{k: v[i] for k, v in values.items()} for i in range(len(batch))]
         if outcome.num_invalid:
             self._log_reward_failures(outcome)
             keep = outcome.group_valid(batch.group_ids)
@@ -302,7 +307,9 @@ class StepContext:
         return out
 
     def finish_step(self, step: int, metrics: Dict[str, float], timer: PhaseTimer, *batches: Batch) -> Dict[str, float]:
-        """The step's metrics plus its phase times and ``throughput/tokens`` of the batches trained."""
+        """The step's metrics plus its phase times and ``throughput/tokens`` of the batches trained;
+        ``trainer.log_rollouts`` of their rows go to ``rollouts.jsonl``."""
+        self.rollout_log.write(step, batches)
         metrics.update(timer.metrics())
         tokens = sum(float(b.num_tokens.sum()) for b in batches)
         metrics.update({"step": step, "throughput/tokens": tokens, "throughput/tokens_per_s": tokens / metrics["time/step"]})

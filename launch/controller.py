@@ -22,8 +22,9 @@ from launch.faults import kill_actors
 from launch.loops import LOOPS
 from launch.metrics import MetricsWriter, eval_line, progress_line, truncate_metrics
 from launch.monitoring import MetricsExporter
+from launch.rollout_log import FILENAME as ROLLOUTS_FILE
 from rlplat.algorithms import AlgorithmPlan
-from rlplat.config.schema import RunConfig
+from rlplat.config.schema import RunConfig, to_container
 from rlplat.data import load_prompts, render_prompts
 
 
@@ -91,12 +92,25 @@ class Controller:
         self.loop.load_state_dict(state["loop"])
         self.wall_offset = state.get("wall", 0.0)
         start = state["step"] + 1
-        truncate_metrics(os.path.join(self.run_dir, "metrics.jsonl"), start)
+        for name in ("metrics.jsonl", ROLLOUTS_FILE):  # rows logged after the checkpoint are written again
+            truncate_metrics(os.path.join(self.run_dir, name), start)
         self.ctx.sync()
         if hasattr(self.loop, "after_resume"):
             self.loop.after_resume()
         print(f"rlplat: resumed from {path}; continuing at step {start + 1}", flush=True)
         return start
+
+    def _metric_sinks(self) -> list:
+        """Where each step's metrics go: ``metrics.jsonl``, Ray gauges + TensorBoard, and wandb
+        unless ``trainer.wandb.mode`` is ``disabled`` (each has ``write(metrics)`` and ``close()``)."""
+        sinks = [MetricsWriter(self.run_dir),
+                 MetricsExporter(self.run_dir, run_name=os.path.basename(self.run_dir))]  # dashboard + TensorBoard
+        wandb_cfg = self.cfg.trainer.wandb
+        if wandb_cfg.mode != "disabled":
+            from launch.wandb_logger import WandbLogger  # wandb is optional
+
+            sinks.append(WandbLogger(self.run_dir, wandb_cfg, to_container(self.cfg)))
+        return sinks
 
     def wall(self) -> float:
         """Seconds since the run started, counting the time before a resume (``time/wall``)."""
@@ -106,15 +120,14 @@ class Controller:
         self.wall_start, self.wall_offset = time.time(), 0.0
         self.checkpointer = Checkpointer(self.run_dir, self.cfg.trainer.keep_last)
         start_step = self.resume()
-        writer = MetricsWriter(self.run_dir)
-        exporter = MetricsExporter(self.run_dir, run_name=os.path.basename(self.run_dir))  # dashboard + TensorBoard
+        sinks = self._metric_sinks()
         started = time.time()
         every, last = self.cfg.trainer.save_every, self.cfg.trainer.max_steps - 1
         try:
             if self.cfg.trainer.eval_every and self.cfg.trainer.eval_before_train and start_step == 0:
                 initial = {"step": -1, **self.evaluate(-1), "time/wall": self.wall()}
-                writer.write(initial)
-                exporter.write(initial)
+                for sink in sinks:
+                    sink.write(initial)
             for step in range(start_step, self.cfg.trainer.max_steps):
                 kill_actors(step)
                 try:
@@ -127,11 +140,11 @@ class Controller:
                 if self.cfg.trainer.eval_every and ((step + 1) % self.cfg.trainer.eval_every == 0 or step == last):
                     metrics.update(self.evaluate(step))  # every loop ends its step with the engines in sync
                 metrics["time/wall"] = self.wall()
-                writer.write(metrics)
-                exporter.write(metrics)
+                for sink in sinks:
+                    sink.write(metrics)
                 print(progress_line(step, self.cfg.trainer.max_steps, metrics, started, start_step), flush=True)
                 if step == last or (every and (step + 1) % every == 0):
                     self.save(step)
         finally:
-            writer.close()
-            exporter.close()
+            for sink in sinks:
+                sink.close()

@@ -39,8 +39,9 @@ from rlplat.evaluation import GREEDY_KEY, METRIC_PREFIX, EvalResult, check_ks, d
 # ``seed + i * group_size`` onwards; HF: torch is reseeded once per call), so the same seed gives
 # the same samples whatever the engine ran before.
 GenerateFn = Callable[[List[List[int]], int, Dict[str, List[Any]], Optional[int]], Batch]
-# (responses, answers, prompts) -> rlplat.rewards.runner.RewardOutcome (RewardWorker.score's signature).
-ScoreFn = Callable[[List[str], List[Optional[str]], List[str]], Any]
+# (responses, answers, prompts, columns) -> rlplat.rewards.runner.RewardOutcome (RewardWorker.score's
+# signature; columns: each sample's data row's other fields, PromptRow.extra).
+ScoreFn = Callable[[List[str], List[Optional[str]], List[str], List[Dict[str, Any]]], Any]
 
 # ----------------------------------------------------------------------------- generate functions
 def engine_generate_fn(engine: Any, pad_id: int, greedy: bool = False) -> GenerateFn:
@@ -108,7 +109,8 @@ def evaluate(
     if len(rows) != len(prompt_ids):
         raise ValueError(f"evaluate: {len(rows)} rows but {len(prompt_ids)} rendered prompts")
     ids = [list(p) for p in prompt_ids]
-    meta = {"prompt": [r.prompt for r in rows], "answer": [r.answer for r in rows], "row_index": [r.index for r in rows]}
+    meta = {"prompt": [r.prompt for r in rows], "answer": [r.answer for r in rows], "row_index": [r.index for r in rows],
+            "extra": [r.extra for r in rows]}
 
     t0 = time.perf_counter()
     greedy = greedy_fn(ids, 1, meta) if greedy_fn is not None else None
@@ -122,14 +124,15 @@ def evaluate(
     texts = [t for b in batches for t in b.meta["response_text"]]
     answers = [a for b in batches for a in b.meta["answer"]]
     prompts = [p for b in batches for p in b.meta["prompt"]]
+    columns = [c for b in batches for c in b.meta["extra"]]
     t0 = time.perf_counter()
     if isinstance(score, str):
         from rlplat.rewards.runner import RewardRunner
 
         with RewardRunner(score, reward_timeout_s) as runner:
-            outcome = runner.score(list(zip(texts, answers, prompts)))
+            outcome = runner.score(list(zip(texts, answers, prompts, columns)))
     else:
-        outcome = score(texts, answers, prompts)
+        outcome = score(texts, answers, prompts, columns)
     seconds_reward = time.perf_counter() - t0
     if outcome.rewards.numel() != len(texts):
         raise RuntimeError(f"evaluate: the reward returned {outcome.rewards.numel()} values for {len(texts)} responses")
@@ -299,7 +302,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         seconds_start = time.perf_counter() - t_load
         result = evaluate(
             engine_generate_fn(engine, pad_id), rows, prompt_ids,
-            lambda r, a, p: runner.score(list(zip(r, a, p))), args.n, ks,
+            lambda r, a, p, c: runner.score(list(zip(r, a, p, c))), args.n, ks,
             greedy_fn=None if args.no_greedy else engine_generate_fn(engine, pad_id, greedy=True),
             correct_threshold=args.threshold, keep_samples=args.save_samples, seed=args.seed,
         )

@@ -94,7 +94,7 @@ def _fake_generate(texts_of_prompt):
     return generate
 
 
-def _fake_score(responses, answers, prompts):
+def _fake_score(responses, answers, prompts, columns):
     """Reward 1 when the response equals the answer; the response "boom" fails (NaN, invalid)."""
     from rlplat.rewards.runner import RewardOutcome
 

@@ -86,7 +86,7 @@ class EnginePool:
                 continue
             chunk = rows[a:b]
             meta = {"prompt": [r.prompt for r in chunk], "answer": [r.answer for r in chunk],
-                    "row_index": [r.index for r in chunk]}
+                    "row_index": [r.index for r in chunk], "extra": [r.extra for r in chunk]}  # extra: reward columns
             ids = [self.prompt_ids[r.index] for r in chunk]
             chunk_seed = None if seed is None else seed + a * group_size
             # weight_version is read when the call is (re)submitted: a retry samples on the current weights.

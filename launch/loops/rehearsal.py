@@ -24,6 +24,7 @@ from launch.loops import LOOPS
 from launch.loops.rl import RLLoop
 from rlplat.batch import DATA_REHEARSAL, Batch
 from rlplat.data import PromptRow
+from rlplat.rewards.spec import describe, reward_specs
 from rlplat.seeds import PREPARE, check_draw_size
 
 STORE_VERSION = 2  # 2: the fingerprint covers sampling settings, dtype, threshold and rendering
@@ -45,7 +46,7 @@ def fingerprint(cfg, paths: Mapping[str, str], rows: Sequence[PromptRow], prompt
         "dtype": cfg.model.dtype, "k": cfg.algorithm.dph_rl.samples_per_prompt, "rows": [row.index for row in rows],
         "prompt_ids_sha256": hashlib.sha256(rendered.encode()).hexdigest(),
         "backend": r.backend, "max_new_tokens": r.max_new_tokens, "temperature": r.temperature, "top_p": r.top_p,
-        "top_k": r.top_k, "reward": cfg.reward.fn, "correct_threshold": cfg.reward.correct_threshold,
+        "top_k": r.top_k, "reward": describe(reward_specs(cfg.reward)), "correct_threshold": cfg.reward.correct_threshold,
         "seed": cfg.trainer.seed,
     }
 
@@ -153,6 +154,9 @@ class RehearsalLoop(RLLoop):
             return batch
         batch.logprobs["initial"] = torch.zeros_like(batch.response_mask)  # masked out for explore rows
         rehearsal = self._rehearsal_rows(step, int(batch.group_ids.max()) + 1, with_old="old" in batch.logprobs)
+        # Stored rows lack what this step's rows carry beyond the rollout's own fields (per-function
+        # rewards; data columns in a store made before they travelled): None there, so the rows concat.
+        rehearsal.meta = {k: rehearsal.meta.get(k, [None] * len(rehearsal)) for k in batch.meta}
         return Batch.concat([batch, rehearsal], pad_id=self.ctx.pad_id)
 
     def step_metrics(self) -> Dict[str, float]:

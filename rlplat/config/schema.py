@@ -84,8 +84,20 @@ class DataConfig:
 
 
 @dataclass
+class RewardFnConfig:
+    """One term of a weighted reward: ``weight * fn(response, answer, prompt, **columns)``."""
+
+    fn: str = ""  # a registered reward name, or ``module:function``
+    weight: float = 1.0  # any finite number; 0 logs the function without training on it
+    name: Optional[str] = None  # metric label (reward/fn/<name>/*); default: the function's name
+
+
+@dataclass
 class RewardConfig:
-    fn: str = "arithmetic"  # a registered reward name, or ``module:function``
+    # One function (``fn``) or several weighted ones (``fns``), never both: ``fn`` is the shorthand
+    # of ``fns: [{fn: <fn>, weight: 1}]`` and must be null when ``fns`` is set (rlplat.rewards.spec).
+    fn: Optional[str] = "arithmetic"  # a registered reward name, or ``module:function``
+    fns: List[RewardFnConfig] = field(default_factory=list)
     timeout_s: float = 10.0
     num_workers: int = 1
     memory_limit_mb: int = 2048  # address space a reward call may add (0: unlimited)
@@ -174,6 +186,15 @@ class AlgorithmConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases mirror of every step's metrics and the resolved config (launch.wandb_logger)."""
+
+    mode: str = "disabled"  # disabled | offline (files under <output_dir>/wandb) | online
+    project: str = "rlplat"
+    name: Optional[str] = None  # default: the basename of trainer.output_dir
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 20
     output_dir: str = "runs/default"
@@ -204,6 +225,11 @@ class TrainerConfig:
     eval_n: int = 8  # samples per held-out prompt for pass@k
     eval_ks: List[int] = field(default_factory=lambda: [1, 4, 8])
     eval_max_prompts: int = 64
+    # Rollouts written to <output_dir>/rollouts.jsonl per step (prompt, response, reward, answer, step,
+    # weight version), drawn at random from the trained batch. 0: off, as verl's rollout dump and
+    # log_val_generations are by default (a full dump is large; ask for the few you will read).
+    log_rollouts: int = 0
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass

@@ -169,6 +169,21 @@ def _check_optimizer(cfg: RunConfig) -> None:
         raise ConfigError(str(exc)) from None
 
 
+def _check_run_logging(cfg: RunConfig) -> None:
+    """``trainer.log_rollouts`` and ``trainer.wandb``: wandb is optional, so a run that asks for it
+    without the package fails here, before Ray starts, naming the key."""
+    import importlib.util
+
+    t = cfg.trainer
+    _at_least("trainer.log_rollouts", t.log_rollouts, 0)
+    _one_of("trainer.wandb.mode", t.wandb.mode, ["disabled", "offline", "online"])
+    if t.wandb.mode != "disabled" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"trainer.wandb.mode='{t.wandb.mode}' needs the wandb package, which is not installed: "
+                          "pip install wandb (or rlplat[wandb]), or set trainer.wandb.mode=disabled")
+    if not t.wandb.project:
+        raise ConfigError("trainer.wandb.project must not be empty")
+
+
 def validate_config(cfg: RunConfig) -> None:
     """Raise ConfigError for the first problem found; the message names the key and what is allowed."""
     from rlplat import algorithms
@@ -239,7 +254,10 @@ def validate_config(cfg: RunConfig) -> None:
     _check_output_dir(cfg)
 
     from rlplat.rewards import resolve_judge, resolve_reward
+    from rlplat.rewards.spec import reward_specs
 
-    resolve_reward(cfg.reward.fn)  # raises ConfigError naming reward.fn
+    for spec in reward_specs(cfg.reward):  # both / neither of reward.fn, reward.fns; weights; names
+        resolve_reward(spec.fn, spec.key)  # raises ConfigError naming reward.fn or reward.fns[i].fn
+    _check_run_logging(cfg)
     if a.nash_mp.judge:
         resolve_judge(a.nash_mp.judge)

@@ -25,6 +25,7 @@ and log ``metrics()`` every step.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -43,14 +44,16 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
-from rlplat.rewards import RewardFn, resolve_reward
+from rlplat.rewards import RewardFn, accepted_columns, resolve_reward, select_columns
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
 
-RewardCall = Tuple[str, Optional[str], str]  # (response, answer, prompt)
+# (response, answer, prompt) or (response, answer, prompt, columns): ``columns`` is the data row's
+# other fields (PromptRow.extra); the function gets those it accepts (rlplat.rewards.select_columns).
+RewardCall = Union[Tuple[str, Optional[str], str], Tuple[str, Optional[str], str, Dict[str, Any]]]
 _MAX_RESPONSE_CHARS = 1000  # of a failed sample's response kept in its record
 _MAX_MESSAGE_CHARS = 2000
 _TRACEBACK_LINES = 12  # the innermost lines of a reward function's traceback
@@ -72,12 +75,14 @@ class RewardSetupError(RuntimeError):
 @dataclass
 class RewardFailure:
     """One sample whose reward could not be computed. ``kind``: ``error`` (exception or bad
-    return value), ``timeout``, or ``crash`` (the worker process died)."""
+    return value), ``timeout``, or ``crash`` (the worker process died). ``fn``: the reward
+    function's name (``reward.fns[i].name``) when the run has several, else empty."""
 
     index: int
     kind: str
     response: str
     message: str
+    fn: str = ""
 
 
 @dataclass
@@ -88,8 +93,10 @@ class RewardOutcome:
     valid     Bool    [B]  the call returned a finite number in time
     errors    exceptions + bad return values + crashed workers (``kind`` error or crash)
     timeouts  calls stopped after ``timeout_s``
-    failures  one record per invalid sample, in index order
+    failures  one record per failed call, in index order (a sample may fail in several functions)
     seconds   wall time of the batch; call_seconds_mean / _max over the calls that returned
+    components  name -> Float32 [B], each weighted function's own value (NaN where it failed);
+                empty for a single function's outcome (``rlplat.rewards.weighted`` fills it)
     """
 
     rewards: "torch.Tensor"
@@ -100,6 +107,7 @@ class RewardOutcome:
     seconds: float = 0.0
     call_seconds_mean: float = 0.0
     call_seconds_max: float = 0.0
+    components: Dict[str, "torch.Tensor"] = field(default_factory=dict)
 
     @property
     def num_invalid(self) -> int:
@@ -113,14 +121,23 @@ class RewardOutcome:
         return ~torch.isin(group_ids, bad_groups)
 
     def metrics(self) -> Dict[str, float]:
+        """``reward/*`` counts and times; per function of several: ``reward/fn/<name>/mean`` (over
+        its valid values, NaN when none), ``/errors`` and ``/timeouts``. ``reward/invalid_frac`` is
+        the share of samples without a reward (a sample failing in two functions counts once)."""
         n = max(int(self.valid.numel()), 1)
-        return {
+        out = {
             "reward/errors": float(self.errors),
             "reward/timeouts": float(self.timeouts),
-            "reward/invalid_frac": self.num_invalid / n,
+            "reward/invalid_frac": float((~self.valid).sum()) / n,
             "reward/seconds": self.seconds,
             "reward/call_seconds_max": self.call_seconds_max,
         }
+        for name, values in self.components.items():
+            ok = values[~values.isnan()]
+            out[f"reward/fn/{name}/mean"] = float(ok.mean()) if ok.numel() else math.nan
+            out[f"reward/fn/{name}/errors"] = float(sum(f.fn == name and f.kind != "timeout" for f in self.failures))
+            out[f"reward/fn/{name}/timeouts"] = float(sum(f.fn == name and f.kind == "timeout" for f in self.failures))
+        return out
 
     @staticmethod
     def concat(outcomes: Sequence["RewardOutcome"]) -> "RewardOutcome":
@@ -132,7 +149,7 @@ class RewardOutcome:
             raise ValueError("RewardOutcome.concat needs at least one outcome")
         failures, offset = [], 0
         for o in outcomes:
-            failures.extend(RewardFailure(f.index + offset, f.kind, f.response, f.message) for f in o.failures)
+            failures.extend(dataclasses.replace(f, index=f.index + offset) for f in o.failures)
             offset += int(o.valid.numel())
         returned = [max(int(o.valid.numel()) - o.timeouts, 0) for o in outcomes]  # calls that returned (crashes aside): the means' weights
         return RewardOutcome(
@@ -140,7 +157,8 @@ class RewardOutcome:
             errors=sum(o.errors for o in outcomes), timeouts=sum(o.timeouts for o in outcomes), failures=failures,
             seconds=sum(o.seconds for o in outcomes),
             call_seconds_mean=sum(o.call_seconds_mean * n for o, n in zip(outcomes, returned)) / max(sum(returned), 1),
-            call_seconds_max=max(o.call_seconds_max for o in outcomes))
+            call_seconds_max=max(o.call_seconds_max for o in outcomes),
+            components={k: torch.cat([o.components[k] for o in outcomes]) for k in outcomes[0].components})
 
     def summary(self, max_items: int = 3) -> str:
         head = f"{self.num_invalid} of {self.valid.numel()} rewards failed ({self.errors} errors, {self.timeouts} timeouts)"
@@ -209,10 +227,10 @@ def _child_main(fd: int, memory_limit_mb: int = 0) -> None:
             chunk = conn.recv()
         except EOFError:
             return
-        for idx, response, answer, prompt in chunk:
+        for idx, response, answer, prompt, columns in chunk:
             start = time.perf_counter()
             try:
-                value, problem = _check_value(fn(response, answer, prompt))
+                value, problem = _check_value(fn(response, answer, prompt, **columns))
             except BaseException as exc:  # noqa: BLE001 - SystemExit from a reward fn is a sample error too
                 value, problem = None, _describe(exc)
             conn.send(("result", idx, value, problem, time.perf_counter() - start))
@@ -280,6 +298,7 @@ class RewardRunner:
                 "define it at the top level of an importable module and use 'module:function'"
             ) from None
         self.fn_name = getattr(fn, "__qualname__", repr(fn))
+        self.columns = accepted_columns(fn)  # the data columns it takes as keywords (None: all)
         # The outcome needs torch; import it now (seconds, once) so no score() call pays for it.
         import torch  # noqa: F401
 
@@ -314,13 +333,13 @@ class RewardRunner:
 
     # -- scoring
     def score(self, calls: Sequence[RewardCall]) -> RewardOutcome:
-        """Score ``calls`` = [(response, answer, prompt), ...]; see ``RewardOutcome``."""
+        """Score ``calls`` = [(response, answer, prompt[, columns]), ...]; see ``RewardOutcome``."""
         for i, call in enumerate(calls):
-            if len(call) != 3 or not isinstance(call[0], str) or not isinstance(call[2], str) or not (
+            if len(call) not in (3, 4) or not isinstance(call[0], str) or not isinstance(call[2], str) or not (
                 call[1] is None or isinstance(call[1], str)
-            ):
-                raise TypeError(f"reward call {i} must be (response: str, answer: str | None, prompt: str), got "
-                                f"{tuple(type(c).__name__ for c in call)}")
+            ) or (len(call) == 4 and not isinstance(call[3], (dict, type(None)))):
+                raise TypeError(f"reward call {i} must be (response: str, answer: str | None, prompt: str"
+                                f"[, columns: dict]), got {tuple(type(c).__name__ for c in call)}")
         if not self._workers:
             raise RuntimeError("RewardRunner is closed")
         n = len(calls)
@@ -343,8 +362,13 @@ class RewardRunner:
             if w.ready and not w.inflight and self._pending:
                 chunk = self._pending.popleft()
                 w.inflight.extend(chunk)
-                w.conn.send([(i, *self._calls[i]) for i in chunk])
+                w.conn.send([self._message(i) for i in chunk])
                 w.deadline = time.monotonic() + self.timeout_s
+
+    def _message(self, i: int) -> Tuple[Any, ...]:
+        """(index, response, answer, prompt, the columns this function takes) of call ``i``."""
+        call = self._calls[i]
+        return (i, *call[:3], select_columns(self.columns, call[3] if len(call) > 3 else None))
 
     def _pump(self) -> None:
         """Wait for one round of messages, then enforce deadlines."""
