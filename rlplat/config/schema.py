@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 
+LOG_LEVELS = ("debug", "info", "warning")  # trainer.log_level (actors.quiet acts on it)
+
+
 @dataclass
 class ModelConfig:
     """The policy. ``path`` is a local directory, a hub id, or ``builtin:tiny-policy``."""
@@ -204,6 +207,9 @@ class TrainerConfig:
     eval_n: int = 8  # samples per held-out prompt for pass@k
     eval_ks: List[int] = field(default_factory=lambda: [1, 4, 8])
     eval_max_prompts: int = 64
+    # Third-party output in the driver log (actors.quiet): warning = real warnings only, no progress
+    # bars; info | debug bring vLLM's, DeepSpeed's and Ray's own log lines back.
+    log_level: str = "warning"  # one of LOG_LEVELS
 
 
 @dataclass
