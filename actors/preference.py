@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from actors import quiet
+
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> List[List[int]]:
     """Indices of ``lengths`` in batches whose padded size (rows x longest) is at most
@@ -39,6 +41,7 @@ class PreferenceWorker:
 
     def __init__(self, judge: Optional[str], model_path: Optional[str], dtype: str = "float32",
                  micro_batch_tokens: int = 4096) -> None:
+        quiet.apply()  # third-party log noise off (trainer.log_level, via RLPLAT_LOG_LEVEL)
         if micro_batch_tokens <= 0:
             raise ValueError(f"roles.preference.micro_batch_tokens must be > 0, got {micro_batch_tokens}")
         self.micro_batch_tokens = micro_batch_tokens

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, Dict, Optional, Sequence, Union
 
+from actors import quiet
 from rlplat.batch import Batch
 from rlplat.config.schema import RewardConfig, RewardFnConfig
 from rlplat.rewards.runner import RewardOutcome
@@ -26,6 +27,7 @@ class RewardWorker:
     """Scores batches with the reward function of ``reward_cfg`` (a ``RewardConfig`` or its dict)."""
 
     def __init__(self, reward_cfg: Union[RewardConfig, Dict[str, Any]]) -> None:
+        quiet.apply()  # third-party log noise off (trainer.log_level, via RLPLAT_LOG_LEVEL)
         if isinstance(reward_cfg, dict):
             known = {f.name for f in fields(RewardConfig)}
             unknown = sorted(set(reward_cfg) - known)

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from actors import quiet
 from actors.rollout import check_weight_version
 from actors.trainer.oom import budget_on_oom
 from rlplat.batch import Batch
@@ -33,6 +34,7 @@ class Scorer:
         trust_remote_code: bool = False,
         temperature: float = 1.0,
     ):
+        quiet.apply()  # third-party log noise off (trainer.log_level, via RLPLAT_LOG_LEVEL)
         if micro_batch_tokens <= 0:
             raise ValueError(f"scorer '{role}': micro_batch_tokens must be > 0, got {micro_batch_tokens}")
         self.role, self.model_path = role, model_path

@@ -1,8 +1,10 @@
 """Join a Ray cluster (under ``ray job submit``) or start an embedded one bound to 127.0.0.1."""
 from __future__ import annotations
 
+import logging
 import os
 
+from actors import quiet
 from rlplat.config.schema import RayConfig
 
 ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false"}
@@ -19,21 +21,27 @@ def pin_to_loopback(cfg: RayConfig) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def start_ray(cfg: RayConfig) -> str:
+def start_ray(cfg: RayConfig, log_level: str = quiet.DEFAULT) -> str:
     """Connect to ``cfg.address`` / ``RAY_ADDRESS`` if given, else start a local cluster.
 
     Returns "joined" or "embedded". The embedded cluster and its dashboard bind to ``cfg.host``
-    (127.0.0.1 by default), never to a public interface.
+    (127.0.0.1 by default), never to a public interface. ``log_level`` is ``trainer.log_level``:
+    it sets the driver's "ray" logger and, through the job's runtime_env, what actors print
+    (``actors.quiet``). ``log_to_driver`` stays on in every case: actor errors must reach the user.
     """
     import ray
 
     if ray.is_initialized():
         return "joined"
+    # "Started a local Ray instance." and the like are Ray's INFO lines.
+    ray_level = logging.WARNING if quiet.is_quiet(log_level) else logging.INFO
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:  # under `ray job submit` the job's working_dir already puts user code on the path
-        ray.init(address=address, namespace=cfg.namespace, log_to_driver=True)
+        # No runtime_env here: a submitted job's own one would win anyway (Ray warns); the actors
+        # quiet themselves (actors.quiet.apply in each __init__).
+        ray.init(address=address, namespace=cfg.namespace, log_to_driver=True, logging_level=ray_level)
         return "joined"
-    env = dict(ACTOR_ENV)
+    env = {**ACTOR_ENV, **quiet.environment(log_level)}
     # User code given as module:function (rewards, judges) must import in actors as on the driver.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
     runtime_env = {"env_vars": env}
@@ -45,5 +53,6 @@ def start_ray(cfg: RayConfig) -> str:
         namespace=cfg.namespace,
         runtime_env=runtime_env,
         log_to_driver=True,
+        logging_level=ray_level,
     )
     return "embedded"

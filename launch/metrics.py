@@ -47,19 +47,34 @@ class MetricsWriter:
         self._f.close()
 
 
+# Optional figures of the progress line, in order: (metric, label, format). Absent metrics are left out.
+PROGRESS_FIGURES = (
+    ("actor/entropy", "entropy", ".3f"),
+    ("trainer/grad_norm", "grad_norm", ".3g"),
+    ("response/length_mean", "len", ".1f"),
+    ("trainer/lr", "lr", ".2e"),
+)
+
+
 def progress_line(step: int, max_steps: int, metrics: Dict[str, float], started: float, done_before: int = 0) -> str:
-    """One human line for the driver log (the job log in the Ray dashboard), with an ETA."""
+    """One human line for the driver log (the job log in the Ray dashboard): what the run is
+    optimising (reward and pass rate, or pair accuracy), each divergence term ``div/<term>``, the
+    policy's health (entropy, grad norm, response length, lr), step time and an ETA. Keeps the
+    ``step N/M `` prefix that ``benchmarks/step_breakdown.py`` parses. The loss stays in
+    ``metrics.jsonl``: with one update per batch its surrogate part is ~0 by construction (ratio 1,
+    advantages centred), so the line showed ``loss -0.0000`` and said nothing the terms do not."""
     done = step + 1 - done_before
     elapsed = time.time() - started
     eta = elapsed / max(done, 1) * (max_steps - step - 1)
     if "rewards/accuracy" in metrics:  # preference pairs (f-DPO): implicit-reward accuracy and margin
-        what = f"pair accuracy {metrics['rewards/accuracy']:.3f} margin {metrics.get('rewards/margin', float('nan')):+.3f}"
+        parts = [f"pair accuracy {metrics['rewards/accuracy']:.3f} margin {metrics.get('rewards/margin', float('nan')):+.3f}"]
     else:
-        what = (f"reward {metrics.get('reward/mean', float('nan')):.3f} "
-                f"pass {metrics.get('reward/pass_rate', float('nan')):.3f}")
-    return (f"step {step + 1}/{max_steps} {what} loss {metrics.get('loss/total', float('nan')):+.4f} "
-            f"{metrics.get('time/step', 0):.1f}s/step {metrics.get('throughput/tokens_per_s', 0):.0f} tok/s "
-            f"ETA {eta / 60:.1f} min")
+        parts = [f"reward {metrics.get('reward/mean', float('nan')):.3f} "
+                 f"pass {metrics.get('reward/pass_rate', float('nan')):.3f}"]
+    parts += [f"{key} {metrics[key]:.3g}" for key in sorted(metrics) if key.startswith("div/")]
+    parts += [f"{label} {metrics[key]:{fmt}}" for key, label, fmt in PROGRESS_FIGURES if key in metrics]
+    parts.append(f"{metrics.get('time/step', 0):.1f}s/step ETA {eta / 60:.1f} min")
+    return f"step {step + 1}/{max_steps} " + " ".join(parts)
 
 
 def eval_line(step: int, metrics: Dict[str, float]) -> str:

@@ -43,13 +43,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"rlplat: config error: {exc}", file=sys.stderr)
         return 2
     run_dir = prepare_run_dir(cfg)
+    from actors import quiet
+
+    quiet.apply(cfg.trainer.log_level)  # before ray, vLLM or DeepSpeed are imported here
 
     from launch.cluster import pin_to_loopback, start_ray
 
     pin_to_loopback(cfg.ray)
     from launch.controller import Controller  # imports ray
 
-    mode = start_ray(cfg.ray)
+    mode = start_ray(cfg.ray, cfg.trainer.log_level)
     print(f"rlplat: {plan.name} on a {mode} Ray cluster; run directory {run_dir}", flush=True)
     controller = Controller(cfg, plan, paths, run_dir, tokenizer)
     try:

@@ -101,6 +101,7 @@ MISTAKES = [
     ("grpo", ["trainer.max_staleness=1", "algorithm.dynamic_sampling=true"], ["trainer.max_staleness", "dynamic_sampling"]),
     ("grpo", ["algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=0"], ["algorithm.max_sampling_rounds", ">= 1"]),
     ("nash_mp", ["algorithm.dynamic_sampling=true"], ["algorithm.dynamic_sampling", "nash_mp"]),
+    ("grpo", ["trainer.log_level=verbose"], ["trainer.log_level", "verbose", "warning", "info", "debug"]),
 ]
 
 

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -131,3 +132,13 @@ def test_driver_log_lines_name_the_step_and_the_figures():
     assert eval_line(-1, metrics).startswith("eval before training: held-out pass@1 0.820")
     line = progress_line(4, 30, {"reward/mean": 0.75, "reward/pass_rate": 0.75, "time/step": 2.0}, started=0.0)
     assert line.startswith("step 5/30 reward 0.750 pass 0.750") and "ETA" in line
+    rl = {"reward/mean": 0.75, "reward/pass_rate": 0.5, "div/kl_ref": 1.234e-4, "div/kd_teacher": 0.0215,
+          "actor/entropy": 0.3086, "trainer/grad_norm": 3.877, "response/length_mean": 4.375, "trainer/lr": 1e-4,
+          "loss/total": 3.7e-9, "time/step": 2.0}
+    line = progress_line(4, 30, rl, started=time.time())
+    assert line.startswith("step 5/30 reward 0.750 pass 0.500 div/kd_teacher 0.0215 div/kl_ref 0.000123 "
+                           "entropy 0.309 grad_norm 3.88 len 4.4 lr 1.00e-04 2.0s/step ETA "), line
+    assert "\n" not in line and "loss" not in line  # one line; the ~0 surrogate says nothing
+    pairs = progress_line(0, 20, {"rewards/accuracy": 0.625, "rewards/margin": 0.1, "div/f_dpo": 0.2}, started=0.0)
+    assert pairs.startswith("step 1/20 pair accuracy 0.625 margin +0.100 div/f_dpo 0.2 "), pairs
+    assert "reward " not in pairs and "lr" not in pairs  # absent figures are left out

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from actors import quiet
 from actors.rollout import IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version
 from actors.rollout.weights import as_named_tensors
 from rlplat.batch import Batch
@@ -45,6 +46,7 @@ class HFRolloutEngine:
     backend = "hf"
 
     def __init__(self, model_path: str, tokenizer_path: str, rollout: Any, dtype: str, seed: int) -> None:
+        quiet.apply()  # third-party log noise off (trainer.log_level, via RLPLAT_LOG_LEVEL)
         self.model_path, self.tokenizer_path = model_path, tokenizer_path
         self.rollout = rollout
         self.dtype = dtype

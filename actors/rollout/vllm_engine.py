@@ -49,6 +49,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from actors import quiet
 from actors.rollout import IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version
 from actors.rollout.transfer_group import node_ip
 from actors.rollout.weights import as_named_tensors
@@ -81,6 +82,7 @@ class VLLMRolloutEngine:
     backend = "vllm"
 
     def __init__(self, model_path: str, tokenizer_path: str, rollout: Any, dtype: str, seed: int) -> None:
+        quiet.apply()  # third-party log noise off (trainer.log_level, via RLPLAT_LOG_LEVEL)
         _prepare_environment()
         on_gpu = torch.cuda.is_available()
         t0 = time.perf_counter()
@@ -105,6 +107,7 @@ class VLLMRolloutEngine:
             logprobs_mode="processed_logprobs",  # mu at the sampling temperature, see the module docstring
             # Groups share their prompt's KV blocks; update_weights resets the cache.
             enable_prefix_caching=True,
+            use_tqdm_on_load=not quiet.is_quiet(),  # "Loading safetensors checkpoint shards" bar
         )
         if rollout.weight_sync == "collective":
             from vllm.config import WeightTransferConfig

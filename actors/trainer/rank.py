@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from actors import quiet
 from actors.trainer.oom import budget_on_oom
 from rlplat.batch import Batch
 from rlplat.config.schema import ModelConfig, TrainerConfig
@@ -161,6 +162,7 @@ class TrainerRank:
         lr_schedule: Optional[LRSchedule] = None,
         entropy_metrics: bool = True,
     ):
+        quiet.apply(trainer_cfg.log_level)  # third-party log noise off; before DeepSpeed is imported
         self.rank, self.world_size = rank, world_size
         self.model_path = model_path
         self.model_cfg, self.trainer_cfg = model_cfg, trainer_cfg

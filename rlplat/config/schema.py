@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 
+LOG_LEVELS = ("debug", "info", "warning")  # trainer.log_level (actors.quiet acts on it)
+
+
 @dataclass
 class ModelConfig:
     """The policy. ``path`` is a local directory, a hub id, or ``builtin:tiny-policy``."""
@@ -230,6 +233,9 @@ class TrainerConfig:
     # log_val_generations are by default (a full dump is large; ask for the few you will read).
     log_rollouts: int = 0
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    # Third-party output in the driver log (actors.quiet): warning = real warnings only, no progress
+    # bars; info | debug bring vLLM's, DeepSpeed's and Ray's own log lines back.
+    log_level: str = "warning"  # one of LOG_LEVELS
 
 
 @dataclass

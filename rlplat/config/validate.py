@@ -6,7 +6,7 @@ import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from rlplat.config.errors import ConfigError
-from rlplat.config.schema import RunConfig
+from rlplat.config.schema import LOG_LEVELS, RunConfig
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -242,6 +242,7 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"algorithm.name='{a.name}' is not registered; choose one of {algorithms.names()}")
     algorithms.get(a.name).check(cfg)
     _check_optimizer(cfg)  # S, the schedule's length, is the algorithm's
+    _one_of("trainer.log_level", cfg.trainer.log_level, LOG_LEVELS)
 
     check_model_path("model.path", cfg.model.path)
     check_model_path("model.tokenizer", cfg.model.tokenizer)
