@@ -138,7 +138,7 @@ class Controller:
                         f"was stopped. Last complete checkpoint: {self.checkpointer.latest() or 'none'}; "
                         "rerun with trainer.resume=auto to continue from it") from exc
                 if self.cfg.trainer.eval_every and ((step + 1) % self.cfg.trainer.eval_every == 0 or step == last):
-                    metrics.update(self.evaluate(step))  # every loop ends its step with the engines in sync
+                    metrics.update(self.evaluate(step))  # on the trainer's weights (evaluate syncs engines left behind)
                 metrics["time/wall"] = self.wall()
                 for sink in sinks:
                     sink.write(metrics)
