@@ -28,9 +28,12 @@ print(json.dumps({"level": level, "seen": seen, "future_warnings": len(caught),
 """
 
 
+SET_BY_QUIET = {*quiet.environment("warning"), "DS_ACCELERATOR"}  # a fresh process starts without them
+
+
 def probe(level):
     proc = subprocess.run([sys.executable, "-c", PROBE, level], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if k not in ("DS_ACCELERATOR", "PYTHONWARNINGS")})
+                          env={k: v for k, v in os.environ.items() if k not in SET_BY_QUIET})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
