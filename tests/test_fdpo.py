@@ -4,14 +4,13 @@ resumed with ``trainer.resume=auto`` logs every step once, reuses the stored ref
 log-probs and ends where an uninterrupted run ends; a mistyped data key stops the run before
 Ray starts, naming the row and the key."""
 import json
-import os
-import signal
 import subprocess
 import sys
 
 import pytest
 
 from tests.test_e2e import ROOT
+from tests.test_resume import train_cli
 
 pytestmark = pytest.mark.runtime
 SMALL = ["data.prompts_per_step=8", "data.builtin_train_size=16", "data.builtin_eval_size=16", "trainer.num_ranks=2",
@@ -21,19 +20,7 @@ COMPARED = ("loss/fdpo", "rewards/chosen", "rewards/rejected", "rewards/accuracy
 
 
 def run(out, *overrides, fault=None):
-    env = {k: v for k, v in os.environ.items() if k != "RLPLAT_FAULT"}
-    if fault:
-        env["RLPLAT_FAULT"] = fault
-    cmd = [sys.executable, "-m", "launch.train", "--config", "configs/fdpo.yaml", f"trainer.output_dir={out}",
-           *SMALL, *overrides]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    log, _ = proc.communicate(timeout=900)
-    try:  # a driver killed by the fault leaves its embedded Ray behind: clean the whole session
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return proc.returncode, log
+    return train_cli("fdpo", f"trainer.output_dir={out}", *SMALL, *overrides, fault=fault)
 
 
 def metrics(out):

@@ -14,13 +14,13 @@ pytestmark = pytest.mark.runtime
 COMPARED = ("reward/mean", "loss/policy", "div/kl_ref", "actor/entropy", "response/length_mean", "samples")
 
 
-def run(out, *overrides, fault=None):
-    env = dict(os.environ)
-    env.pop("RLPLAT_FAULT", None)
+def train_cli(config, *args, fault=None):
+    """``python -m launch.train --config configs/<config>.yaml *args`` with ``RLPLAT_FAULT=fault``;
+    returns (exit status, stdout and stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != "RLPLAT_FAULT"}
     if fault:
         env["RLPLAT_FAULT"] = fault
-    cmd = [sys.executable, "-m", "launch.train", "--config", "configs/grpo.yaml", f"trainer.output_dir={out}",
-           "trainer.max_steps=4", "trainer.save_every=1", "trainer.keep_last=2", "rollout.backend=hf", *SMALL, *overrides]
+    cmd = [sys.executable, "-m", "launch.train", "--config", f"configs/{config}.yaml", *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     log, _ = proc.communicate(timeout=900)
@@ -29,6 +29,11 @@ def run(out, *overrides, fault=None):
     except ProcessLookupError:
         pass
     return proc.returncode, log
+
+
+def run(out, *overrides, fault=None):
+    return train_cli("grpo", f"trainer.output_dir={out}", "trainer.max_steps=4", "trainer.save_every=1",
+                     "trainer.keep_last=2", "rollout.backend=hf", *SMALL, *overrides, fault=fault)
 
 
 def metrics(out):
