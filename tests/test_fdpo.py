@@ -56,7 +56,7 @@ def test_fdpo_trains_evaluates_and_resumes_exactly(tmp_path, tiny_models):
     assert [r["step"] for r in metrics(crash_dir)] == [-1, 0, 1]
     code, log = run(crash_dir, "algorithm.fdpo.divergence=js", "trainer.resume=auto")
     assert code == 0, log[-5000:]
-    assert "continuing at step 3" in log and "scoring them again" not in log  # the store was reused
+    assert "continuing at step 3" in log and "preparing it again" not in log  # the store was reused
     resumed, reference = metrics(crash_dir), metrics(ref_dir)
     assert [r["step"] for r in resumed] == [-1, 0, 1, 2, 3]
     for a, b in zip(resumed[1:], reference[1:]):

@@ -5,7 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from launch.loops.rehearsal import fingerprint, load_store
+from launch.loops.rehearsal import fingerprint
+from launch.loops.store import load_store
 from rlplat.config import RunConfig
 from rlplat.data import load_prompts, render_prompts
 from rlplat.models.tokenizer import build_tokenizer

@@ -22,6 +22,7 @@ import torch
 from launch.context import StepContext
 from launch.faults import fault_point
 from launch.loops import LOOPS
+from launch.loops.store import load_store, save_store
 from launch.metrics import PhaseTimer
 from rlplat.batch import Batch
 from rlplat.data import PromptSampler, load_prompts, render_prompts
@@ -72,16 +73,12 @@ class PairLoop:
     def _load_or_score(self, batches: Dict[str, Batch]) -> Dict[str, Batch]:
         """``batches`` with ``logprobs["reference"]``, from the store when its fingerprint matches."""
         path, expected = self.store_path(), fingerprint(self.ctx.cfg, self.ctx.paths, batches)
-        if os.path.isfile(path):
-            stored = torch.load(path, weights_only=False)
-            if stored.get("fingerprint") == expected:
-                return {k: Batch.from_dict(v) for k, v in stored["batches"].items()}
-            print(f"rlplat: {path} was made for other pairs or another reference; scoring them again", flush=True)
+        stored = load_store(path, expected)
+        if stored is not None:
+            return {k: Batch.from_dict(v) for k, v in stored["batches"].items()}
         for batch in batches.values():
             batch.logprobs["reference"] = self.ctx.score_roles(batch, ["reference"])["reference"]
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        torch.save({"fingerprint": expected, "batches": {k: b.to_dict() for k, b in batches.items()}}, path + ".tmp")
-        os.replace(path + ".tmp", path)  # a half-written store is never picked up
+        save_store(path, {"fingerprint": expected, "batches": {k: b.to_dict() for k, b in batches.items()}})
         return batches
 
     def step(self, step: int) -> Dict[str, float]:

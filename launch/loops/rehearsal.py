@@ -15,13 +15,14 @@ import hashlib
 import json
 import os
 import time
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Sequence
 
 import torch
 
 from launch.context import StepContext
 from launch.loops import LOOPS
 from launch.loops.rl import RLLoop
+from launch.loops.store import load_store, save_store
 from rlplat.batch import DATA_REHEARSAL, Batch
 from rlplat.data import PromptRow
 from rlplat.rewards.spec import describe, reward_specs
@@ -55,20 +56,6 @@ def _fingerprint(ctx) -> dict:
     return fingerprint(ctx.cfg, ctx.paths, ctx.rows, ctx.prompt_ids)
 
 
-def load_store(path: str, expected: dict) -> Optional[dict]:
-    """The store at ``path`` if it exists and was made under the fingerprint ``expected``, else None
-    (saying which fingerprint entries differ)."""
-    if not os.path.isfile(path):
-        return None
-    store = torch.load(path, weights_only=False)
-    found = store.get("fingerprint") or {}
-    if found == expected:
-        return store
-    changed = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
-    print(f"rlplat: {path} was made under another {', '.join(changed)}; preparing it again", flush=True)
-    return None
-
-
 def prepare(ctx) -> dict:
     """Split the training prompts with pi_0 and store the rehearsal samples; returns the store."""
     cfg = ctx.cfg
@@ -96,10 +83,7 @@ def prepare(ctx) -> dict:
         stored.rewards = torch.ones(len(stored))
         stored.kind = torch.full((len(stored),), DATA_REHEARSAL, dtype=torch.long)
         store["rehearsal"] = stored.to_dict()
-    path = store_path(ctx)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    torch.save(store, path + ".tmp")
-    os.replace(path + ".tmp", path)  # a half-written store is never picked up
+    save_store(store_path(ctx), store)
     return store
 
 
