@@ -227,3 +227,5 @@ def test_fdpo_config_refuses_what_would_not_act(tmp_path, override, message):
 def test_online_algorithms_refuse_fdpo_keys(tmp_path):
     with pytest.raises(ConfigError, match="algorithm.fdpo is set, but algorithm 'grpo' does not use it"):
         load_config("configs/grpo.yaml", [f"trainer.output_dir={tmp_path}", "algorithm.fdpo.beta=0.5"])
+    with pytest.raises(ConfigError, match="data.chosen_key is set, but algorithm 'kdrl' does not use it"):
+        load_config("configs/kdrl.yaml", [f"trainer.output_dir={tmp_path}", "data.chosen_key=better"])
