@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import shutil
@@ -43,11 +42,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/machine.py, also when loaded by path
 from machine import machine_info  # noqa: E402
+from stats import compare, git_commit, machine_text, mean_std  # noqa: E402,F401  (mean_std: tests)
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "js", "alpha")
 LABELS = {"reverse_kl": "reverse KL (DPO)", "forward_kl": "forward KL", "js": "Jensen-Shannon", "alpha": "alpha (0.5)"}
@@ -64,32 +64,7 @@ SMOKE_SIZES = ("data.builtin_train_size=32", "data.builtin_eval_size=8", "data.p
                "trainer.micro_batch_tokens=256", "rollout.cpu_kv_cache_gb=0.05")
 
 
-# ----------------------------------------------------------------------------- statistics
-def mean_std(values: Sequence[float]) -> Dict[str, float]:
-    """Mean, sample standard deviation (0 for one value) and standard error of the mean."""
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "se": std / math.sqrt(n), "n": n}
-
-
-def compare(a: Sequence[float], b: Sequence[float], direction: int) -> Dict[str, Any]:
-    """Difference of means ``mean(a) - mean(b)`` with its standard error and a verdict on the claim
-    that it has the sign of ``direction`` (+1: a > b, -1: a < b, 0: a != b)."""
-    sa, sb = mean_std(a), mean_std(b)
-    diff = sa["mean"] - sb["mean"]
-    se = math.sqrt(sa["se"] ** 2 + sb["se"] ** 2)
-    if min(sa["n"], sb["n"]) < 2:
-        verdict = "not tested: one seed"
-    elif abs(diff) <= 2 * se:
-        verdict = "inconclusive at this noise"
-    elif direction == 0 or diff * direction > 0:
-        verdict = "holds"
-    else:
-        verdict = "does not hold"
-    return {"difference": diff, "standard_error": se, "verdict": verdict}
-
-
+# ----------------------------------------------------------------------------- claims
 def claims(values: Dict[str, Dict[str, List[float]]]) -> List[Dict[str, Any]]:
     """The three claims for every divergence other than reverse KL (``values[divergence][measure]``: per seed)."""
     out = []
@@ -200,19 +175,6 @@ def write_markdown(path: str, result: Dict[str, Any]) -> None:
     lines += ["", "![f-DPO divergences](fdpo_divergences.png)", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
-
-
-def machine_text(m: Dict[str, Any]) -> str:
-    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
-    return f"{m['cpu']}, {m['usable_cores']} usable cores, {m['ram_gib']} GiB, Python {m['python']} ({versions})"
-
-
-def git_commit() -> Optional[str]:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

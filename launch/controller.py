@@ -17,7 +17,7 @@ import ray
 
 from launch.checkpoint import Checkpointer
 from launch.context import StepContext
-from launch.evaluate import evaluate
+from launch.evaluate import evaluate, win_rate_metrics
 from launch.faults import kill_actors
 from launch.loops import LOOPS
 from launch.metrics import MetricsWriter, eval_line, progress_line, truncate_metrics
@@ -50,7 +50,8 @@ class Controller:
         self.ctx.shutdown()
 
     def evaluate(self, step: int) -> Dict[str, float]:
-        """Greedy pass@1 and sampled pass@k on held-out prompts, on the trainer's current weights.
+        """Greedy pass@1 and sampled pass@k on held-out prompts, on the trainer's current weights,
+        and with ``trainer.eval_win_ns`` the best/worst-of-N win rates against the initial policy.
         Every sample, its reward and the greedy response go to ``<run_dir>/eval/step_<step>.json``
         (``step`` -1: before the first update), for offline comparisons between runs."""
         t = self.cfg.trainer
@@ -65,6 +66,10 @@ class Controller:
         with open(os.path.join(out_dir, f"step_{step}.json"), "w") as f:
             json.dump({"step": step, **result.to_json()}, f)
         metrics = dict(result.metrics)
+        if t.eval_win_ns and step >= 0:  # against the initial policy's samples (same prompts, same seed)
+            with open(os.path.join(out_dir, "step_-1.json")) as f:
+                initial = json.load(f)["records"]
+            metrics.update(win_rate_metrics(result.records, initial, t.eval_win_ns))
         if hasattr(self.loop, "eval_metrics"):  # a loop's own held-out measures (f-DPO: pair calibration)
             metrics.update(self.loop.eval_metrics())
         print(eval_line(step, metrics), flush=True)

@@ -5,6 +5,14 @@ CLI (runs one rollout engine in this process, no Ray)::
     python -m launch.evaluate --model PATH|builtin:tiny-policy --data builtin:arithmetic \\
         [--split eval] [--n 16] [--ks 1,8,16] [--max-new-tokens 8] [--backend vllm|hf] \\
         [--reward arithmetic|module:function] [--out results.json] [--limit N]
+        [--against BASELINE_MODEL [--win-ns 1,4,16]]
+
+With ``--against`` (for example the reference policy a model was aligned from), the baseline's
+weights are loaded into the same engine and sampled on the same prompts with the same seed, and
+the inference-time win rates of ``--model`` against it are added: ``eval/bon@{N}_win_rate`` (best-of-N
+decoding on both sides, the highest-reward of N samples is compared) and ``eval/won@{N}_win_rate``
+(worst-of-N), ties half, for each N of ``--win-ns`` (``rlplat.win_rate``; N = 1 is the standard
+win rate).
 
 prints a metric table and writes JSON ``{"metrics", "n", "ks", "records", "run"}``. The vLLM
 engine runs in this process (it sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` before importing vLLM),
@@ -177,6 +185,30 @@ def evaluate(
     return EvalResult(metrics=metrics, n=n, ks=ks, records=records)
 
 
+def win_rate_metrics(records: Sequence[Dict[str, Any]], baseline: Sequence[Dict[str, Any]],
+                     ns: Sequence[int]) -> Dict[str, float]:
+    """``eval/{bon,won}@{N}_win_rate`` of the sampled rewards in ``records`` against ``baseline``'s
+    (``evaluate(..., keep_samples=True)`` records of the same prompts, in the same order)."""
+    import torch
+
+    from rlplat.win_rate import DECODERS, decoded_win_rate
+
+    if [r["index"] for r in records] != [r["index"] for r in baseline]:
+        raise ValueError("win rates need the same prompts, in the same order, on both sides")
+    def rewards(recs):
+        return torch.tensor([[math.nan if x is None else x for x in r["rewards"]] for r in recs], dtype=torch.float64)
+
+    mine, theirs = rewards(records), rewards(baseline)
+    return {f"{METRIC_PREFIX}{d}@{n}_win_rate": decoded_win_rate(mine, theirs, n, d)[0] for d in DECODERS for n in ns}
+
+
+def load_hf_weights(path: str):
+    """``[(HF name, tensor)]`` of a model directory or hub id, for ``engine.update_weights``."""
+    from transformers import AutoModelForCausalLM
+
+    return list(AutoModelForCausalLM.from_pretrained(path, torch_dtype="auto").state_dict().items())
+
+
 def format_table(metrics: Dict[str, float]) -> str:
     """Two aligned columns: greedy pass@1, sampled pass@k by ascending k, then the rest by name."""
     def order(name: str):
@@ -234,6 +266,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=1.0, help="reward >= this counts as correct")
     p.add_argument("--save-samples", action="store_true", help="keep every sampled response in the JSON")
     p.add_argument("--out", default=None, help="JSON output path")
+    p.add_argument("--against", default=None,
+                   help="baseline model (e.g. the reference policy): add best/worst-of-N win rates against it")
+    p.add_argument("--win-ns", type=_ks, default=[1, 4, 16], help="N values of the win rates, each <= --n")
     return p.parse_args(argv)
 
 
@@ -261,6 +296,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit={args.limit} must be >= 1")
         resolve_reward(args.reward, "--reward")
+        if args.against and max(args.win_ns) > args.n:
+            raise ConfigError(f"--win-ns={args.win_ns}: each N must be <= --n={args.n} (best-of-N is estimated "
+                              "from --n samples per prompt; use a few times the largest N)")
+        if args.against and min(args.win_ns) < 1:
+            raise ConfigError(f"--win-ns={args.win_ns}: each N must be >= 1")
         from actors.rollout import ROLLOUT_BACKENDS, make_engine
         from launch.preflight import load_tokenizer
         from rlplat.data import load_prompts, render_prompts
@@ -280,6 +320,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         rows = load_prompts(data_cfg, args.split)[: args.limit]
         prompt_ids = render_prompts(rows, tokenizer, data_cfg)
+        if args.against:
+            from launch.preflight import check_same_tokenizer
+
+            against = _resolve_model(args.against, "--against")
+            check_same_tokenizer(tokenizer, against, "--against")
     except (ConfigError, ValueError) as exc:
         print(f"rlplat: evaluate: {exc}", file=sys.stderr)
         return 2
@@ -304,8 +349,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             engine_generate_fn(engine, pad_id), rows, prompt_ids,
             lambda r, a, p, c: runner.score(list(zip(r, a, p, c))), args.n, ks,
             greedy_fn=None if args.no_greedy else engine_generate_fn(engine, pad_id, greedy=True),
-            correct_threshold=args.threshold, keep_samples=args.save_samples, seed=args.seed,
+            correct_threshold=args.threshold, keep_samples=args.save_samples or bool(args.against), seed=args.seed,
         )
+        if args.against:  # the same engine, the baseline's weights, the same prompts and seed
+            engine.update_weights(load_hf_weights(against))
+            baseline = evaluate(engine_generate_fn(engine, pad_id), rows, prompt_ids,
+                                lambda r, a, p, c: runner.score(list(zip(r, a, p, c))), args.n, ks,
+                                correct_threshold=args.threshold, keep_samples=True, seed=args.seed)
+            result.metrics.update(win_rate_metrics(result.records, baseline.records, args.win_ns))
+            result.metrics[METRIC_PREFIX + "against_reward_mean"] = baseline.metrics[METRIC_PREFIX + "reward_mean"]
     result.metrics[METRIC_PREFIX + "seconds_start"] = seconds_start
     print(f"{args.model} on {args.data} ({args.split}, {len(rows)} prompts, n={args.n}, backend={args.backend})")
     print(format_table(result.metrics), flush=True)
@@ -314,6 +366,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         payload["run"] = {
             "model": args.model, "model_path": model, "data": args.data, "split": args.split, "backend": args.backend,
             "reward": args.reward, "threshold": args.threshold, "dtype": args.dtype, "seed": args.seed,
+            "against": args.against, "win_ns": args.win_ns if args.against else None,
             "rollout": {k: getattr(rollout, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k", "max_model_len")},
             "seconds_total": time.perf_counter() - t0,
         }

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rlplat.rewards.calibration import calibrate
-from rlplat.rewards.reference_store import SAMPLING_KEYS, changed_keys, fingerprint
+from launch.loops.store import load_store, save_store
+from rlplat.rewards.reference_store import SAMPLING_KEYS, fingerprint
 
 
 def test_reference_samples_calibrate_to_exact_mid_ranks():
@@ -120,15 +121,19 @@ def _fp(**over):
     return fingerprint(**args)
 
 
-def test_store_is_reused_only_under_a_matching_fingerprint():
+def test_store_is_reused_only_under_a_matching_fingerprint(tmp_path, capsys):
+    """The CTRL loop's store (``launch.loops.store``) under ``fingerprint``: reused when equal,
+    prepared again, naming the entries that differ, otherwise."""
+    path = str(tmp_path / "ctrl_reference.pt")
     base = _fp()
-    assert changed_keys(_fp(), base) == []
-    assert changed_keys(_fp(m=32), base) == ["m"]
-    assert changed_keys(_fp(prompt_ids=[[5, 6], [8]]), base) == ["prompt_ids_sha256"]
-    assert changed_keys(_fp(sampling={**{k: None for k in SAMPLING_KEYS}, "temperature": 0.7}), base) == ["temperature"]
-    assert changed_keys(_fp(reward="arithmetic", seed=1), base) == ["reward", "seed"]
-    assert changed_keys(None, base) == sorted(base)
-    assert changed_keys({**base, "extra": 1}, base) == ["extra"]
+    save_store(path, {"fingerprint": base, "rewards": torch.zeros(2, 16)})
+    assert load_store(path, _fp())["rewards"].shape == (2, 16)
+    for over, changed in [(dict(m=32), "m"), (dict(prompt_ids=[[5, 6], [8]]), "prompt_ids_sha256"),
+                          (dict(sampling={**{k: None for k in SAMPLING_KEYS}, "temperature": 0.7}), "temperature"),
+                          (dict(reward="arithmetic", seed=1), "reward, seed")]:
+        assert load_store(path, _fp(**over)) is None
+        assert f"made under another {changed}; preparing it again" in capsys.readouterr().out
+    assert load_store(str(tmp_path / "missing.pt"), base) is None
 
 
 def test_fingerprint_refuses_bad_arguments():

@@ -11,4 +11,4 @@ from rlplat.registry import Registry
 
 LOOPS: Registry = Registry("controller loop")
 
-from launch.loops import mirror_prox, pairs, rehearsal, rl  # noqa: E402,F401  (registration)
+from launch.loops import ctrl, mirror_prox, pairs, rehearsal, rl  # noqa: E402,F401  (registration)

@@ -15,7 +15,8 @@ from rlplat.data import PromptRow, PromptSampler
 class RLLoop:
     """sample (``BatchSource``: generate, reward, score) -> advantages -> train -> sync.
 
-    A variant overrides ``training_batch`` (what is trained besides the on-policy batch) and
+    A variant overrides ``shape_rewards`` (the reward stage between the raw rewards and the
+    advantages), ``training_batch`` (what is trained besides the on-policy batch) and
     ``step_metrics`` (metrics of every step, skipped or not); ``rows`` are the prompts it samples."""
 
     def __init__(self, ctx: StepContext, rows: Optional[List[PromptRow]] = None) -> None:
@@ -30,14 +31,20 @@ class RLLoop:
         metrics.update(self.step_metrics())
         if batch is None:  # dynamic sampling found no group with unequal rewards: nothing to learn from
             return ctx.finish_step(step, metrics, timer)
-        ctx.compute_advantages(batch)
         metrics.update(ctx.batch_metrics(batch))
+        metrics.update(self.shape_rewards(batch))
+        ctx.compute_advantages(batch)
         batch = self.training_batch(batch, step)
         with timer.phase("train"):
             metrics.update(ctx.train(batch, step))
         with timer.phase("sync"):
             metrics.update(ctx.sync())
         return ctx.finish_step(step, metrics, timer, batch)
+
+    def shape_rewards(self, batch: Batch) -> Dict[str, float]:
+        """Replace ``batch.rewards`` (raw, one per row) by what the advantages are computed from
+        (CTRL: calibrated and transformed); returns its metrics. Default: the raw rewards."""
+        return {}
 
     def training_batch(self, batch: Batch, step: int) -> Batch:
         """The rows trained at ``step``, from the on-policy ``batch`` (with advantages)."""

@@ -69,7 +69,7 @@ class Algorithm:
     several_updates_per_batch: bool = False  # the loop itself trains a batch more than once (Nash-MP)
     pairs: bool = False  # trains on preference pairs (``pair_loss``), not on sampled prompts
     # Config keys this algorithm never reads: a value other than the schema default is refused.
-    unused_keys: Tuple[str, ...] = ("algorithm.fdpo", "data.chosen_key", "data.rejected_key")
+    unused_keys: Tuple[str, ...] = ("algorithm.fdpo", "algorithm.ctrl", "data.chosen_key", "data.rejected_key")
     # The loop can drop groups with identical rewards and sample more (DAPO, algorithm.dynamic_sampling).
     dynamic_sampling: bool = True
     samples_from = {"reference": "policy", "teacher": "policy", "snapshot": "policy", "initial": "anchor"}

@@ -103,6 +103,41 @@ class NashMP(Algorithm):
 
 
 @register
+class CTRL(Algorithm):
+    """InfAlign-CTRL: KL-regularised RL on a calibrated-then-transformed reward. The reward of each
+    sample is calibrated against ``algorithm.ctrl.reference_samples`` samples of pi_ref of the
+    same prompt (drawn once before training), then transformed (``algorithm.ctrl.transform``)."""
+
+    name = "ctrl"
+    loop = "ctrl"
+    anchors = frozenset({"reference"})
+    unused_keys = ("algorithm.fdpo", "data.chosen_key", "data.rejected_key")
+
+    def check(self, cfg: RunConfig) -> None:
+        from rlplat.rewards import transforms
+
+        super().check(cfg)
+        c = cfg.algorithm.ctrl
+        if c.reference_samples < 2:
+            raise ConfigError(f"algorithm.ctrl.reference_samples={c.reference_samples}: calibration needs >= 2 "
+                              "reference samples per prompt (16-64 is usual)")
+        if c.transform not in transforms.names():
+            raise ConfigError(f"algorithm.ctrl.transform='{c.transform}' is not registered; choose one of {transforms.names()}")
+        try:
+            transforms.check_params(c.transform, {} if c.t is None else {"t": c.t})
+        except ValueError as exc:
+            raise ConfigError(f"algorithm.ctrl.t: {exc}") from None
+        if cfg.roles.reference.path and cfg.roles.reference.path != cfg.model.path:
+            raise ConfigError(
+                f"roles.reference.path='{cfg.roles.reference.path}': CTRL draws its calibration samples of pi_ref "
+                "with the rollout engines before the first update, when they hold model.path; leave "
+                "roles.reference.path unset (pi_ref = the initial policy)")
+        if not any(t.anchor == "reference" for t in cfg.algorithm.divergences):
+            raise ConfigError("algorithm 'ctrl' is KL-regularised RL: add a divergence term with anchor 'reference' "
+                              "to algorithm.divergences")
+
+
+@register
 class FDPO(Algorithm):
     """f-DPO: offline preference pairs, ``-log sigmoid(beta (f'(u_w) - f'(u_l)))`` under the
     divergence ``algorithm.fdpo.divergence``; reference log-probs scored once before training."""
@@ -117,7 +152,7 @@ class FDPO(Algorithm):
     unused_keys = ("algorithm.group_size", "algorithm.advantage", "algorithm.advantage_params", "algorithm.eps_low",
                    "algorithm.eps_high", "algorithm.dual_clip", "algorithm.loss_agg", "algorithm.norm_len",
                    "algorithm.dynamic_sampling", "algorithm.max_sampling_rounds", "algorithm.rollout_correction",
-                   "algorithm.divergences", "algorithm.dph_rl", "algorithm.nash_mp", "trainer.max_staleness",
+                   "algorithm.divergences", "algorithm.dph_rl", "algorithm.nash_mp", "algorithm.ctrl", "trainer.max_staleness",
                    "rollout.ignore_eos")
 
     def check(self, cfg: RunConfig) -> None:

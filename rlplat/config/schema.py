@@ -157,6 +157,17 @@ class FDPOConfig:
 
 
 @dataclass
+class CTRLConfig:
+    """InfAlign-CTRL's reward stage: calibrate against reference samples, then transform
+    (rlplat.rewards.calibration, rlplat.rewards.transforms; docs/algorithms.md#infalign-ctrl)."""
+
+    reference_samples: int = 16  # m, samples of pi_ref per training prompt, drawn once before training
+    transform: str = "bon"  # a name in rlplat.rewards.transforms: identity | bon | won
+    t: Optional[float] = None  # the bon / won transformation's parameter (> 0); unset for identity
+    store_path: Optional[str] = None  # the reference rewards; default <output_dir>/ctrl_reference.pt
+
+
+@dataclass
 class RolloutCorrectionConfig:
     """Importance weights between the rollout engine's log-probs (mu) and the trainer's "old" ones
     (pi_prox) on exploration rows (rlplat.rollout_correction, docs/algorithms.md#off-policy-data-rollout-correction-and-bounded-staleness)."""
@@ -186,6 +197,7 @@ class AlgorithmConfig:
     dph_rl: DPHRLConfig = field(default_factory=DPHRLConfig)
     nash_mp: NashMPConfig = field(default_factory=NashMPConfig)
     fdpo: FDPOConfig = field(default_factory=FDPOConfig)
+    ctrl: CTRLConfig = field(default_factory=CTRLConfig)
 
 
 @dataclass
@@ -227,6 +239,9 @@ class TrainerConfig:
     eval_before_train: bool = True  # with eval_every > 0: also evaluate the initial policy (logged as step -1)
     eval_n: int = 8  # samples per held-out prompt for pass@k
     eval_ks: List[int] = field(default_factory=lambda: [1, 4, 8])
+    # Best-of-N / worst-of-N win rates of each evaluation against the initial policy's (step -1),
+    # one per N (each <= eval_n; needs eval_before_train): eval/bon@{N}_win_rate, eval/won@{N}_win_rate.
+    eval_win_ns: List[int] = field(default_factory=list)
     eval_max_prompts: int = 64
     # Rollouts written to <output_dir>/rollouts.jsonl per step (prompt, response, reward, answer, step,
     # weight version), drawn at random from the trained batch. 0: off, as verl's rollout dump and

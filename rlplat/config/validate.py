@@ -205,10 +205,17 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"trainer.lr={t.lr} must be > 0")
     if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
         raise ConfigError(f"trainer.adam_betas={list(t.adam_betas)} must be two numbers in [0, 1)")
+    if t.eval_win_ns and not t.eval_every:
+        raise ConfigError("trainer.eval_win_ns is set but trainer.eval_every=0 (no evaluation): set both or neither")
     if t.eval_every:
         _at_least("trainer.eval_n", t.eval_n, 1)
         if not t.eval_ks or any(not 1 <= k <= t.eval_n for k in t.eval_ks):
             raise ConfigError(f"trainer.eval_ks={list(t.eval_ks)} must be non-empty with every k in 1..trainer.eval_n ({t.eval_n})")
+        if any(not 1 <= n <= t.eval_n for n in t.eval_win_ns):
+            raise ConfigError(f"trainer.eval_win_ns={list(t.eval_win_ns)}: every N must be in 1..trainer.eval_n ({t.eval_n})")
+        if t.eval_win_ns and not t.eval_before_train:
+            raise ConfigError("trainer.eval_win_ns compares each evaluation with the initial policy's: it needs "
+                              "trainer.eval_before_train=true")
     _one_of("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])
     _one_of("rollout.backend", r.backend, ["vllm", "hf"])
     _at_least("rollout.num_engines", r.num_engines, 1)

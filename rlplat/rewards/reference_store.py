@@ -3,15 +3,14 @@
 CTRL samples every training prompt m times with pi_ref once, before training, rewards the samples
 and keeps the rewards (``Float[P, m]``, see ``rlplat.rewards.calibration``). A later run may reuse
 them only if everything they depend on is unchanged; this module states what that is, as a plain
-dict, and which entries differ. Loading, saving and sampling belong to the loop (not built yet);
-this file is pure python so that the rule is testable without Ray, like
-``launch/loops/rehearsal.py``'s ``fingerprint`` for DPH-RL.
+dict. Sampling, loading and saving belong to the loop (``launch/loops/ctrl.py``, with
+``launch/loops/store.py``, which names the entries that differ).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 STORE_VERSION = 1
 
@@ -56,13 +55,4 @@ def fingerprint(
     }
 
 
-def changed_keys(found: Optional[Mapping[str, Any]], expected: Mapping[str, Any]) -> List[str]:
-    """The fingerprint entries that differ (sorted); empty means the store may be reused. A store
-    without a fingerprint (``None`` or ``{}``) differs in every entry."""
-    found = found or {}
-    return sorted(k for k in set(found) | set(expected) if found.get(k, _MISSING) != expected.get(k, _MISSING))
-
-
-_MISSING = object()
-
-__all__ = ["SAMPLING_KEYS", "STORE_VERSION", "changed_keys", "fingerprint"]
+__all__ = ["SAMPLING_KEYS", "STORE_VERSION", "fingerprint"]

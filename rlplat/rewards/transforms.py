@@ -73,24 +73,31 @@ def won(c: torch.Tensor, t: float) -> torch.Tensor:
     return -torch.exp(-t * c)
 
 
-def transform(name: str, c: torch.Tensor, **params) -> torch.Tensor:
-    """``Phi_name(c; params)`` after checking ``c`` (finite, in [0, 1]) and that ``params`` are
-    exactly the transformation's parameters; every error names the transformation and the parameter."""
+def check_params(name: str, params: dict) -> None:
+    """Raise ``ValueError`` unless ``params`` are exactly the transformation's parameters, with
+    values it accepts on the whole of [0, 1] (in float32); every error names the transformation and the parameter."""
     fn = get(name)
+    signature = inspect.signature(fn).parameters
+    accepted = [p for p in signature if p != "c"]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"reward transformation '{name}' has no parameter {', '.join(unknown)} "
+                         f"(its parameters: {', '.join(accepted) or 'none'})")
+    missing = [p for p in accepted if p not in params and signature[p].default is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(f"reward transformation '{name}' needs parameter {', '.join(missing)}")
+    fn(torch.tensor([0.0, 1.0]), **params)  # the parameter's own checks, and overflow at c = 1
+
+
+def transform(name: str, c: torch.Tensor, **params) -> torch.Tensor:
+    """``Phi_name(c; params)`` after checking ``c`` (finite, in [0, 1]) and ``params`` (``check_params``)."""
     if not torch.is_floating_point(c):
         raise ValueError(f"reward transformation '{name}': c must be a float tensor, got {c.dtype}")
     if not torch.isfinite(c).all() or bool(((c < 0) | (c > 1)).any()):
         raise ValueError(f"reward transformation '{name}': c must be calibrated rewards in [0, 1], got values "
                          f"in [{c.min().item()}, {c.max().item()}]")
-    accepted = [p for p in inspect.signature(fn).parameters if p != "c"]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(f"reward transformation '{name}' has no parameter {', '.join(unknown)} "
-                         f"(its parameters: {', '.join(accepted) or 'none'})")
-    missing = [p for p in accepted if p not in params and inspect.signature(fn).parameters[p].default is inspect.Parameter.empty]
-    if missing:
-        raise ValueError(f"reward transformation '{name}' needs parameter {', '.join(missing)}")
-    return fn(c, **params)
+    check_params(name, params)
+    return get(name)(c, **params)
 
 
-__all__ = ["REGISTRY", "bon", "get", "identity", "names", "register", "transform", "won"]
+__all__ = ["REGISTRY", "bon", "check_params", "get", "identity", "names", "register", "transform", "won"]
