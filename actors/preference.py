@@ -40,7 +40,7 @@ class PreferenceWorker:
     """``micro_batch_tokens``: token budget of one reward-model forward pass."""
 
     def __init__(self, judge: Optional[str], model_path: Optional[str], dtype: str = "float32",
-                 micro_batch_tokens: int = 4096) -> None:
+                 micro_batch_tokens: int = 4096, trust_remote_code: bool = False) -> None:
         quiet.apply()  # third-party log noise off (trainer.log_level, via RLPLAT_LOG_LEVEL)
         if micro_batch_tokens <= 0:
             raise ValueError(f"roles.preference.micro_batch_tokens must be > 0, got {micro_batch_tokens}")
@@ -54,8 +54,9 @@ class PreferenceWorker:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
             self.judge = None
-            self.tok = AutoTokenizer.from_pretrained(model_path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(model_path, torch_dtype=getattr(torch, dtype)).eval()
+            self.tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                model_path, torch_dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code).eval()
             self._takes_positions = "position_ids" in inspect.signature(self.model.forward).parameters
 
     def ready(self) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import List, Optional
 
 from actors import quiet
 from rlplat.config.schema import RayConfig
@@ -11,13 +12,35 @@ ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false"}
 _LOOPBACK = ("127.0.0.1", "localhost")
 
 
+# Options of an embedded cluster: a driver joining a running one cannot change how it was started.
+EMBEDDED_ONLY = ("host", "num_cpus", "include_dashboard")
+
+
+def joining_address(cfg: RayConfig) -> Optional[str]:
+    """The cluster this job joins (``ray.address``, else RAY_ADDRESS), or None: start an embedded one."""
+    return cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def ignored_options(cfg: RayConfig) -> List[str]:
+    """One warning per ``ray.host`` / ``ray.num_cpus`` / ``ray.include_dashboard`` set away from its
+    default while the job joins an existing cluster, where ``start_ray`` cannot apply it."""
+    address = joining_address(cfg)
+    if not address:
+        return []
+    source = "ray.address" if cfg.address else "RAY_ADDRESS"
+    default = RayConfig()
+    return [f"ray.{key}={getattr(cfg, key)!r} is ignored: the job joins the existing Ray cluster at {address} "
+            f"({source}), which keeps the settings it was started with"
+            for key in EMBEDDED_ONLY if getattr(cfg, key) != getattr(default, key)]
+
+
 def pin_to_loopback(cfg: RayConfig) -> None:
     """Make an embedded cluster really bind to 127.0.0.1.
 
     Ray replaces a loopback ``_node_ip_address`` by the machine's outward address unless its
     "local-only cluster" switch is set, which Ray reads once at import: call this before anything
     imports ray. A driver joining a cluster is left alone (the other nodes must reach it)."""
-    if cfg.host in _LOOPBACK and not (cfg.address or os.environ.get("RAY_ADDRESS")):
+    if cfg.host in _LOOPBACK and not joining_address(cfg):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
@@ -35,7 +58,7 @@ def start_ray(cfg: RayConfig, log_level: str = quiet.DEFAULT) -> str:
         return "joined"
     # "Started a local Ray instance." and the like are Ray's INFO lines.
     ray_level = logging.WARNING if quiet.is_quiet(log_level) else logging.INFO
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    address = joining_address(cfg)
     if address:  # under `ray job submit` the job's working_dir already puts user code on the path
         # No runtime_env here: a submitted job's own one would win anyway (Ray warns); the actors
         # quiet themselves (actors.quiet.apply in each __init__).

@@ -254,6 +254,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=r.top_k, help="<= 0: off")
     p.add_argument("--backend", default="vllm", help="rollout backend: vllm | hf")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the model's and tokenizer's own code run (model.trust_remote_code of a training run)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (CPU; 1 avoids OpenMP spin-waiting on a busy machine)")
@@ -310,7 +312,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ConfigError(f"--backend={args.backend}: choose one of {ROLLOUT_BACKENDS.names()}")
         model = _resolve_model(args.model, "--model")
         tok_path = _resolve_model(args.tokenizer, "--tokenizer") if args.tokenizer else model
-        tokenizer = load_tokenizer(tok_path, "--tokenizer" if args.tokenizer else "--model")
+        tokenizer = load_tokenizer(tok_path, "--tokenizer" if args.tokenizer else "--model", args.trust_remote_code)
         data_cfg = DataConfig(
             train_path=args.data, eval_path=args.data, prompt_key=args.prompt_key, answer_key=args.answer_key,
             chat_template=args.chat_template, max_prompt_tokens=args.max_prompt_tokens,
@@ -341,7 +343,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     t_load = time.perf_counter()
     engine = make_engine(args.backend, model_path=model, tokenizer_path=tok_path, rollout=rollout,
-                         dtype=args.dtype, seed=args.seed)
+                         dtype=args.dtype, seed=args.seed, trust_remote_code=args.trust_remote_code)
     with RewardRunner(args.reward, args.reward_timeout) as runner:
         runner.wait_ready()
         seconds_start = time.perf_counter() - t_load

@@ -1,9 +1,10 @@
-"""Checks and preparation that need files but no cluster: resolve model paths, compare tokenizers,
-create the run directory. Everything here fails before Ray or any actor starts."""
+"""Checks and preparation that need files but no cluster: resolve model paths, load and compare
+tokenizers, read and render the data (``preflight``, which ``--check`` runs too), create the run
+directory. Everything here fails before Ray or any actor starts."""
 from __future__ import annotations
 
 import os
-from typing import Dict
+from typing import Any, Dict, Tuple
 
 from rlplat.algorithms import AlgorithmPlan
 from rlplat.config.errors import ConfigError
@@ -20,6 +21,16 @@ def resolve_model_path(path: str) -> str:
     return resolve_builtin(path)
 
 
+def peek_model_path(path: str) -> str:
+    """``resolve_model_path`` without building: a ``builtin:`` name not built yet stays a name
+    (``load_tokenizer`` knows its tokenizer), so ``--check`` takes seconds on a fresh machine."""
+    if not path.startswith("builtin:"):
+        return path
+    from rlplat.models.tiny import cached_model_path
+
+    return cached_model_path(path) or path
+
+
 def prebuild_builtin_models(cfg: RunConfig) -> None:
     """Build every missing ``builtin:tiny-*`` model of the config at once (first run only)."""
     paths = [cfg.model.path, cfg.model.tokenizer, cfg.roles.reference.path, cfg.roles.teacher.path, cfg.roles.preference.path]
@@ -31,36 +42,47 @@ def prebuild_builtin_models(cfg: RunConfig) -> None:
         ensure_tiny_models([s for s in sizes if s in SIZES])  # unknown names fail below, with their key
 
 
-def resolve_paths(cfg: RunConfig, plan: AlgorithmPlan) -> Dict[str, str]:
-    """role -> local path or hub id for the policy, its tokenizer and every scorer role in the plan."""
-    prebuild_builtin_models(cfg)
-    policy = resolve_model_path(cfg.model.path)
-    paths = {"policy": policy, "tokenizer": resolve_model_path(cfg.model.tokenizer) if cfg.model.tokenizer else policy,
+def resolve_paths(cfg: RunConfig, plan: AlgorithmPlan, build: bool = True) -> Dict[str, str]:
+    """role -> local path or hub id for the policy, its tokenizer and every scorer role in the plan.
+    ``build=False`` (``--check``): built-in models not built yet stay ``builtin:`` names."""
+    if build:
+        prebuild_builtin_models(cfg)
+    resolve = resolve_model_path if build else peek_model_path
+    policy = resolve(cfg.model.path)
+    paths = {"policy": policy, "tokenizer": resolve(cfg.model.tokenizer) if cfg.model.tokenizer else policy,
              "snapshot": policy}
     roles = cfg.roles
-    paths["reference"] = resolve_model_path(roles.reference.path) if roles.reference.path else policy
+    paths["reference"] = resolve(roles.reference.path) if roles.reference.path else policy
     if roles.teacher.path:
-        paths["teacher"] = resolve_model_path(roles.teacher.path)
+        paths["teacher"] = resolve(roles.teacher.path)
     if roles.preference.path:
-        paths["preference"] = resolve_model_path(roles.preference.path)
+        paths["preference"] = resolve(roles.preference.path)
     missing = [r for r in plan.scorer_roles if r not in paths]
     if missing:
         raise ConfigError(f"algorithm '{plan.name}' needs model roles {missing}: set roles.<role>.path")
     return paths
 
 
-def load_tokenizer(path: str, key: str):
+def load_tokenizer(path: str, key: str, trust_remote_code: bool = False):
+    """The tokenizer at ``path`` (``key`` names the config key in errors). A ``builtin:tiny-*``
+    name not built yet gives the built-in character tokenizer, the one its build saves."""
+    if path.startswith("builtin:"):
+        from rlplat.models.tokenizer import build_tokenizer
+
+        return build_tokenizer()
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises OSError, ValueError, ... depending on what is wrong
-        raise ConfigError(f"{key}='{path}': cannot load a tokenizer: {exc}") from None
+        hint = ("; set model.trust_remote_code=true (launch.evaluate: --trust-remote-code) if you trust its code"
+                if "trust_remote_code" in str(exc) and not trust_remote_code else "")
+        raise ConfigError(f"{key}='{path}': cannot load a tokenizer: {exc}{hint}") from None
 
 
-def check_same_tokenizer(policy_tok, other_path: str, key: str) -> None:
+def check_same_tokenizer(policy_tok, other_path: str, key: str, trust_remote_code: bool = False) -> None:
     """Per-token log-probs of another model are only comparable if it tokenises identically."""
-    other = load_tokenizer(other_path, key)
+    other = load_tokenizer(other_path, key, trust_remote_code)
     if policy_tok.get_vocab() != other.get_vocab():
         a, b = policy_tok.get_vocab(), other.get_vocab()
         diff = sorted(set(a.items()) ^ set(b.items()))[:5]
@@ -73,17 +95,45 @@ def check_same_tokenizer(policy_tok, other_path: str, key: str) -> None:
 
 
 def check_data(cfg: RunConfig, plan: AlgorithmPlan, tokenizer) -> None:
-    """Read and render the training rows (prompts or preference pairs) and, when evaluating, the
-    held-out prompts, so that a bad row, a mistyped key or an over-long prompt is a ``ConfigError``
-    naming it before Ray starts."""
-    from rlplat.data import load_prompts, render_prompts
+    """Read and render what the run will read: every training row (prompts or preference pairs)
+    and, when evaluating, the first ``trainer.eval_max_prompts`` held-out rows (as the controller
+    and the pairs loop take them), so that a bad row, a mistyped key or an over-long prompt is a
+    ``ConfigError`` naming the file, the row and the key before Ray starts."""
+    from rlplat.data import PromptSampler, load_prompts, render_prompts, source_for
 
-    splits = [("train", plan.pairs)] + ([("eval", False)] if cfg.trainer.eval_every else [])
-    for split, pairs in splits:
+    splits = [("train", None)] + ([("eval", cfg.trainer.eval_max_prompts)] if cfg.trainer.eval_every else [])
+    for split, limit in splits:
         try:
-            render_prompts(load_prompts(cfg.data, split, pairs=pairs), tokenizer, cfg.data)
-        except ValueError as exc:
+            path, key = source_for(cfg.data, split)
+            rows = load_prompts(cfg.data, split, pairs=plan.pairs)[:limit]
+        except ValueError as exc:  # these name the file, the row (line) and the key
             raise ConfigError(f"{split} data: {exc}") from None
+        try:
+            render_prompts(rows, tokenizer, cfg.data)
+            if split == "train":
+                PromptSampler(rows, cfg.data.prompts_per_step)  # every step's batch fits in the data
+        except ValueError as exc:  # these name rows only: add the file
+            raise ConfigError(f"{split} data, {key}='{path}': {exc}") from None
+
+
+def preflight(cfg: RunConfig, plan: AlgorithmPlan, build: bool = True) -> Tuple[Dict[str, str], Any]:
+    """Everything that can fail before actors start, except the run directory: resolve the model
+    paths (building built-in models unless ``build=False``), load the policy's tokenizer, compare
+    the scorer roles' tokenizers with it, load the preference model's, and read and render the
+    train and eval data. Returns (paths, tokenizer); raises ``ConfigError`` naming the key."""
+    trust = cfg.model.trust_remote_code
+    paths = resolve_paths(cfg, plan, build)
+    unbuilt = sorted({p for p in paths.values() if p.startswith("builtin:")})
+    if unbuilt:
+        print(f"rlplat: {', '.join(unbuilt)} not built yet: checked with the built-in tokenizer; a run "
+              "builds them first (about 6 minutes)", flush=True)
+    tokenizer = load_tokenizer(paths["tokenizer"], "model.tokenizer" if cfg.model.tokenizer else "model.path", trust)
+    for role in sorted(plan.scorer_roles - {"snapshot"}):
+        check_same_tokenizer(tokenizer, paths[role], f"roles.{role}.path", trust)
+    if plan.preference and not cfg.algorithm.nash_mp.judge and "preference" in paths:
+        load_tokenizer(paths["preference"], "roles.preference.path", trust)  # a text judge: its own tokenizer
+    check_data(cfg, plan, tokenizer)
+    return paths, tokenizer
 
 
 def prepare_run_dir(cfg: RunConfig) -> str:

@@ -1,7 +1,9 @@
 """``python -m launch.train --config configs/<algo>.yaml [key=value ...]``
 
-Validates the config in seconds, builds the built-in tiny models if asked for, then joins the Ray
-cluster (``ray job submit`` sets RAY_ADDRESS) or starts an embedded one on 127.0.0.1 and trains.
+Validates the config, the tokenizers and the data in seconds (``launch.preflight``; ``--check`` stops
+there, printing the config and ``rlplat: --check ok``), builds the built-in tiny models if asked
+for, then joins the Ray cluster (``ray job submit`` sets RAY_ADDRESS) or starts an embedded one on
+127.0.0.1 and trains.
 """
 from __future__ import annotations
 
@@ -12,12 +14,16 @@ from typing import List, Optional
 from rlplat import algorithms
 from rlplat.config import ConfigError, load_config
 
+CHECK_OK = "rlplat: --check ok"  # the last line of a passing --check
+
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m launch.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML file, e.g. configs/grpo.yaml")
-    p.add_argument("--check", action="store_true", help="validate the config and print it, then exit")
+    p.add_argument("--check", action="store_true",
+                   help="run every check a real run makes before Ray starts (config, tokenizers, data), print the "
+                        "resolved config, then exit; starts no Ray, writes no run directory, builds no model")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=5")
     return p.parse_args(argv)
 
@@ -27,21 +33,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         plan = algorithms.get(cfg.algorithm.name).plan(cfg)
-        if args.check:
-            from omegaconf import OmegaConf
+        from launch.cluster import ignored_options
+        from launch.preflight import preflight
 
-            print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-            return 0
-        from launch.preflight import check_data, check_same_tokenizer, load_tokenizer, prepare_run_dir, resolve_paths
-
-        paths = resolve_paths(cfg, plan)
-        tokenizer = load_tokenizer(paths["tokenizer"], "model.tokenizer" if cfg.model.tokenizer else "model.path")
-        for role in sorted(plan.scorer_roles - {"snapshot"}):
-            check_same_tokenizer(tokenizer, paths[role], f"roles.{role}.path")
-        check_data(cfg, plan, tokenizer)
+        for warning in ignored_options(cfg.ray):
+            print(f"rlplat: warning: {warning}", flush=True)
+        # Without building the built-in models first: a mistake fails in seconds, not after the build.
+        paths, tokenizer = preflight(cfg, plan, build=False)
+        if not args.check and any(p.startswith("builtin:") for p in paths.values()):
+            paths, tokenizer = preflight(cfg, plan, build=True)  # build them, then load what was built
     except ConfigError as exc:
         print(f"rlplat: config error: {exc}", file=sys.stderr)
         return 2
+    if args.check:  # no run directory, no Ray: what a run would check up to here, it has checked
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        print(CHECK_OK, flush=True)
+        return 0
+    from launch.preflight import prepare_run_dir
+
     run_dir = prepare_run_dir(cfg)
     from actors import quiet
 

@@ -225,7 +225,10 @@ def source_for(data_cfg: DataConfig, split: str) -> Tuple[str, str]:
         return data_cfg.eval_path, "data.eval_path"
     if data_cfg.train_path.startswith(BUILTIN_PREFIX):
         return data_cfg.train_path, "data.train_path"
-    raise ValueError("data.eval_path is not set: evaluation needs prompts (a file, or builtin:<task>)")
+    raise ValueError(
+        f"data.eval_path is not set and data.train_path='{data_cfg.train_path}' is a file, which has no held-out "
+        "split (only builtin:<task> sources do): evaluation (trainer.eval_every > 0) needs held-out prompts; "
+        "set data.eval_path (a file, or builtin:<task>) or trainer.eval_every=0")
 
 
 def _response_text(raw: Any, key: str, where: str, data_cfg: DataConfig) -> str:

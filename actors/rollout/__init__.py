@@ -5,13 +5,13 @@ Every backend is a plain class with the same interface, which the controller wra
 
     engine_cls = ROLLOUT_BACKENDS.get(cfg.rollout.backend)
     engine = ray.remote(num_cpus=cfg.resources.rollout_cpus)(engine_cls).remote(
-        model_path, tokenizer_path, cfg.rollout, cfg.model.dtype, seed)
+        model_path, tokenizer_path, cfg.rollout, cfg.model.dtype, seed, cfg.model.trust_remote_code)
     batch = ray.get(engine.generate.remote(prompt_ids, group_size, group_offset, pad_id, meta))
     got = ray.get(engine.update_weights.remote(packed_ref))   # object_store sync; see weight_sync
 
 Interface (``E`` = an engine):
 
-    E(model_path, tokenizer_path, rollout: RolloutConfig, dtype: str, seed: int)
+    E(model_path, tokenizer_path, rollout: RolloutConfig, dtype: str, seed: int, trust_remote_code: bool = False)
     E.generate(prompt_ids, group_size, group_offset, pad_id, meta=None) -> Batch
     E.sequence_logprobs(prompt_ids, response_ids) -> list[float]
     E.update_weights(named_tensors, version=None) -> {"seconds", "idle_s"}; ``version`` labels the

@@ -45,15 +45,17 @@ class HFRolloutEngine:
 
     backend = "hf"
 
-    def __init__(self, model_path: str, tokenizer_path: str, rollout: Any, dtype: str, seed: int) -> None:
+    def __init__(self, model_path: str, tokenizer_path: str, rollout: Any, dtype: str, seed: int,
+                 trust_remote_code: bool = False) -> None:
         quiet.apply()  # third-party log noise off (trainer.log_level, via RLPLAT_LOG_LEVEL)
         self.model_path, self.tokenizer_path = model_path, tokenizer_path
         self.rollout = rollout
         self.dtype = dtype
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype))
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype),
+                                                          trust_remote_code=trust_remote_code)
         self.model.to(self.device)
         self.model.eval()
         self.eos_id = self.tokenizer.eos_token_id

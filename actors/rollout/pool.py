@@ -59,7 +59,7 @@ class EnginePool:
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         self.engines = [
             remote.options(name=f"rollout-{i}", runtime_env={"env_vars": env}).remote(
-                policy_path, tokenizer_path, rollout, cfg.model.dtype, cfg.trainer.seed + i)
+                policy_path, tokenizer_path, rollout, cfg.model.dtype, cfg.trainer.seed + i, cfg.model.trust_remote_code)
             for i in range(rollout.num_engines)
         ]
         self.weight_version = 0

@@ -81,7 +81,8 @@ class VLLMRolloutEngine:
 
     backend = "vllm"
 
-    def __init__(self, model_path: str, tokenizer_path: str, rollout: Any, dtype: str, seed: int) -> None:
+    def __init__(self, model_path: str, tokenizer_path: str, rollout: Any, dtype: str, seed: int,
+                 trust_remote_code: bool = False) -> None:
         quiet.apply()  # third-party log noise off (trainer.log_level, via RLPLAT_LOG_LEVEL)
         _prepare_environment()
         on_gpu = torch.cuda.is_available()
@@ -98,6 +99,7 @@ class VLLMRolloutEngine:
         kwargs: Dict[str, Any] = dict(
             model=model_path,
             tokenizer=tokenizer_path,
+            trust_remote_code=trust_remote_code,  # model.trust_remote_code: vLLM's config, model and tokenizer
             dtype=dtype,
             seed=seed,
             tensor_parallel_size=rollout.tensor_parallel_size,

@@ -46,7 +46,8 @@ class MirrorProxLoop:
         self.inner_steps = nm.inner_steps  # beta and eta live in the loss (PolicyAdvantage)
         self.sampler = PromptSampler(ctx.rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
         self.judge = ctx.start_actor(PreferenceWorker, "preference-0", nm.judge, ctx.paths.get("preference"),
-                                     cfg.model.dtype, cfg.roles.preference.micro_batch_tokens)
+                                     cfg.model.dtype, cfg.roles.preference.micro_batch_tokens,
+                                     cfg.model.trust_remote_code)
         self.snapshot_version = 0
 
     def _win_rates(self, batch: Batch, opponents: Batch, exclude_self: bool) -> Tuple[torch.Tensor, Dict[str, float]]:

@@ -259,6 +259,13 @@ def validate_config(cfg: RunConfig) -> None:
         _at_least(f"roles.{role}.micro_batch_tokens", getattr(cfg.roles, role).micro_batch_tokens, 1)
     _check_data_path("data.train_path", d.train_path)
     _check_data_path("data.eval_path", d.eval_path)
+    if t.eval_every:
+        from rlplat.data import source_for
+
+        try:
+            source_for(d, "eval")  # the rule of which source evaluation reads lives there
+        except ValueError as exc:
+            raise ConfigError(f"trainer.eval_every={t.eval_every}: {exc}") from None
     _check_output_dir(cfg)
 
     from rlplat.rewards import resolve_judge, resolve_reward

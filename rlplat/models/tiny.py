@@ -342,13 +342,23 @@ def ensure_tiny_models(sizes: Sequence[str], cache_dir: Union[str, Path, None] =
             proc.wait()
 
 
+def _builtin_size(path: str) -> str:
+    size = path[len(BUILTIN_PREFIX):] if path.startswith(BUILTIN_PREFIX) else None
+    if size not in SIZES:
+        valid = ", ".join(BUILTIN_PREFIX + s for s in SIZES.names())
+        raise ValueError(f"unknown built-in model '{path}'; valid: {valid}")
+    return size
+
+
 def resolve_model_path(path: str) -> str:
     """``"builtin:tiny-<size>"`` -> local directory of that cached build; any other string
     (a local path or a hub id) is returned unchanged."""
     if not path.startswith("builtin:"):
         return path
-    size = path[len(BUILTIN_PREFIX):] if path.startswith(BUILTIN_PREFIX) else None
-    if size not in SIZES:
-        valid = ", ".join(BUILTIN_PREFIX + s for s in SIZES.names())
-        raise ValueError(f"unknown built-in model '{path}'; valid: {valid}")
-    return ensure_tiny_model(size)
+    return ensure_tiny_model(_builtin_size(path))
+
+
+def cached_model_path(path: str) -> Optional[str]:
+    """The cached build of ``"builtin:tiny-<size>"`` when it is complete, else None (nothing is built)."""
+    final = default_cache_root() / _cache_name(_builtin_size(path))
+    return str(final) if (final / BUILD_INFO_FILE).is_file() else None
