@@ -202,11 +202,12 @@ def win_rate_metrics(records: Sequence[Dict[str, Any]], baseline: Sequence[Dict[
     return {f"{METRIC_PREFIX}{d}@{n}_win_rate": decoded_win_rate(mine, theirs, n, d)[0] for d in DECODERS for n in ns}
 
 
-def load_hf_weights(path: str):
+def load_hf_weights(path: str, trust_remote_code: bool = False):
     """``[(HF name, tensor)]`` of a model directory or hub id, for ``engine.update_weights``."""
     from transformers import AutoModelForCausalLM
 
-    return list(AutoModelForCausalLM.from_pretrained(path, torch_dtype="auto").state_dict().items())
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype="auto", trust_remote_code=trust_remote_code)
+    return list(model.state_dict().items())
 
 
 def format_table(metrics: Dict[str, float]) -> str:
@@ -326,7 +327,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from launch.preflight import check_same_tokenizer
 
             against = _resolve_model(args.against, "--against")
-            check_same_tokenizer(tokenizer, against, "--against")
+            check_same_tokenizer(tokenizer, against, "--against", args.trust_remote_code)
     except (ConfigError, ValueError) as exc:
         print(f"rlplat: evaluate: {exc}", file=sys.stderr)
         return 2
@@ -354,7 +355,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             correct_threshold=args.threshold, keep_samples=args.save_samples or bool(args.against), seed=args.seed,
         )
         if args.against:  # the same engine, the baseline's weights, the same prompts and seed
-            engine.update_weights(load_hf_weights(against))
+            engine.update_weights(load_hf_weights(against, args.trust_remote_code))
             baseline = evaluate(engine_generate_fn(engine, pad_id), rows, prompt_ids,
                                 lambda r, a, p, c: runner.score(list(zip(r, a, p, c))), args.n, ks,
                                 correct_threshold=args.threshold, keep_samples=True, seed=args.seed)

@@ -136,10 +136,10 @@ def test_evaluate_counts_greedy_sampled_and_failed_rewards():
 
 
 # ----------------------------------------------------------------------------- CLI, HF backend
-def _build_tiny_llama(out_dir: Path) -> Path:
+def _build_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
@@ -231,6 +231,43 @@ def test_cli_hf_backend_writes_consistent_pass_at_k(tmp_path, monkeypatch, capsy
     res2 = json.loads(out2.read_text())
     assert [r["samples"] for r in res2["records"]] == [r["samples"] for r in recs]
     assert "eval/pass@1_greedy" not in res2["metrics"]
+
+
+def test_cli_win_rates_against_a_baseline_model(tmp_path, monkeypatch):
+    """``--against``: the baseline's weights in the same engine, the same prompts and seed. Against
+    itself every sample ties (win rate exactly 1/2); against another model the win rates are those of
+    the two models' own sampled rewards (``rlplat.win_rate``)."""
+    from launch.evaluate import main
+    from rlplat.win_rate import decoded_win_rate
+
+    model_dir, other_dir = _build_tiny_llama(tmp_path / "model"), _build_tiny_llama(tmp_path / "other", seed=1)
+    (tmp_path / "gradedreward.py").write_text("def char_code(response, answer, prompt):\n"
+                                              "    return float(ord(response[0])) if response else 0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    threads = torch.get_num_threads()
+    args = ["--data", "builtin:arithmetic", "--split", "eval", "--limit", "4", "--backend", "hf", "--n", "8",
+            "--ks", "1,8", "--max-new-tokens", "3", "--reward", "gradedreward:char_code", "--threads", "1",
+            "--seed", "5", "--no-greedy", "--win-ns", "1,4"]
+    out = {name: tmp_path / f"{name}.json" for name in ("self", "other", "model", "baseline")}
+    try:
+        assert main(["--model", str(model_dir), "--against", str(model_dir), "--out", str(out["self"]), *args]) == 0
+        assert main(["--model", str(model_dir), "--against", str(other_dir), "--out", str(out["other"]), *args]) == 0
+        assert main(["--model", str(model_dir), "--save-samples", "--out", str(out["model"]), *args]) == 0
+        assert main(["--model", str(other_dir), "--save-samples", "--out", str(out["baseline"]), *args]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    res = {name: json.loads(path.read_text()) for name, path in out.items()}
+    for key in ("eval/bon@1_win_rate", "eval/bon@4_win_rate", "eval/won@1_win_rate", "eval/won@4_win_rate"):
+        assert res["self"]["metrics"][key] == 0.5
+    mine = torch.tensor([r["rewards"] for r in res["model"]["records"]])
+    theirs = torch.tensor([r["rewards"] for r in res["baseline"]["records"]])
+    assert not torch.equal(mine, theirs)
+    for decoder in ("bon", "won"):
+        for n in (1, 4):
+            want = decoded_win_rate(mine, theirs, n, decoder)[0]
+            assert res["other"]["metrics"][f"eval/{decoder}@{n}_win_rate"] == pytest.approx(want, abs=1e-12)
+    assert res["other"]["metrics"]["eval/against_reward_mean"] == pytest.approx(res["baseline"]["metrics"]["eval/reward_mean"])
+    assert res["other"]["run"]["against"] == str(other_dir) and res["other"]["run"]["win_ns"] == [1, 4]
 
 
 def test_cli_rejects_k_above_n_before_loading_anything(tmp_path, capsys):
