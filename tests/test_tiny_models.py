@@ -232,3 +232,20 @@ def test_carry_free_rate_counts_only_wrong_answers_that_dropped_the_carry():
     # 73: the dropped carry; 47 is right (and carry-free, since nothing carries); 17: some other error
     assert tiny.carry_free_rate([" 73", "47", "17"], rows) == pytest.approx(1 / 3)
     assert tiny.carry_free_rate(["83", "47", " 8<eos>"], rows) == pytest.approx(1 / 3)
+
+
+def test_a_build_reports_progress_with_the_time_left(capsys, monkeypatch):
+    """The first run's model build is its one long stretch: it says what it builds and how far it is."""
+    from rlplat.models import tiny
+
+    clock = iter(float(t) for t in range(0, 1000, 40))  # 40 s between calls: every tick is due
+    monkeypatch.setattr(tiny.time, "perf_counter", lambda: next(clock))
+    progress = tiny._Progress("builtin:tiny-policy", total=4)
+    for done in range(1, 5):
+        progress.tick(done)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"rlplat: building builtin:tiny-policy: warm-start step {d}/4 ({25 * d}%), about {left:.1f} min left"
+                     for d, left in ((1, 40 * 3 / 60), (2, 40 * 2 / 60), (3, 40 / 60))]
+    quiet = tiny._Progress("builtin:tiny-policy", total=4, every_s=1e9)
+    quiet.tick(1)
+    assert capsys.readouterr().out == ""

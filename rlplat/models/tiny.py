@@ -145,18 +145,37 @@ def _collate(tokenizer: PreTrainedTokenizerFast, rows: List[Dict[str, str]]) -> 
     }
 
 
+class _Progress:
+    """A line on stdout at most every ``every_s`` seconds while a build trains (a first run's
+    only long silent stretch): step, share done and the time left at the rate so far."""
+
+    def __init__(self, label: str, total: int, every_s: float = 30.0) -> None:
+        self.label, self.total, self.every_s = label, total, every_s
+        self.start = self.last = time.perf_counter()
+
+    def tick(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every_s or done >= self.total:
+            return
+        self.last = now
+        left = (now - self.start) / done * (self.total - done)
+        print(f"rlplat: building {self.label}: warm-start step {done}/{self.total} ({100 * done // self.total}%), "
+              f"about {left / 60:.1f} min left", flush=True)
+
+
 def warm_start(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: TinySpec,
-               steps: int, seed: int) -> float:
+               steps: int, seed: int, label: Optional[str] = None) -> float:
     """Supervised training in place for ``steps`` AdamW steps on one CPU thread; returns the
-    last batch's mean cross-entropy (nats per target token), NaN when ``steps == 0``."""
+    last batch's mean cross-entropy (nats per target token), NaN when ``steps == 0``. With a
+    ``label`` (the model's name), progress is printed every 30 s."""
     if steps <= 0:
         return float("nan")
     with _single_thread():
-        return _train(model, tokenizer, spec, steps, seed)
+        return _train(model, tokenizer, spec, steps, seed, _Progress(label, steps) if label else None)
 
 
 def _train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: TinySpec,
-           steps: int, seed: int) -> float:
+           steps: int, seed: int, progress: Optional[_Progress] = None) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
     warmup = min(spec.warmup_steps, steps)
 
@@ -176,6 +195,8 @@ def _train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: Ti
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        if progress is not None:
+            progress.tick(step + 1)
     model.eval()
     return float(loss.item())
 
@@ -246,7 +267,7 @@ def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int 
         torch.manual_seed(seed)
         model = LlamaForCausalLM(tiny_config(size)).to(torch.float32)
         start = time.time()
-        final_loss = warm_start(model, tokenizer, spec, steps, seed)
+        final_loss = warm_start(model, tokenizer, spec, steps, seed, label=f"{BUILTIN_PREFIX}{size}")
         seconds = time.time() - start
         heldout = WARM_START_TASK.generate("heldout", EVAL_PROBLEMS, seed=0)
         answers = greedy_answers(model, tokenizer, heldout)
@@ -311,6 +332,8 @@ def ensure_tiny_model(size: str, cache_dir: Union[str, Path, None] = None, seed:
             raise RuntimeError(f"{final} exists but is not a complete rlplat build ({BUILD_INFO_FILE} "
                                "missing); delete it to rebuild")
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+        print(f"rlplat: building {BUILTIN_PREFIX}{size} into {final} (first run only: a {steps}-step warm start on "
+              "one CPU thread, minutes; progress every 30 s)", flush=True)
         try:
             build_tiny_model(tmp, size=size, seed=seed, warm_start_steps=steps)
             tmp.chmod(0o755)  # mkdtemp makes it owner-only; the cache should read like any directory
