@@ -95,7 +95,8 @@ def _check_data_path(key: str, path: Optional[str]) -> None:
 
 
 def _check_data_options(cfg: RunConfig) -> None:
-    """Keys that act only together with another: chat template variables need the chat template."""
+    """Data keys that act only together with another: template variables need the chat template, a
+    config name a hub dataset, a held-out split another split than training."""
     d = cfg.data
     if d.chat_template_kwargs and not d.chat_template:
         raise ConfigError(f"data.chat_template_kwargs={dict(d.chat_template_kwargs)} is set but data.chat_template=false "
