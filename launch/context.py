@@ -83,7 +83,7 @@ class StepContext:
             pool.ready()
         self.extra_actors: List[RestartingActor] = []  # started by a loop (Nash-MP's judge)
         self._engines_behind = False  # the trainer has updated since the engines last got its weights
-        self.rollout_log = RolloutLog(run_dir, cfg.trainer.log_rollouts, cfg.trainer.seed)  # rollouts.jsonl
+        self.rollout_log = RolloutLog(run_dir, cfg.trainer.log_rollouts, cfg.trainer.seed, tokenizer)  # rollouts.jsonl
 
     # ------------------------------------------------------------------ actors
     def _num_scorers(self, role: str) -> int:

@@ -8,7 +8,10 @@ Sources (``data.train_path`` / ``data.eval_path``):
 - ``*.jsonl`` - one JSON object per line (blank lines skipped).
 - ``*.parquet`` - one row per record; nested structs arrive as dicts.
 - a directory written by ``datasets.Dataset.save_to_disk`` (``hf_disk``). A saved ``DatasetDict``
-  uses its ``train`` split for training and ``eval`` / ``validation`` / ``test`` for evaluation.
+  reads ``data.train_split`` for training and ``data.eval_split`` (default: the first of
+  ``eval`` / ``validation`` / ``test``) for evaluation (``rlplat.data_splits``).
+- a hub dataset id (``org/name``, not on disk): ``datasets.load_dataset(path, name=data.config_name)``,
+  the same split keys.
 
 ``data.format`` = ``auto`` picks the reader from the suffix / directory contents.
 
@@ -35,12 +38,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from rlplat.config.schema import DataConfig
+from rlplat.data_splits import SplitChoice, has_splits, read_hub, read_saved, refuse_choice, split_choice
+from rlplat.hub_ids import is_hub_dataset
 from rlplat.registry import Registry
 
 BUILTIN_PREFIX = "builtin:"
 SPLITS = ("train", "eval")
-# Which split of a saved DatasetDict each of our splits reads, in order of preference.
-_HF_SPLIT_NAMES = {"train": ("train",), "eval": ("eval", "validation", "test")}
 # The held-out split name of the built-in tasks (rlplat.tasks).
 _BUILTIN_SPLIT = {"train": "train", "eval": "heldout"}
 _MAX_NAMED_ROWS = 5  # an over-long-prompt error names at most this many rows
@@ -58,13 +61,15 @@ class PromptRow:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
-# A reader yields (row number 0-based, location text for errors, raw row dict).
+# A reader of ``path`` yields (row number 0-based, location text for errors, raw row dict); the
+# SplitChoice is the split the run asked for (a reader of a format without splits refuses a chosen one).
 RawRows = Iterator[Tuple[int, str, Any]]
-READERS: Registry[Callable[[str, str], RawRows]] = Registry("data format")
+READERS: Registry[Callable[[str, SplitChoice], RawRows]] = Registry("data format")
 
 
 @READERS.register("jsonl")
-def _read_jsonl(path: str, split: str) -> RawRows:
+def _read_jsonl(path: str, choice: SplitChoice) -> RawRows:
+    refuse_choice(choice, path, "a jsonl file")
     row = 0
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
@@ -79,9 +84,10 @@ def _read_jsonl(path: str, split: str) -> RawRows:
 
 
 @READERS.register("parquet")
-def _read_parquet(path: str, split: str) -> RawRows:
+def _read_parquet(path: str, choice: SplitChoice) -> RawRows:
     import pyarrow.parquet as pq
 
+    refuse_choice(choice, path, "a parquet file")
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
@@ -90,24 +96,7 @@ def _read_parquet(path: str, split: str) -> RawRows:
         yield row, f"row {row}", obj
 
 
-@READERS.register("hf_disk")
-def _read_hf_disk(path: str, split: str) -> RawRows:
-    import datasets  # ~2 s to import: only when such a source is used
-
-    try:
-        ds = datasets.load_from_disk(path)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot load with datasets.load_from_disk: {exc}") from None
-    if isinstance(ds, datasets.DatasetDict):
-        names = [n for n in _HF_SPLIT_NAMES[split] if n in ds]
-        if not names:
-            raise ValueError(
-                f"{path}: saved DatasetDict has splits {sorted(ds)}, none of {list(_HF_SPLIT_NAMES[split])} "
-                f"for the '{split}' split"
-            )
-        ds = ds[names[0]]
-    for row, obj in enumerate(ds):
-        yield row, f"row {row}", obj
+READERS.register("hf_disk")(read_saved)
 
 
 def detect_format(path: str) -> str:
@@ -215,20 +204,21 @@ def _builtin_rows(name: str, split: str, data_cfg: DataConfig, seed: int) -> Lis
 
 
 def source_for(data_cfg: DataConfig, split: str) -> Tuple[str, str]:
-    """(path, config key) that ``split`` reads. Eval falls back to a built-in train source's
-    held-out split; eval with a file train source and no ``data.eval_path`` is an error."""
+    """(path, config key) that ``split`` reads. Without ``data.eval_path``, eval reads the held-out
+    split of the train source when it has one (``builtin:<task>``, a saved DatasetDict, a hub
+    dataset); eval with a single-file train source and no ``data.eval_path`` is an error."""
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}'; expected one of {SPLITS}")
     if split == "train":
         return data_cfg.train_path, "data.train_path"
     if data_cfg.eval_path:
         return data_cfg.eval_path, "data.eval_path"
-    if data_cfg.train_path.startswith(BUILTIN_PREFIX):
+    if data_cfg.train_path.startswith(BUILTIN_PREFIX) or has_splits(data_cfg.train_path):
         return data_cfg.train_path, "data.train_path"
     raise ValueError(
-        f"data.eval_path is not set and data.train_path='{data_cfg.train_path}' is a file, which has no held-out "
-        "split (only builtin:<task> sources do): evaluation (trainer.eval_every > 0) needs held-out prompts; "
-        "set data.eval_path (a file, or builtin:<task>) or trainer.eval_every=0")
+        f"data.eval_path is not set and data.train_path='{data_cfg.train_path}' has no held-out split (only "
+        "builtin:<task>, saved DatasetDict and hub dataset sources do): evaluation (trainer.eval_every > 0) needs "
+        "held-out prompts; set data.eval_path (a file, or builtin:<task>) or trainer.eval_every=0")
 
 
 def _response_text(raw: Any, key: str, where: str, data_cfg: DataConfig) -> str:
@@ -270,20 +260,26 @@ def load_prompts(data_cfg: DataConfig, split: str = "train", seed: int = 0, pair
     ``ValueError`` naming the file, the row and the key.
     """
     path, cfg_key = source_for(data_cfg, split)
+    choice = split_choice(data_cfg, split)
     if path.startswith(BUILTIN_PREFIX):
+        refuse_choice(choice, f"{cfg_key}='{path}'", "a built-in task (its held-out split is the eval split)")
         rows = _builtin_rows(path[len(BUILTIN_PREFIX):], split, data_cfg, seed)
         if pairs and rows and not {"chosen", "rejected"} <= set(rows[0].extra):
             raise ValueError(f"{cfg_key}: '{path}' holds prompts, not preference pairs (try builtin:arithmetic_pairs)")
         return rows
-    if not os.path.exists(path):
+    if is_hub_dataset(path):
+        raw_rows = read_hub(path, cfg_key, data_cfg, choice)
+    elif not os.path.exists(path):
         raise ValueError(f"{cfg_key}: '{path}' does not exist")
-    fmt = detect_format(path) if data_cfg.format == "auto" else data_cfg.format
-    try:
-        reader = READERS.get(fmt)
-    except KeyError as exc:
-        raise ValueError(f"data.format: {exc.args[0]}") from None
+    else:
+        fmt = detect_format(path) if data_cfg.format == "auto" else data_cfg.format
+        try:
+            reader = READERS.get(fmt)
+        except KeyError as exc:
+            raise ValueError(f"data.format: {exc.args[0]}") from None
+        raw_rows = reader(path, choice)
     make = _make_pair_row if pairs else _make_row
-    rows = [make(raw, row, f"{path}: {where}", data_cfg) for row, where, raw in reader(path, split)]
+    rows = [make(raw, row, f"{path}: {where}", data_cfg) for row, where, raw in raw_rows]
     if not rows:
         raise ValueError(f"{cfg_key}: '{path}' has no rows")
     return rows
@@ -301,6 +297,15 @@ def _messages(row: PromptRow, data_cfg: DataConfig) -> List[Dict[str, str]]:
     return messages
 
 
+def _plain(value: Any) -> Any:
+    """Template variables as plain dicts and lists (the config may hold omegaconf containers)."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _render(row: PromptRow, tokenizer: Any, data_cfg: DataConfig) -> List[int]:
     if data_cfg.chat_template:
         if not getattr(tokenizer, "chat_template", None):
@@ -308,7 +313,8 @@ def _render(row: PromptRow, tokenizer: Any, data_cfg: DataConfig) -> List[int]:
                 f"data.chat_template=true but tokenizer '{getattr(tokenizer, 'name_or_path', tokenizer)}' "
                 "has no chat template"
             )
-        text = tokenizer.apply_chat_template(_messages(row, data_cfg), tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(_messages(row, data_cfg), tokenize=False, add_generation_prompt=True,
+                                             **_plain(data_cfg.chat_template_kwargs))
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if data_cfg.system_prompt is not None:
         raise ValueError("data.system_prompt needs data.chat_template=true")
@@ -319,7 +325,8 @@ def render_prompt(row: PromptRow, tokenizer: Any, data_cfg: DataConfig) -> List[
     """Token ids of the prompt the policy sees (no padding).
 
     ``data.chat_template``: the tokenizer's chat template over [system_prompt?, user: prompt]
-    (or the row's own message list) with the generation prompt appended, tokenized without
+    (or the row's own message list) with the generation prompt appended and
+    ``data.chat_template_kwargs`` as extra template variables, tokenized without
     extra special tokens (the template writes its own). Otherwise ``tokenizer(prompt)`` with the
     tokenizer's own special tokens. Raises ``ValueError`` naming the row when longer than
     ``data.max_prompt_tokens``.

@@ -33,3 +33,14 @@ def exact_with_bonus(response, answer, prompt, bonus):
     from rlplat.tasks.arithmetic import score
 
     return float(score(response, answer)) + float(bonus)
+
+
+HARD_BONUS = 0.5  # exact_by_difficulty's extra reward on a "hard" row
+
+
+def exact_by_difficulty(response, answer, prompt, difficulty):
+    """The arithmetic reward plus ``HARD_BONUS`` on rows whose ``difficulty`` column is "hard": a
+    reward that can only be computed from the extra column (for the runtime test of saved datasets)."""
+    from rlplat.tasks.arithmetic import score
+
+    return float(score(response, answer)) + (HARD_BONUS if difficulty == "hard" else 0.0)

@@ -16,8 +16,10 @@ from launch.train import CHECK_OK, main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
-# Configs that name data and models of a real cluster: their --check fails here on the first of them.
-NEEDS_CLUSTER_FILES = {"cluster_7b_grpo": "/shared/data/gsm8k/train.parquet and Qwen/Qwen2.5-7B"}
+# Configs that name data and models of a real cluster or the hub (no network here): their --check
+# fails here on the first of them. test_gsm8k_config_passes_check_on_local_copies covers the second.
+NEEDS_OUTSIDE_FILES = {"cluster_7b_grpo": "/shared/data/gsm8k/train.parquet and Qwen/Qwen2.5-7B",
+                       "gsm8k_qwen05b": "the hub (Qwen/Qwen2.5-0.5B-Instruct, openai/gsm8k)"}
 SECONDS = 30  # "in seconds": a generous bound on 2 shared cores
 
 
@@ -70,12 +72,28 @@ def model_dir(tmp_path_factory):
 # ------------------------------------------------------------------ the shipped configs pass
 @pytest.mark.parametrize("config", CONFIGS)
 def test_shipped_configs_pass_check(capsys, config):
-    if config in NEEDS_CLUSTER_FILES:
-        pytest.skip(f"needs {NEEDS_CLUSTER_FILES[config]}")
+    if config in NEEDS_OUTSIDE_FILES:
+        pytest.skip(f"needs {NEEDS_OUTSIDE_FILES[config]}")
     rc, out = run_check(capsys, config=config)
     assert rc == 0, out
     assert out.rstrip().splitlines()[-1] == CHECK_OK
     assert "not built yet: checked with the built-in tokenizer" in out  # said, not silently skipped
+
+
+def test_gsm8k_config_passes_check_on_local_copies(capsys, tmp_path, model_dir):
+    """configs/gsm8k_qwen05b.yaml as a user without the hub runs it: a local model and a saved
+    DatasetDict with GSM8K's columns and splits; nothing else changed."""
+    import datasets
+
+    rows = [{"question": f"Tom has {i} apples and buys 2. How many now?", "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}
+            for i in range(40)]
+    datasets.DatasetDict(train=datasets.Dataset.from_list(rows[:32]),
+                         test=datasets.Dataset.from_list(rows[32:])).save_to_disk(str(tmp_path / "gsm8k"))
+    capsys.readouterr()  # the save's progress bars
+    rc, out = run_check(capsys, f"model.path={model_dir}", f"data.train_path={tmp_path / 'gsm8k'}",
+                        "data.config_name=null", config="gsm8k_qwen05b")
+    assert rc == 0, out
+    assert out.rstrip().splitlines()[-1] == CHECK_OK
 
 
 def test_check_cli_in_a_fresh_process_starts_no_ray_and_writes_nothing(tmp_path):

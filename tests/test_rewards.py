@@ -90,6 +90,19 @@ def test_builtin_math_equivalence():
 
 
 # ----------------------------------------------------------------------------- resolution
+def test_builtin_gsm8k_reads_the_number_after_hashes():
+    gsm8k = REWARDS.get("gsm8k")
+    gold = "Natalia sold 48/2 = 24 clips in May.\nShe sold 48+24 = 72 clips.\n#### 72"
+    assert gsm8k("She sold 24 in May, so 48 + 24 = 72 in all.", gold, "q") == 1.0  # the last number
+    assert gsm8k("So the answer is 72.", gold, "q") == 1.0  # a sentence's full stop is not a decimal point
+    assert gsm8k("#### 72\nCheck: 24 + 48 = 72, not 70", gold, "q") == 1.0  # after ####: the first number
+    assert gsm8k("48 + 24 = 71", gold, "q") == 0.0 and gsm8k("no idea", gold, "q") == 0.0
+    assert gsm8k("That is 1,234.0 dollars", "#### 1234", "q") == 1.0  # commas, 1234.0 == 1234
+    assert gsm8k("-5", "-5", "q") == 1.0  # a bare gold number works too
+    with pytest.raises(ValueError, match="no number in the gold answer"):
+        gsm8k("72", "seventy-two", "q")
+
+
 def test_resolve_module_function(reward_module):
     fn = resolve_reward("rl_test_rewards:exact")
     assert fn("a", "a", "p") == 1.0 and fn("a", "b", "p") == 0.0
@@ -99,7 +112,7 @@ def test_resolve_module_function(reward_module):
 @pytest.mark.parametrize(
     "spec, expected",
     [
-        ("nonsense", r"'nonsense' is neither a registered reward \(arithmetic, arithmetic_graded, math.*\) nor of the form"),
+        ("nonsense", r"'nonsense' is neither a registered reward \(arithmetic, arithmetic_graded, gsm8k, math.*\) nor of the form"),
         ("rl_test_missing_mod:f", r"module 'rl_test_missing_mod' not found"),
         ("rl_test_rewards:nothere", r"module 'rl_test_rewards' has no attribute 'nothere'"),
         ("rl_test_rewards:NOT_CALLABLE", r"'NOT_CALLABLE' is a int, not callable"),

@@ -41,6 +41,20 @@ def test_writer_off_and_small_batches(tmp_path):
     assert rollout_rows(0, [b], 5, 0)[0]["rewards"] == {"a": 1.0, "b": None}
 
 
+def test_prompt_text_is_the_decoded_prompt_without_padding(tmp_path):
+    from rlplat.models.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    b = _batch(2)
+    ids = tok("<bos>user: 1+1=\nassistant:", add_special_tokens=False)["input_ids"]
+    b.prompt_ids = torch.tensor([[0, 0] + ids] * 2)  # left-padded with the pad id 0
+    b.prompt_mask = torch.tensor([[0, 0] + [1] * len(ids)] * 2)
+    log = RolloutLog(str(tmp_path), n=2, seed=0, tokenizer=tok)
+    rows = log.write(0, [b])
+    assert [r["prompt_text"] for r in rows] == ["<bos>user: 1+1=\nassistant:"] * 2
+    assert set(rows[0]) == FIELDS | {"prompt_text"}
+
+
 @pytest.mark.parametrize("overrides, key", [
     (["trainer.log_rollouts=-1"], "trainer.log_rollouts"),
     (["trainer.wandb.mode=sometimes"], "trainer.wandb.mode"),

@@ -68,16 +68,26 @@ class RolloutConfig:
 
 @dataclass
 class DataConfig:
-    """Prompts (or preference pairs): ``builtin:<task>``, a .jsonl / .parquet file or a ``save_to_disk`` dataset dir."""
+    """Prompts (or preference pairs): ``builtin:<task>``, a .jsonl / .parquet file, a ``save_to_disk``
+    dataset dir, or a hub dataset id (``datasets.load_dataset``; rlplat.data_splits)."""
 
     train_path: str = "builtin:arithmetic"
-    eval_path: Optional[str] = None
+    eval_path: Optional[str] = None  # default: train_path's held-out split when it has splits
+    # Splits of a saved DatasetDict or a hub dataset. eval_split None: the first of eval /
+    # validation / test. A source without splits (jsonl, parquet, a saved Dataset, builtin:)
+    # refuses a value other than these defaults.
+    train_split: str = "train"
+    eval_split: Optional[str] = None
+    config_name: Optional[str] = None  # a hub dataset's config name (load_dataset(path, name)), e.g. gsm8k's "main"
     format: str = "auto"  # auto | jsonl | parquet | hf_disk
     prompt_key: str = "prompt"
     answer_key: str = "answer"
     chosen_key: str = "chosen"  # preference pairs (f-DPO): the preferred response
     rejected_key: str = "rejected"  # and the dispreferred one
     chat_template: bool = False
+    # Extra variables for the chat template: tokenizer.apply_chat_template(..., **kwargs), e.g.
+    # Qwen3's {enable_thinking: false}. Needs chat_template: true.
+    chat_template_kwargs: Dict[str, Any] = field(default_factory=dict)
     system_prompt: Optional[str] = None
     max_prompt_tokens: int = 128
     prompts_per_step: int = 4

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from rlplat.config.errors import ConfigError
 from rlplat.config.schema import LOG_LEVELS, RunConfig
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+from rlplat.hub_ids import is_hub_dataset, looks_like_hub_dataset, looks_like_hub_id
 
 # Keys the schema holds for capabilities that are not built yet: any non-default value is refused.
 REFUSED: Dict[str, str] = {
@@ -75,8 +73,7 @@ def check_model_path(key: str, path: Optional[str]) -> None:
         if not os.path.isfile(os.path.join(expanded, "config.json")):
             raise ConfigError(f"{key}='{path}' is a directory without config.json, not a Hugging Face model")
         return
-    looks_local = path.startswith(("/", ".", "~")) or os.sep in path.strip("/").split("/", 1)[-1] or not _HUB_ID.match(path)
-    if looks_local:
+    if not looks_like_hub_id(path):
         raise ConfigError(f"{key}='{path}' does not exist (expected a model directory or a hub id like 'org/name')")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         from huggingface_hub import try_to_load_from_cache
@@ -92,8 +89,28 @@ def _check_data_path(key: str, path: Optional[str]) -> None:
 
             _one_of(key, path, ["builtin:" + name for name in TASKS.names()])
         return
-    if not os.path.exists(os.path.expanduser(path)):
-        raise ConfigError(f"{key}='{path}' does not exist")
+    if not os.path.exists(os.path.expanduser(path)) and not looks_like_hub_dataset(path):
+        raise ConfigError(f"{key}='{path}' does not exist (expected builtin:<task>, a data file or directory, "
+                          "or a hub dataset id like 'org/name')")
+
+
+def _check_data_options(cfg: RunConfig) -> None:
+    """Data keys that act only together with another: template variables need the chat template, a
+    config name a hub dataset, a held-out split another split than training."""
+    d = cfg.data
+    if d.chat_template_kwargs and not d.chat_template:
+        raise ConfigError(f"data.chat_template_kwargs={dict(d.chat_template_kwargs)} is set but data.chat_template=false "
+                          "(prompts are not rendered with the chat template); set data.chat_template=true or drop it")
+    if d.config_name is not None and not any(p and is_hub_dataset(p) for p in (d.train_path, d.eval_path)):
+        raise ConfigError(f"data.config_name='{d.config_name}' names a hub dataset's config, but neither "
+                          f"data.train_path='{d.train_path}' nor data.eval_path='{d.eval_path}' is a hub dataset id; drop it")
+    if d.eval_split == d.train_split and (d.eval_path or d.train_path) == d.train_path:
+        raise ConfigError(f"data.eval_split='{d.eval_split}' is data.train_split of the same source "
+                          f"data.train_path='{d.train_path}': evaluation would score the training prompts; "
+                          "choose a held-out split")
+    if not d.train_split or d.eval_split == "":
+        raise ConfigError("data.train_split / data.eval_split must not be empty (data.eval_split: null picks the "
+                          "first of eval, validation, test)")
 
 
 def _check_output_dir(cfg: RunConfig) -> None:
@@ -259,6 +276,7 @@ def validate_config(cfg: RunConfig) -> None:
         _at_least(f"roles.{role}.micro_batch_tokens", getattr(cfg.roles, role).micro_batch_tokens, 1)
     _check_data_path("data.train_path", d.train_path)
     _check_data_path("data.eval_path", d.eval_path)
+    _check_data_options(cfg)
     if t.eval_every:
         from rlplat.data import source_for
 

@@ -5,7 +5,7 @@ function with ``**kwargs`` gets all of them, one with named parameters after ``p
 (``accepted_columns``), one without either gets none. Several weighted functions: ``reward.fns``
 (``rlplat.rewards.spec``, ``rlplat.rewards.weighted``).
 
-``reward.fn`` is a registered name (``REWARDS.names()``: ``arithmetic``, ``arithmetic_graded``, ``math``) or
+``reward.fn`` is a registered name (``REWARDS.names()``: ``arithmetic``, ``arithmetic_graded``, ``math``, ``gsm8k``) or
 ``module:function`` (any importable callable with that signature). ``resolve_reward`` checks a
 spec completely - import, attribute, callable, signature - so config validation rejects a bad
 spec before Ray starts. Running the functions (timeouts, errors) is ``rlplat.rewards.runner``.

@@ -1,11 +1,15 @@
-"""Built-in reward functions. ``arithmetic`` and ``math`` return 1.0 (correct) or 0.0 (wrong),
+"""Built-in reward functions. ``arithmetic``, ``math`` and ``gsm8k`` return 1.0 (correct) or 0.0 (wrong),
 ``arithmetic_graded`` a value in [0, 1]; each raises when the
 gold answer itself is unusable - a data problem the runner counts as an error, never a 0."""
 from __future__ import annotations
 
+import re
+from decimal import Decimal, InvalidOperation
 from typing import Optional
 
 from rlplat.rewards import REWARDS
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def _need_answer(name: str, answer: Optional[str]) -> str:
@@ -58,3 +62,28 @@ def arithmetic_graded_reward(response: str, answer: Optional[str], prompt: str) 
     from rlplat.tasks.arithmetic import graded_score
 
     return graded_score(response, _need_answer("arithmetic_graded", answer))
+
+
+def final_number(text: str) -> Optional[Decimal]:
+    """GSM8K's final answer in ``text``: the first number after the last ``####`` when there is one
+    (the dataset's own format), else the last number; thousands commas dropped. None: no number."""
+    head, sep, tail = text.rpartition("####")
+    found = _NUMBER.findall(tail if sep else text)
+    if not found:
+        return None
+    try:
+        return Decimal((found[0] if sep else found[-1]).replace(",", ""))
+    except InvalidOperation:  # "1,,2"-like fragments
+        return None
+
+
+@REWARDS.register("gsm8k")
+def gsm8k_reward(response: str, answer: Optional[str], prompt: str) -> float:
+    """1.0 when the response's final number (``final_number``: after ``####``, else its last number)
+    equals the gold answer's (GSM8K's ``answer`` column ends in ``#### 72``; a bare ``72`` works
+    too), numerically (``72.0`` == ``72``). A gold answer without a number raises."""
+    gold = final_number(_need_answer("gsm8k", answer))
+    if gold is None:
+        raise ValueError(f"reward 'gsm8k': no number in the gold answer {answer[-80:]!r}")
+    pred = final_number(response)
+    return 1.0 if pred is not None and pred == gold else 0.0
