@@ -83,7 +83,7 @@ class StepContext:
             pool.ready()
         self.extra_actors: List[RestartingActor] = []  # started by a loop (Nash-MP's judge)
         self._engines_behind = False  # the trainer has updated since the engines last got its weights
-        self.rollout_log = RolloutLog(run_dir, cfg.trainer.log_rollouts, cfg.trainer.seed, tokenizer)  # rollouts.jsonl
+        self.rollout_log = RolloutLog(run_dir, cfg.trainer.log_samples, cfg.trainer.seed, tokenizer)  # rollouts.jsonl
 
     # ------------------------------------------------------------------ actors
     def _num_scorers(self, role: str) -> int:
@@ -308,7 +308,7 @@ class StepContext:
 
     def finish_step(self, step: int, metrics: Dict[str, float], timer: PhaseTimer, *batches: Batch) -> Dict[str, float]:
         """The step's metrics plus its phase times and ``throughput/tokens`` of the batches trained;
-        ``trainer.log_rollouts`` of their rows go to ``rollouts.jsonl``."""
+        ``trainer.log_samples`` of their rows go to ``rollouts.jsonl``."""
         self.rollout_log.write(step, batches)
         metrics.update(timer.metrics())
         tokens = sum(float(b.num_tokens.sum()) for b in batches)

@@ -72,7 +72,7 @@ class Controller:
             metrics.update(win_rate_metrics(result.records, initial, t.eval_win_ns))
         if hasattr(self.loop, "eval_metrics"):  # a loop's own held-out measures (f-DPO: pair calibration)
             metrics.update(self.loop.eval_metrics())
-        print(eval_line(step, metrics), flush=True)
+        self.say(eval_line(step, metrics))
         return metrics
 
     # ------------------------------------------------------------- checkpoints
@@ -106,16 +106,23 @@ class Controller:
         return start
 
     def _metric_sinks(self) -> list:
-        """Where each step's metrics go: ``metrics.jsonl``, Ray gauges + TensorBoard, and wandb
-        unless ``trainer.wandb.mode`` is ``disabled`` (each has ``write(metrics)`` and ``close()``)."""
+        """Where each step's metrics go (``trainer.loggers``; each sink has ``write(metrics)`` and
+        ``close()``, and may have ``write_samples(step, rows)``): ``metrics.jsonl``, the Ray
+        dashboard's gauges (always) with TensorBoard, and wandb."""
+        loggers = self.cfg.trainer.loggers
         sinks = [MetricsWriter(self.run_dir),
-                 MetricsExporter(self.run_dir, run_name=os.path.basename(self.run_dir))]  # dashboard + TensorBoard
-        wandb_cfg = self.cfg.trainer.wandb
-        if wandb_cfg.mode != "disabled":
+                 MetricsExporter(self.run_dir, run_name=os.path.basename(self.run_dir),
+                                 enable_tensorboard="tensorboard" in loggers)]
+        if "wandb" in loggers:
             from launch.wandb_logger import WandbLogger  # wandb is optional
 
-            sinks.append(WandbLogger(self.run_dir, wandb_cfg, to_container(self.cfg)))
+            sinks.append(WandbLogger(self.run_dir, self.cfg.trainer.wandb, to_container(self.cfg)))
         return sinks
+
+    def say(self, line: str) -> None:
+        """A progress or evaluation line on the console (``trainer.loggers`` lists ``console``)."""
+        if "console" in self.cfg.trainer.loggers:
+            print(line, flush=True)
 
     def wall(self) -> float:
         """Seconds since the run started, counting the time before a resume (``time/wall``)."""
@@ -147,7 +154,10 @@ class Controller:
                 metrics["time/wall"] = self.wall()
                 for sink in sinks:
                     sink.write(metrics)
-                print(progress_line(step, self.cfg.trainer.max_steps, metrics, started, start_step), flush=True)
+                for sink in sinks:  # the step's sample rows (trainer.log_samples), where a sink shows them
+                    if hasattr(sink, "write_samples") and self.ctx.rollout_log.last_rows:
+                        sink.write_samples(step, self.ctx.rollout_log.last_rows)
+                self.say(progress_line(step, self.cfg.trainer.max_steps, metrics, started, start_step))
                 if step == last or (every and (step + 1) % every == 0):
                     self.save(step)
         finally:

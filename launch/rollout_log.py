@@ -64,6 +64,7 @@ class RolloutLog:
     def __init__(self, run_dir: str, n: int, seed: int, tokenizer: Any = None) -> None:
         self.path = os.path.join(run_dir, FILENAME)
         self.n, self.seed = n, seed
+        self.last_rows: List[Dict[str, Any]] = []  # the last step's rows (wandb shows them as a table)
         # Special tokens kept: a user checking the chat template wants to see its <bos> and markers.
         self.decode = None if tokenizer is None else (lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
 
@@ -71,7 +72,7 @@ class RolloutLog:
         """Writes and returns the step's rows."""
         if self.n <= 0:
             return []
-        rows = rollout_rows(step, batches, self.n, self.seed, self.decode)
+        rows = self.last_rows = rollout_rows(step, batches, self.n, self.seed, self.decode)
         with open(self.path, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         return rows

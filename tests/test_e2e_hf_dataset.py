@@ -46,7 +46,7 @@ def test_local_model_saved_dataset_chat_template_and_extra_column(tmp_path, tiny
         tmp_path, "grpo", f"model.path={model}", f"data.train_path={tmp_path / 'my-data'}", "data.eval_split=test",
         "data.prompt_key=question", "data.chat_template=true", "data.chat_template_kwargs={tag: sum}",
         "data.max_prompt_tokens=48", "reward.fn=tests.reward_helpers:exact_by_difficulty",
-        "trainer.log_rollouts=8", "trainer.eval_every=2", "trainer.eval_before_train=false",
+        "trainer.log_samples=8", "trainer.eval_every=2", "trainer.eval_before_train=false",
         "trainer.eval_max_prompts=8", "trainer.eval_n=2", "trainer.eval_ks=[1,2]", steps=2)
     assert all(m["reward/errors"] == 0 for m in metrics)
     difficulty = {r["question"]: r["difficulty"] for rows in splits.values() for r in rows}

@@ -19,11 +19,11 @@ def test_columns_weighted_rewards_rollouts_and_wandb_offline(tmp_path, tiny_mode
     monkeypatch.setenv("WANDB_MODE", "offline")  # no network, whatever the config says
     monkeypatch.setenv("WANDB_SILENT", "true")
     n, steps = 5, 2
-    out, metrics, _ = train(
+    out, metrics, log = train(
         tmp_path, "grpo", f"data.train_path={data}", "reward.fn=null",
         'reward.fns=[{fn: "tests.reward_helpers:exact_with_bonus", weight: 1.0, name: bonus},'
         ' {fn: arithmetic, weight: 2.0}]',
-        f"trainer.log_rollouts={n}", "trainer.wandb.mode=offline", "trainer.wandb.project=rlplat-test",
+        f"trainer.log_samples={n}", "trainer.loggers=[console,jsonl,wandb]", "trainer.wandb.project=rlplat-test",
         steps=steps)
     for m in metrics:
         # reward = (exact + 0.5) + 2 * exact, so its mean is 0.5 + 3 * the exact reward's mean
@@ -37,3 +37,8 @@ def test_columns_weighted_rewards_rollouts_and_wandb_offline(tmp_path, tiny_mode
         assert math.isclose(r["reward"], r["rewards"]["bonus"] + 2 * r["rewards"]["arithmetic"], rel_tol=1e-6)
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")), sorted(p.name for p in (out / "wandb").rglob("*"))
+    tables = sorted(runs[0].rglob("samples_*.table.json"))  # each step's rollouts as a wandb table
+    assert len(tables) == steps, sorted(p.name for p in runs[0].rglob("*"))
+    assert len(json.loads(tables[0].read_text())["data"]) == n
+    # trainer.loggers without tensorboard: no TensorBoard files; console kept: the progress lines.
+    assert not (out / "tensorboard").exists() and f"step {steps}/{steps}" in log

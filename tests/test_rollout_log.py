@@ -56,8 +56,12 @@ def test_prompt_text_is_the_decoded_prompt_without_padding(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, key", [
-    (["trainer.log_rollouts=-1"], "trainer.log_rollouts"),
-    (["trainer.wandb.mode=sometimes"], "trainer.wandb.mode"),
+    (["trainer.log_samples=-1"], "trainer.log_samples"),
+    (["trainer.loggers=[wandb,jsonl]", "trainer.wandb.mode=sometimes"], "trainer.wandb.mode"),
+    (["trainer.wandb.project=x"], "trainer.loggers does not list 'wandb'"),
+    (["trainer.loggers=[console,tensorboard]"], "must keep 'jsonl'"),
+    (["trainer.loggers=[jsonl,jsonl]"], "at most once"),
+    (["trainer.loggers=[jsonl,mlflow]"], r"unknown: \['mlflow'\]"),
 ])
 def test_keys_are_validated(tmp_path, overrides, key):
     from rlplat.config import load_config
@@ -73,5 +77,5 @@ def test_wandb_enabled_without_the_package_names_the_key(tmp_path, monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"trainer\.wandb\.mode='offline' needs the wandb package"):
-        load_config("configs/grpo.yaml", [f"trainer.output_dir={tmp_path}/run", "trainer.wandb.mode=offline"])
+    with pytest.raises(ConfigError, match=r"trainer\.loggers lists 'wandb', which needs the wandb package"):
+        load_config("configs/grpo.yaml", [f"trainer.output_dir={tmp_path}/run", "trainer.loggers=[jsonl,wandb]"])

@@ -212,9 +212,10 @@ class AlgorithmConfig:
 
 @dataclass
 class WandbConfig:
-    """Weights & Biases mirror of every step's metrics and the resolved config (launch.wandb_logger)."""
+    """Weights & Biases mirror of every step's metrics, sample rows and the resolved config
+    (launch.wandb_logger); on when ``trainer.loggers`` lists ``wandb``."""
 
-    mode: str = "disabled"  # disabled | offline (files under <output_dir>/wandb) | online
+    mode: str = "offline"  # offline (files under <output_dir>/wandb, `wandb sync` later) | online
     project: str = "rlplat"
     name: Optional[str] = None  # default: the basename of trainer.output_dir
 
@@ -256,7 +257,10 @@ class TrainerConfig:
     # Rollouts written to <output_dir>/rollouts.jsonl per step (prompt, response, reward, answer, step,
     # weight version), drawn at random from the trained batch. 0: off, as verl's rollout dump and
     # log_val_generations are by default (a full dump is large; ask for the few you will read).
-    log_rollouts: int = 0
+    log_samples: int = 0
+    # Where each step's metrics go: console (the progress and evaluation lines), jsonl
+    # (metrics.jsonl: required, resume and the benchmarks read it), tensorboard, wandb (trainer.wandb).
+    loggers: List[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])
     wandb: WandbConfig = field(default_factory=WandbConfig)
     # Third-party output in the driver log (actors.quiet): warning = real warnings only, no progress
     # bars; info | debug bring vLLM's, DeepSpeed's and Ray's own log lines back.

@@ -187,16 +187,30 @@ def _check_optimizer(cfg: RunConfig) -> None:
 
 
 def _check_run_logging(cfg: RunConfig) -> None:
-    """``trainer.log_rollouts`` and ``trainer.wandb``: wandb is optional, so a run that asks for it
-    without the package fails here, before Ray starts, naming the key."""
+    """``trainer.log_samples``, ``trainer.loggers`` and ``trainer.wandb``: wandb is optional, so a
+    run that asks for it without the package fails here, before Ray starts, naming the key."""
     import importlib.util
 
+    from rlplat.config.schema import WandbConfig
+
     t = cfg.trainer
-    _at_least("trainer.log_rollouts", t.log_rollouts, 0)
-    _one_of("trainer.wandb.mode", t.wandb.mode, ["disabled", "offline", "online"])
-    if t.wandb.mode != "disabled" and importlib.util.find_spec("wandb") is None:
-        raise ConfigError(f"trainer.wandb.mode='{t.wandb.mode}' needs the wandb package, which is not installed: "
-                          "pip install wandb (or rlplat[wandb]), or set trainer.wandb.mode=disabled")
+    _at_least("trainer.log_samples", t.log_samples, 0)
+    known = ["console", "jsonl", "tensorboard", "wandb"]
+    unknown = [x for x in t.loggers if x not in known]
+    if unknown or len(set(t.loggers)) != len(t.loggers):
+        raise ConfigError(f"trainer.loggers={list(t.loggers)}: each of {known} at most once (unknown: {unknown})")
+    if "jsonl" not in t.loggers:
+        raise ConfigError(f"trainer.loggers={list(t.loggers)} must keep 'jsonl': metrics.jsonl is the run's record "
+                          "(resume truncates it, benchmarks and the dashboard exporter's tests read it)")
+    _one_of("trainer.wandb.mode", t.wandb.mode, ["offline", "online"])
+    if "wandb" not in t.loggers:
+        if t.wandb != WandbConfig():
+            raise ConfigError("trainer.wandb is set, but trainer.loggers does not list 'wandb'; add it "
+                              f"(trainer.loggers={list(t.loggers) + ['wandb']}) or drop trainer.wandb")
+        return
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError("trainer.loggers lists 'wandb', which needs the wandb package, not installed here: "
+                          "pip install wandb (or rlplat[wandb]), or remove 'wandb' from trainer.loggers")
     if not t.wandb.project:
         raise ConfigError("trainer.wandb.project must not be empty")
 
