@@ -409,7 +409,8 @@ def _neutral_teacher(teacher: "TopK", on: torch.Tensor, vocab: int) -> "TopK":
 def full_term_values(term: DivergenceTerm, logits: torch.Tensor, batch: Batch, on: torch.Tensor) -> torch.Tensor:
     """Float[B, R]: the full divergence of ``term`` at every response position between the student's
     ``logits`` Float[B, R, V] (already divided by the temperature the anchor's top-k was taken at;
-    differentiable) and ``batch.topk[term.anchor]``, on the top-k + tail support. ``on`` Bool[B, R]:
+    differentiable) and ``batch.topk[term.anchor]``, on the top-k + tail support (nats; float32 for
+    half-precision logits, their dtype otherwise). ``on`` Bool[B, R]:
     the positions that count; elsewhere the anchor is replaced by a neutral distribution (finite
     values, no NaN gradients). No ``[B, R, V]`` tensor beyond ``logits`` and its gradient is made:
     positions are processed in chunks (``rlplat.divergences.topk``)."""
@@ -421,7 +422,7 @@ def full_term_values(term: DivergenceTerm, logits: torch.Tensor, batch: Batch, o
         raise ValueError(f"divergence term '{term.name}': logits shape {tuple(logits.shape)} does not match the "
                          f"responses {tuple(batch.response_mask.shape)}")
     teacher = _neutral_teacher(batch.topk[term.anchor], on, logits.shape[-1])
-    return term.full_estimator()(logits, teacher).to(torch.float32)
+    return term.full_estimator()(logits, teacher)  # float32 for half-precision logits
 
 
 def policy_loss(
