@@ -341,3 +341,22 @@ def test_kdrl_full_reverse_kl_trains_through_the_cli(tmp_path, tiny_models):
         assert math.isfinite(r["loss/total"])
     assert any(r["div/kd_teacher"] > 0 for r in rows)  # the student is not the teacher
     print("div/kd_teacher per step:", [r["div/kd_teacher"] for r in rows])
+
+
+# ============================================================================ the distill algorithm
+def test_distill_config_plans_no_surrogate_and_the_teacher_topk():
+    from rlplat import algorithms
+    from rlplat.config import ConfigError, load_config
+
+    path = os.path.join(ROOT, "configs", "distill.yaml")
+    cfg = load_config(path)
+    plan = algorithms.get("distill").plan(cfg)
+    assert plan.scorer_roles == {"teacher"} and not plan.loss.surrogate
+    assert plan.loss.old_from_forward  # no surrogate reads pi_prox: no separate forward for it
+    assert [t.full for t in plan.terms] == [True] and cfg.roles.teacher.top_k_logits == 32
+    with pytest.raises(ConfigError, match=r"^algorithm\.eps_high is set, but algorithm 'distill' does not use it"):
+        load_config(path, ["algorithm.eps_high=0.28"])
+    with pytest.raises(ConfigError, match="algorithm.dynamic_sampling=true is not supported by algorithm 'distill'"):
+        load_config(path, ["algorithm.dynamic_sampling=true"])
+    kdrl_full = load_config(os.path.join(ROOT, "configs", "kdrl_full.yaml"))
+    assert algorithms.get("kdrl").plan(kdrl_full).loss.surrogate
