@@ -322,25 +322,43 @@ def test_teacher_scorer_sends_its_topk_from_the_same_forward(model_dir):
 
 
 # ============================================================================ end to end
+def run_cli(tmp_path, config, *overrides, steps=2):
+    """``configs/<config>.yaml`` through the real CLI at tests/test_e2e.py's small sizes."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "launch.train", "--config", f"configs/{config}.yaml", f"trainer.output_dir={out}",
+           f"trainer.max_steps={steps}", "data.prompts_per_step=4", "data.builtin_train_size=48",
+           "algorithm.group_size=4", "trainer.num_ranks=2", "trainer.micro_batch_tokens=256", "trainer.eval_every=0",
+           "rollout.backend=hf", "resources.colocate=true", *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(steps))
+    return rows
+
+
 @pytest.mark.runtime
 def test_kdrl_full_reverse_kl_trains_through_the_cli(tmp_path, tiny_models):
     """``configs/kdrl_full.yaml`` for 2 steps through the real CLI: exit 0, the full term is logged
     (``div/kd_teacher`` finite, >= 0 on the top-k + tail support) with its coefficient."""
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "launch.train", "--config", "configs/kdrl_full.yaml", f"trainer.output_dir={out}",
-           "trainer.max_steps=2", "data.prompts_per_step=4", "data.builtin_train_size=48", "algorithm.group_size=4",
-           "trainer.num_ranks=2", "trainer.micro_batch_tokens=256", "trainer.eval_every=0", "rollout.backend=hf",
-           "resources.colocate=true", "algorithm.divergences.0.mask=all"]  # all rows: the term always has tokens
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}"
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1]
+    rows = run_cli(tmp_path, "kdrl_full", "algorithm.divergences.0.mask=all")  # all rows: the term always has tokens
     for r in rows:
         assert math.isfinite(r["div/kd_teacher"]) and r["div/kd_teacher"] >= 0, r
         assert r["coef/kd_teacher"] == pytest.approx(5e-3 - 5e-5 * r["step"])
         assert math.isfinite(r["loss/total"])
     assert any(r["div/kd_teacher"] > 0 for r in rows)  # the student is not the teacher
     print("div/kd_teacher per step:", [r["div/kd_teacher"] for r in rows])
+
+
+@pytest.mark.runtime
+def test_distill_trains_on_the_divergence_alone_through_the_cli(tmp_path, tiny_models):
+    """``configs/distill.yaml``: no surrogate (``loss/policy`` 0, no clip metrics), the JSD to the
+    teacher logged and finite, rewards still logged."""
+    rows = run_cli(tmp_path, "distill")
+    for r in rows:
+        assert r["loss/policy"] == 0.0 and "actor/clip_frac" not in r, r
+        assert math.isfinite(r["div/jsd_teacher"]) and 0 < r["div/jsd_teacher"] <= math.log(2), r
+        assert "reward/mean" in r
+    print("div/jsd_teacher per step:", [r["div/jsd_teacher"] for r in rows])
 
 
 # ============================================================================ the distill algorithm
