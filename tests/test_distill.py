@@ -202,7 +202,7 @@ def test_the_ranks_single_forward_feeds_logp_and_the_full_term():
     kd = term("full_forward_kl", {}, coef=1.0)
     fn = PolicyLossFn(PolicyLossConfig(surrogate=False), [kd])
     assert fn.needs_logits and not getattr(CallableLossFn(lambda *a: None), "needs_logits", False)
-    assert not PolicyLossFn(PolicyLossConfig(), [term("full_forward_kl", {}).__class__(name="k", divergence="k3")]).needs_logits
+    assert not PolicyLossFn(PolicyLossConfig(), [DivergenceTerm(name="k", divergence="k3")]).needs_logits
 
     logp, entropy, logits = micro_batch_forward(model, batch, temperature=temp)
     loss, _ = fn(logp, batch, 0, None, entropy, logits=logits)
