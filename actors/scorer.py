@@ -7,7 +7,7 @@ log-probs, and the same ``temperature`` must be passed to both.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -15,14 +15,20 @@ from actors import quiet
 from actors.rollout import check_weight_version
 from actors.trainer.oom import budget_on_oom
 from rlplat.batch import Batch
-from rlplat.modeling import load_causal_lm, response_logits, response_logprobs
+from rlplat.divergences.topk import TopK, teacher_topk
+from rlplat.modeling import load_causal_lm, micro_batch_forward, response_logits, response_logprobs
+
+# What ``Scorer.score`` returns: log-probs Float32 [B, R], or (log-probs, TopK) with top_k > 0.
+Scores = Union[torch.Tensor, Tuple[torch.Tensor, TopK]]
 
 
 class Scorer:
     """Log-probs of sampled tokens under the model at ``model_path`` for role ``role``.
 
     ``micro_batch_tokens``: token budget of one forward pass. Runs on CUDA when the actor has a
-    GPU, else CPU. Inputs and outputs are CPU tensors.
+    GPU, else CPU. Inputs and outputs are CPU tensors. ``top_k`` > 0 (``roles.<role>.top_k_logits``):
+    ``score`` also returns the role's top-k next-token distribution at every response position
+    (for full-distribution divergence terms), from the same forward pass.
     """
 
     def __init__(
@@ -33,6 +39,7 @@ class Scorer:
         micro_batch_tokens: int = 4096,
         trust_remote_code: bool = False,
         temperature: float = 1.0,
+        top_k: int = 0,
     ):
         quiet.apply()  # third-party log noise off (trainer.log_level, via RLPLAT_LOG_LEVEL)
         if micro_batch_tokens <= 0:
@@ -40,6 +47,9 @@ class Scorer:
         self.role, self.model_path = role, model_path
         self.micro_batch_tokens = micro_batch_tokens
         self.temperature = temperature
+        if top_k < 0:
+            raise ValueError(f"scorer '{role}': top_k must be >= 0, got {top_k}")
+        self.top_k = top_k
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.weights_version = 0  # 0: the weights at model_path; a restarted actor is back at 0
         self.model = load_causal_lm(model_path, dtype, trust_remote_code).to(self.device).eval()
@@ -47,22 +57,48 @@ class Scorer:
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def score(self, batch: Batch, weights_version: Optional[int] = None) -> torch.Tensor:
+    def score(self, batch: Batch, weights_version: Optional[int] = None) -> Scores:
         """Float32 [B, R]: log-prob (nats) of each ``response_ids`` token under this role; 0 on padding.
+        With ``top_k`` > 0, the pair ``(log-probs, TopK)`` (``score_topk``).
 
         ``weights_version``: raise ``StaleWeightsError`` unless this actor holds that version (a
         call queued on an actor Ray restarted must not score with its initial weights)."""
         check_weight_version(self.weights_version, weights_version)
         key = f"roles.{self.role}.micro_batch_tokens" if self.role != "snapshot" else "trainer.micro_batch_tokens"
         with budget_on_oom(key, self.micro_batch_tokens, self.micro_batch_tokens):
+            if self.top_k:
+                return self.score_topk(batch)
             return response_logprobs(
                 self.model, batch, self.micro_batch_tokens, temperature=self.temperature, device=self.device
             )
 
-    def score_rows(self, start: int, end: int, weights_version: Optional[int], *parts: Batch) -> torch.Tensor:
+    @torch.no_grad()
+    def score_topk(self, batch: Batch) -> Tuple[torch.Tensor, TopK]:
+        """(Float32 [B, R] log-probs, ``TopK``) from one forward pass per micro-batch: the TopK is
+        ``teacher_topk`` of the temperature-scaled logits (log-probs normalised over the FULL
+        vocabulary, exact tail), compact for the trip through Ray: ``logp`` Float32 [B, R, k],
+        ``ids`` Int32 [B, R, k], ``tail_logp`` Float32 [B, R]. Padding positions hold 0."""
+        b, r = batch.response_ids.shape
+        k = self.top_k
+        logp = torch.zeros((b, r), dtype=torch.float32)
+        top = TopK(torch.zeros((b, r, k), dtype=torch.float32), torch.zeros((b, r, k), dtype=torch.int32),
+                   torch.zeros((b, r), dtype=torch.float32))
+        for idx in batch.split_by_token_budget(self.micro_batch_tokens):
+            mb = batch.select(idx).trimmed().to(self.device)
+            fwd = micro_batch_forward(self.model, mb, temperature=self.temperature)
+            t = teacher_topk(fwd.logits, k)  # logits already divided by the temperature
+            keep = mb.response_mask.bool()
+            w = fwd.logp.shape[1]
+            logp[idx, :w] = fwd.logp.cpu()
+            top.logp[idx, :w] = torch.where(keep[..., None], t.logp.float(), 0.0).cpu()
+            top.ids[idx, :w] = torch.where(keep[..., None], t.ids, 0).to(torch.int32).cpu()
+            top.tail_logp[idx, :w] = torch.where(keep, t.tail_logp.float(), 0.0).cpu()
+        return logp, top
+
+    def score_rows(self, start: int, end: int, weights_version: Optional[int], *parts: Batch) -> Scores:
         """``score`` of rows ``start:end`` of the row-wise concatenation of ``parts`` (the rollout
         engines' outputs, passed as ObjectRefs so this call starts when they are generated):
-        Float32 [end - start, R], R = the longest response of all parts."""
+        Float32 [end - start, R], R = the longest response of all parts (and the TopK with ``top_k``)."""
         batch = parts[0] if len(parts) == 1 else Batch.concat(parts, pad_id=0)  # padding is masked
         return self.score(batch.select(torch.arange(start, end)), weights_version)
 
@@ -130,6 +166,7 @@ def create_scorer_actor(
     micro_batch_tokens: int = 4096,
     trust_remote_code: bool = False,
     temperature: float = 1.0,
+    top_k: int = 0,
     num_cpus: float = 0.25,
     num_gpus: float = 0.0,
     name: Optional[str] = None,
@@ -149,5 +186,5 @@ def create_scorer_actor(
             placement_group=placement_group, placement_group_bundle_index=bundle_index
         )
     return ray.remote(Scorer).options(**opts).remote(
-        role, model_path, dtype, micro_batch_tokens, trust_remote_code, temperature
+        role, model_path, dtype, micro_batch_tokens, trust_remote_code, temperature, top_k
     )

@@ -21,9 +21,10 @@ import torch
 
 from actors.recovery import ACTOR_LOST, log_loss, wait_until_answering
 from actors.rollout import StaleWeightsError
-from actors.scorer import create_scorer_actor
+from actors.scorer import Scores, create_scorer_actor
 from actors.trainer.group import split_rows
 from rlplat.batch import Batch
+from rlplat.divergences.topk import TopK
 
 # The actor was lost, or it is back but without the weights the pool last loaded (a call queued while it restarted).
 RETRYABLE = ACTOR_LOST + (StaleWeightsError,)
@@ -47,6 +48,7 @@ class ScorerPool:
         micro_batch_tokens: int = 4096,
         trust_remote_code: bool = False,
         temperature: float = 1.0,
+        top_k: int = 0,
         num_cpus: float = 0.25,
         num_gpus: float = 0.0,
         placement_group: Any = None,
@@ -60,11 +62,12 @@ class ScorerPool:
         if len(bundle_indices) != num_actors:
             raise ValueError(f"scorer pool '{role}': {len(bundle_indices)} bundle indices for {num_actors} actors")
         self.role, self.max_restarts, self.restart_timeout_s = role, max_restarts, restart_timeout_s
+        self.top_k = top_k  # > 0: results are (log-probs, TopK) pairs (Scorer.score_topk)
         self.names = [f"scorer-{role}-{i}" for i in range(num_actors)]
         self.actors = [
             create_scorer_actor(
                 role, model_path, dtype=dtype, micro_batch_tokens=micro_batch_tokens,
-                trust_remote_code=trust_remote_code, temperature=temperature, num_cpus=num_cpus,
+                trust_remote_code=trust_remote_code, temperature=temperature, top_k=top_k, num_cpus=num_cpus,
                 num_gpus=num_gpus, name=name, placement_group=placement_group, bundle_index=bundle,
                 max_restarts=max_restarts)
             for name, bundle in zip(self.names, bundle_indices)
@@ -87,8 +90,9 @@ class ScorerPool:
         starts as soon as the parts exist. ``.result(batch)`` collects them."""
         return PendingRowScores(self, part_refs, num_rows)
 
-    def score(self, batch: Batch) -> torch.Tensor:
-        """Float32 [B, R]: log-prob (nats) of each ``response_ids`` token under this role; 0 on padding."""
+    def score(self, batch: Batch) -> Scores:
+        """Float32 [B, R]: log-prob (nats) of each ``response_ids`` token under this role; 0 on padding.
+        With ``top_k`` > 0: ``(log-probs, TopK)`` (``Batch.set_scores`` stores either)."""
         return self.score_async(batch).result()
 
     def load_weights(self, named: Sequence[Tuple[str, torch.Tensor]]) -> int:
@@ -140,6 +144,29 @@ class ScorerPool:
                 self.recover(exc)
 
 
+class _Collected:
+    """A pool call's output for B rows, filled part by part: log-probs Float32 [B, R] and, with
+    ``k`` > 0, the ``TopK`` ([B, R, k] log-probs and Int32 ids, [B, R] tail), 0 on padding."""
+
+    def __init__(self, b: int, r: int, k: int) -> None:
+        self.logp = torch.zeros((b, r), dtype=torch.float32)
+        self.topk = None if not k else TopK(torch.zeros((b, r, k), dtype=torch.float32),
+                                            torch.zeros((b, r, k), dtype=torch.int32),
+                                            torch.zeros((b, r), dtype=torch.float32))
+
+    def put(self, rows: Any, part: Scores) -> None:
+        """Place one actor's ``part`` (its rows' scores, possibly shorter in R) at ``rows``."""
+        lp, top = (part, None) if self.topk is None else part
+        w = lp.shape[1]
+        self.logp[rows, :w] = lp
+        if top is not None:
+            for dst, src in zip(self.topk, top):
+                dst[rows, :w] = src
+
+    def value(self) -> Scores:
+        return self.logp if self.topk is None else (self.logp, self.topk)
+
+
 class PendingScores:
     """One pool call in flight: the row indices of each actor's part and their object refs."""
 
@@ -152,22 +179,21 @@ class PendingScores:
     def _submit(self, k: int) -> ray.ObjectRef:
         return self.pool.actors[k].score.remote(self.batch.select(self.parts[k]), self.pool._weights_version)
 
-    def result(self) -> torch.Tensor:
-        """Float32 [B, R] in the batch's row order; parts lost with their actor are resubmitted
-        after the pool's recovery (at most ``max_restarts`` times)."""
-        out = torch.zeros(self.batch.response_ids.shape, dtype=torch.float32)
+    def result(self) -> Scores:
+        """Float32 [B, R] (with ``top_k``: and the TopK) in the batch's row order; parts lost with
+        their actor are resubmitted after the pool's recovery (at most ``max_restarts`` times)."""
+        out = _Collected(*self.batch.response_ids.shape, self.pool.top_k)
         pending = dict(self.refs)
         for attempt in range(self.pool.max_restarts + 1):
             lost: Optional[Tuple[int, Exception]] = None
             for k in list(pending):
                 try:
-                    part = ray.get(pending.pop(k))
-                    out[self.parts[k], : part.shape[1]] = part
+                    out.put(self.parts[k], ray.get(pending.pop(k)))
                 except RETRYABLE as exc:
                     pending[k] = None
                     lost = (k, exc)
             if not pending:
-                return out
+                return out.value()
             if attempt == self.pool.max_restarts:
                 raise lost[1]
             self.pool.recover(lost[1], self.pool.names[lost[0]])
@@ -185,15 +211,15 @@ class PendingRowScores:
         self.refs = [pool.actors[k].score_rows.remote(a, b, pool._weights_version, *part_refs)
                      for k, (a, b) in enumerate(self.ranges)]
 
-    def result(self, batch: Batch) -> torch.Tensor:
-        """Float32 [B, R] for ``batch``, the collected rows. If any share failed (its actor or an
+    def result(self, batch: Batch) -> Scores:
+        """Float32 [B, R] (with ``top_k``: and the TopK) for ``batch``, the collected rows. If any share failed (its actor or an
         engine was lost, or the actor came back without the pool's weights), the pool scores
         ``batch`` afresh, with its recovery: the retried rows are the same seeded samples."""
         try:
             parts = ray.get(self.refs)
         except ray.exceptions.RayError:  # StaleWeightsError arrives as a RayTaskError too
             return self.pool.score(batch)
-        out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+        out = _Collected(*batch.response_ids.shape, self.pool.top_k)
         for (a, b), part in zip(self.ranges, parts):
-            out[a:b, : part.shape[1]] = part
-        return out
+            out.put(slice(a, b), part)
+        return out.value()

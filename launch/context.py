@@ -96,9 +96,10 @@ class StepContext:
         res = self.cfg.resources
         role_cfg = getattr(self.cfg.roles, role, None)
         micro = role_cfg.micro_batch_tokens if role_cfg is not None else self.cfg.trainer.micro_batch_tokens
+        top_k = role_cfg.top_k_logits if role_cfg is not None else 0  # > 0: the teacher's distributions too
         return ScorerPool(
             role, self.paths[role], num_actors, dtype=self.cfg.model.dtype, micro_batch_tokens=micro,
-            trust_remote_code=self.cfg.model.trust_remote_code, temperature=self.cfg.rollout.temperature,
+            trust_remote_code=self.cfg.model.trust_remote_code, temperature=self.cfg.rollout.temperature, top_k=top_k,
             num_cpus=res.scorer_cpus, num_gpus=res.scorer_gpus, placement_group=self.placement,
             bundle_indices=[(first + i) % self.cfg.trainer.num_ranks for i in range(num_actors)],
             max_restarts=res.max_actor_restarts)
@@ -180,7 +181,8 @@ class StepContext:
         with timer.phase("score"):
             if not self.plan.loss.old_from_forward:  # the proximal policy: the weights being updated, now
                 batch.logprobs["old"] = self.trainer.compute_logprobs(batch)
-            batch.logprobs.update({role: p.result(batch) for role, p in pending.scores.items()})
+            for role, p in pending.scores.items():
+                batch.set_scores(role, p.result(batch))
         with timer.phase("reward"):
             try:
                 outcome = pending.reward.result()
@@ -230,7 +232,8 @@ class StepContext:
             pending = [self.scorers[r].score_async(batch) for r in roles]
             if not self.plan.loss.old_from_forward:
                 batch.logprobs["old"] = self.trainer.compute_logprobs(batch)
-            batch.logprobs.update(zip(roles, [p.result() for p in pending]))
+            for role, p in zip(roles, pending):
+                batch.set_scores(role, p.result())
 
     def score_roles(self, batch: Batch, roles: List[str]) -> Dict[str, torch.Tensor]:
         """Float [B, R] log-probs of ``batch``'s responses under each scorer role (in flight together)."""

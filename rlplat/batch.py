@@ -9,6 +9,11 @@ Layout (B = samples, P = longest prompt, R = longest response, all padded):
     logprobs        dict role -> Float [B, R]  log-prob (nats) of each response token under
                     that role: "rollout" (engine that sampled), "old" (trainer before the update),
                     "reference", "teacher", "snapshot", "initial" (stored DPH-RL samples)
+    topk            dict role -> ``TopK`` (``rlplat.divergences.topk``): that role's next-token
+                    distribution at each response position in compact form, ``logp`` Float32
+                    [B, R, k] (normalised over the full vocabulary), ``ids`` Int32 [B, R, k],
+                    ``tail_logp`` Float32 [B, R]; only for roles scored with ``top_k_logits > 0``
+                    (full-distribution divergence terms). Padding positions hold 0.
     rewards         Float [B]  scalar reward per sample (NaN never: failures are counted upstream)
     advantages      Float [B]  per-sequence advantage, broadcast over tokens by the loss
     group_ids       Long  [B]  samples drawn for the same prompt share a group id
@@ -24,6 +29,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+
+from rlplat.divergences.topk import TopK
 
 DATA_EXPLORE = 0
 DATA_REHEARSAL = 1
@@ -47,6 +54,7 @@ class Batch:
     advantages: Optional[torch.Tensor] = None
     kind: Optional[torch.Tensor] = None
     meta: Dict[str, List[Any]] = field(default_factory=dict)
+    topk: Dict[str, TopK] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind is None:
@@ -75,6 +83,14 @@ class Batch:
         for role, lp in self.logprobs.items():
             if tuple(lp.shape) != (b, r):
                 raise ValueError(f"Batch.logprobs['{role}'] has shape {tuple(lp.shape)}, expected {(b, r)}")
+        for role, top in self.topk.items():
+            if not isinstance(top, TopK):
+                raise ValueError(f"Batch.topk['{role}'] must be a TopK, got {type(top).__name__}")
+            k = top.ids.shape[-1] if top.ids.dim() == 3 else -1
+            shapes = (tuple(top.logp.shape), tuple(top.ids.shape), tuple(top.tail_logp.shape))
+            if shapes != ((b, r, k), (b, r, k), (b, r)):
+                raise ValueError(f"Batch.topk['{role}'] has logp/ids/tail_logp shapes {shapes}, "
+                                 f"expected {(b, r, 'k')}, {(b, r, 'k')}, {(b, r)}")
         for name in ("rewards", "advantages"):
             t = getattr(self, name)
             if t is not None and tuple(t.shape) != (b,):
@@ -114,6 +130,7 @@ class Batch:
             advantages=pick(self.advantages),
             kind=pick(self.kind),
             meta={k: [v[i] for i in idx.tolist()] for k, v in self.meta.items()},
+            topk={k: TopK(*(pick(t) for t in v)) for k, v in self.topk.items()},
         )
 
     def trimmed(self) -> "Batch":
@@ -132,6 +149,7 @@ class Batch:
             advantages=self.advantages,
             kind=self.kind,
             meta=dict(self.meta),
+            topk={k: TopK(*(t[:, :r_keep] for t in v)) for k, v in self.topk.items()},
         )
         return out
 
@@ -139,8 +157,8 @@ class Batch:
     def concat(batches: Sequence["Batch"], pad_id: int) -> "Batch":
         """Stack batches row-wise, re-padding prompts on the left and responses on the right.
 
-        Optional fields (rewards, advantages, a logprob role, a meta key) must be present in
-        all batches or in none.
+        Optional fields (rewards, advantages, a logprob or top-k role, a meta key) must be present
+        in all batches or in none; a top-k role's k must agree.
         """
         if not batches:
             raise ValueError("Batch.concat needs at least one batch")
@@ -152,6 +170,14 @@ class Batch:
 
         def rpad(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
             return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+        def rpad_topk(role: str) -> TopK:
+            ks = {b.topk[role].ids.shape[-1] for b in batches}
+            if len(ks) != 1:
+                raise ValueError(f"Batch.concat: batches disagree on k of topk['{role}']: {sorted(ks)}")
+            # Pad dim 1 (positions) of [b, R, k] and [b, R] tensors with 0, as logprobs are.
+            pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, r - t.shape[1]) if t.dim() == 3 else (0, r - t.shape[1]))  # noqa: E731
+            return TopK(*(torch.cat([pad(getattr(b.topk[role], f)) for b in batches]) for f in TopK._fields))
 
         def same_keys(name: str, keysets: List[set]) -> set:
             if any(k != keysets[0] for k in keysets):
@@ -166,6 +192,7 @@ class Batch:
 
         roles = same_keys("logprobs", [set(b.logprobs) for b in batches])
         metas = same_keys("meta", [set(b.meta) for b in batches])
+        topk_roles = same_keys("topk", [set(b.topk) for b in batches])
         return Batch(
             prompt_ids=torch.cat([lpad(b.prompt_ids, p, pad_id) for b in batches]),
             prompt_mask=torch.cat([lpad(b.prompt_mask, p, 0) for b in batches]),
@@ -177,6 +204,7 @@ class Batch:
             advantages=optional("advantages"),
             kind=torch.cat([b.kind for b in batches]),
             meta={k: [x for b in batches for x in b.meta[k]] for k in metas},
+            topk={k: rpad_topk(k) for k in sorted(topk_roles)},
         )
 
     def mini_batches(self, num: int, epochs: int, generator: torch.Generator) -> List[torch.Tensor]:
@@ -220,12 +248,26 @@ class Batch:
         return [torch.tensor(sorted(g), dtype=torch.long) for g in groups]
 
     def to_dict(self) -> Dict[str, Any]:
-        """Plain dict of tensors, dicts and lists: ``torch.save`` / ``torch.load(weights_only=True)`` safe."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Plain dict of tensors, dicts and lists: ``torch.save`` / ``torch.load(weights_only=True)`` safe
+        (a ``TopK`` becomes a dict of its fields: weights_only loading refuses named tuples)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["topk"] = {k: v._asdict() for k, v in self.topk.items()}
+        return out
 
     @staticmethod
     def from_dict(d: Dict[str, Any]) -> "Batch":
+        d = dict(d)
+        d["topk"] = {k: TopK(**v) for k, v in d.get("topk", {}).items()}  # older stores have no topk
         return Batch(**d)
+
+    def set_scores(self, role: str, scores: Any) -> None:
+        """Store a scorer's output for ``role``: a Float [B, R] log-prob tensor, or a
+        ``(log-probs, TopK)`` pair from a scorer with ``top_k_logits > 0``."""
+        if isinstance(scores, tuple) and not isinstance(scores, TopK):
+            self.logprobs[role], self.topk[role] = scores
+        else:
+            self.logprobs[role] = scores
+        self.validate()
 
     def to(self, device: torch.device | str) -> "Batch":
         out = Batch.__new__(Batch)
@@ -235,5 +277,7 @@ class Batch:
                 v = v.to(device)
             elif f.name == "logprobs":
                 v = {k: t.to(device) for k, t in v.items()}
+            elif f.name == "topk":
+                v = {k: TopK(*(t.to(device) for t in top)) for k, top in v.items()}
             setattr(out, f.name, v)
         return out

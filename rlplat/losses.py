@@ -15,6 +15,7 @@ shrinks by that factor.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -32,6 +33,7 @@ from rlplat.schedules import CoefSchedule
 
 if TYPE_CHECKING:
     from rlplat.config.schema import DivergenceTermConfig
+    from rlplat.divergences.topk import TopK
 
 POLICY_KEY = "policy"  # key of the surrogate's normalisers in a totals mapping
 # component_tokens key: the exploration tokens before rollout correction masks any (rollout/* metrics)
@@ -133,8 +135,13 @@ def aggregate(
 class DivergenceTerm:
     """One term ``coef(step) * aggregate(D(logp, logprobs[anchor]))`` on the rows of ``mask``.
 
-    ``divergence`` and ``params`` name an estimator in ``rlplat.divergences`` (per-token only:
-    "policy" or "anchor" samples); ``anchor`` is a role key of ``Batch.logprobs``.
+    ``divergence`` and ``params`` name an estimator in ``rlplat.divergences``. A per-token one
+    ("policy" or "anchor" samples) compares ``logp`` with ``Batch.logprobs[anchor]``. A
+    per-position full-distribution one ("full": ``full_forward_kl``, ``full_reverse_kl``,
+    ``full_jsd``) compares the student's logits at every response position with the anchor's
+    top-k distribution ``Batch.topk[anchor]`` on the top-k + tail support
+    (``rlplat.divergences.topk.topk_divergence``, ``support="tail"``); ``policy_loss`` then needs
+    the logits. The batch-wise ``sinkhorn`` has no per-position value and is refused here.
     """
 
     name: str = "kl_ref"
@@ -151,22 +158,35 @@ class DivergenceTerm:
         if self.mask not in masks_lib.REGISTRY:
             raise ValueError(f"divergence term '{self.name}': unknown mask '{self.mask}'; registered: "
                              f"{', '.join(masks_lib.names())}")
-        samples = divergences.info(self.divergence)
-        if samples == "full":
-            raise ValueError(
-                f"divergence term '{self.name}': '{self.divergence}' needs full logits, but policy_loss works on "
-                "per-token log-probs; pick a per-token estimator"
-            )
-        divergences.get(self.divergence, **self.params)  # bad params fail here, not mid-training
+        # Bad params (or a full divergence without a per-position kernel) fail here, not mid-training.
+        self.full_estimator() if self.full else self.estimator()
 
     @property
     def samples(self) -> str:
-        """Which samples the estimator assumes: "policy" (pi's rollouts) or "anchor"."""
+        """Which samples the estimator assumes: "policy" (pi's rollouts), "anchor", or "full"
+        (exact over the next-token distributions: right on any rows)."""
         return divergences.info(self.divergence)
+
+    @property
+    def full(self) -> bool:
+        """True for a full-distribution term: it needs the student's logits and ``Batch.topk[anchor]``."""
+        return self.samples == "full"
 
     def estimator(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``fn(logp, anchor_logp) -> Float[B, R]`` (built per call, so the term stays plain, picklable data)."""
         return divergences.get(self.divergence, **self.params)
+
+    def full_estimator(self) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        """``fn(logits [..., V], teacher: TopK [...]) -> [...]``: the full divergence on the teacher's
+        top-k + tail support (``params["chunk_size"]`` sets the positions per chunk)."""
+        from rlplat.divergences.topk import topk_divergence
+
+        params = dict(self.params)
+        chunk = params.pop("chunk_size", None)
+        try:
+            return topk_divergence(self.divergence, support="tail", chunk_size=chunk, **params)
+        except ValueError as exc:
+            raise ValueError(f"divergence term '{self.name}': {exc}") from None
 
     @classmethod
     def from_config(cls, cfg: "DivergenceTermConfig") -> "DivergenceTerm":
@@ -217,7 +237,9 @@ class PolicyLossConfig:
     log-probs are the detached log-probs of the training forward itself (rho == 1 exactly) and no
     separate forward pass computes ``batch.logprobs["old"]``.
     ``rollout_correction``: importance weights between the engine's log-probs ("rollout") and the
-    proximal ones ("old") on exploration rows (``rlplat.rollout_correction``); the default is none."""
+    proximal ones ("old") on exploration rows (``rlplat.rollout_correction``); the default is none.
+    ``surrogate``: False drops the clipped surrogate (pure distillation: the loss is the divergence
+    terms alone; ``loss/policy`` is 0 and no ``actor/clip_frac``/``ratio_mean`` are logged)."""
 
     eps_low: float = 0.2
     eps_high: float = 0.2
@@ -227,6 +249,7 @@ class PolicyLossConfig:
     advantage: Optional[PolicyAdvantage] = None
     old_from_forward: bool = False
     rollout_correction: RolloutCorrection = field(default_factory=RolloutCorrection)
+    surrogate: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.eps_low < 1:
@@ -255,8 +278,9 @@ def _term_token_mask(term: DivergenceTerm, batch: Batch, dtype: torch.dtype) -> 
     rows = tok.sum(-1) > 0
     # An estimator is only right on the samples it assumes: "policy" ones on pi's rollouts,
     # "anchor" ones on rows drawn from the anchor (the stored pi_0 rehearsal rows).
-    wrong_kind = DATA_REHEARSAL if term.samples == "policy" else DATA_EXPLORE
-    if (rows & (batch.kind == wrong_kind)).any():
+    # A full term is exact on any rows: it does not depend on where the tokens came from.
+    wrong_kind = {"policy": DATA_REHEARSAL, "anchor": DATA_EXPLORE}.get(term.samples)
+    if wrong_kind is not None and (rows & (batch.kind == wrong_kind)).any():
         which = "rehearsal (pi_0-sampled)" if wrong_kind == DATA_REHEARSAL else "exploration (pi-sampled)"
         raise ValueError(
             f"divergence term '{term.name}': estimator '{term.divergence}' assumes samples from the "
@@ -364,6 +388,43 @@ def _surrogate(
     return loss, stats
 
 
+def _neutral_teacher(teacher: "TopK", on: torch.Tensor, vocab: int) -> "TopK":
+    """``teacher`` with every position where ``on`` is False replaced by a proper distribution
+    (ids 0..k-1, uniform over the k + 1 outcomes; over the k ids when k = V), so that padding,
+    which holds zeros (k "probabilities" of 1), gives finite values and gradients."""
+    from rlplat.divergences.topk import TopK
+
+    k = teacher.ids.shape[-1]
+    ids = torch.arange(k, device=teacher.ids.device, dtype=teacher.ids.dtype).expand_as(teacher.ids)
+    if k == vocab:  # no tail outcome: uniform over the k ids, tail empty
+        lp, tail = -math.log(k), float("-inf")
+    else:
+        lp = tail = -math.log(k + 1)
+    keep = on[..., None]
+    return TopK(torch.where(keep, teacher.logp, torch.full_like(teacher.logp, lp)),
+                torch.where(keep, teacher.ids, ids),
+                torch.where(on, teacher.tail_logp, torch.full_like(teacher.tail_logp, tail)))
+
+
+def full_term_values(term: DivergenceTerm, logits: torch.Tensor, batch: Batch, on: torch.Tensor) -> torch.Tensor:
+    """Float[B, R]: the full divergence of ``term`` at every response position between the student's
+    ``logits`` Float[B, R, V] (already divided by the temperature the anchor's top-k was taken at;
+    differentiable) and ``batch.topk[term.anchor]``, on the top-k + tail support (nats; float32 for
+    half-precision logits, their dtype otherwise). ``on`` Bool[B, R]:
+    the positions that count; elsewhere the anchor is replaced by a neutral distribution (finite
+    values, no NaN gradients). No ``[B, R, V]`` tensor beyond ``logits`` and its gradient is made:
+    positions are processed in chunks (``rlplat.divergences.topk``)."""
+    if term.anchor not in batch.topk:
+        raise ValueError(f"divergence term '{term.name}': '{term.divergence}' needs the '{term.anchor}' role's top-k "
+                         f"distribution (batch.topk has {sorted(batch.topk)}); score it with "
+                         f"roles.{term.anchor}.top_k_logits > 0")
+    if logits.shape[:-1] != batch.response_mask.shape:
+        raise ValueError(f"divergence term '{term.name}': logits shape {tuple(logits.shape)} does not match the "
+                         f"responses {tuple(batch.response_mask.shape)}")
+    teacher = _neutral_teacher(batch.topk[term.anchor], on, logits.shape[-1])
+    return term.full_estimator()(logits, teacher)  # float32 for half-precision logits
+
+
 def policy_loss(
     logp: torch.Tensor,
     batch: Batch,
@@ -372,9 +433,15 @@ def policy_loss(
     step: int,
     totals: Optional[Mapping[str, LossTotals]] = None,
     entropy: Optional[torch.Tensor] = None,
+    logits: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """(scalar loss, metrics) for ``logp`` Float[B, R], the current policy's log-prob (nats) of
     each response token (requires grad), on ``batch`` at optimizer step ``step``.
+
+    ``logits``: Float[B, R, V] of the same forward, divided by the same temperature as ``logp``
+    (requires grad); needed only by full-distribution terms (``DivergenceTerm.full``), whose
+    per-token values (``full_term_values``) then go through the same masks, coefficients and
+    aggregation as a per-token estimator's.
 
     ``totals``: None (normalise by this call's own counts) or the global counts per component
     from ``loss_totals`` (keys "policy" and each term name).
@@ -402,7 +469,8 @@ def policy_loss(
         seen.add(term.name)
 
     metrics: Dict[str, float] = {}
-    pg_tok = _explore_token_mask(batch, logp.dtype)
+    explore_tok = _explore_token_mask(batch, logp.dtype)
+    pg_tok = explore_tok if cfg.surrogate else torch.zeros_like(explore_tok)
     is_weight = None
     old = proximal_logprobs(logp, batch, cfg) if pg_tok.sum() > 0 else None
     if pg_tok.sum() > 0 and (cfg.rollout_correction.active or rollout_correction.BEHAVIOUR_ROLE in batch.logprobs):
@@ -424,15 +492,21 @@ def policy_loss(
         coef = term.coef(step)
         metrics[f"coef/{term.name}"] = coef
         if tok.sum() > 0:
-            if term.anchor not in batch.logprobs:
+            if not term.full and term.anchor not in batch.logprobs:
                 raise ValueError(f"divergence term '{term.name}': batch.logprobs has no '{term.anchor}' role "
                                  f"(has {sorted(batch.logprobs)})")
             on = tok > 0
-            # Feed (0, 0) at masked positions: every estimator is finite there, so no NaN
-            # can leak into the gradient through where().
-            lp = torch.where(on, logp, torch.zeros_like(logp))
-            anchor = torch.where(on, batch.logprobs[term.anchor].to(logp.dtype), torch.zeros_like(logp))
-            values = term.estimator()(lp, anchor)
+            if term.full:
+                if logits is None:
+                    raise ValueError(f"divergence term '{term.name}': '{term.divergence}' is a full-distribution "
+                                     "divergence; policy_loss needs the student's logits")
+                values = full_term_values(term, logits, batch, on).to(logp.dtype)
+            else:
+                # Feed (0, 0) at masked positions: every estimator is finite there, so no NaN
+                # can leak into the gradient through where().
+                lp = torch.where(on, logp, torch.zeros_like(logp))
+                anchor = torch.where(on, batch.logprobs[term.anchor].to(logp.dtype), torch.zeros_like(logp))
+                values = term.estimator()(lp, anchor)
             if values.shape != logp.shape:
                 raise ValueError(f"divergence '{term.divergence}' returned shape {tuple(values.shape)}, "
                                  f"expected {tuple(logp.shape)}")
@@ -442,8 +516,8 @@ def policy_loss(
         term_loss = aggregate(values, tok, cfg.agg, totals=_totals_for(totals, term.name), norm_len=cfg.norm_len)
         total = total + coef * term_loss
 
-    if entropy is not None and pg_tok.sum() > 0:
-        metrics["actor/entropy"] = _masked_mean(entropy.detach().to(logp.dtype), pg_tok)
+    if entropy is not None and explore_tok.sum() > 0:
+        metrics["actor/entropy"] = _masked_mean(entropy.detach().to(logp.dtype), pg_tok if cfg.surrogate else explore_tok)
     metrics["loss/total"] = float(total.detach())
     return total, metrics
 

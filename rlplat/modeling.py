@@ -16,7 +16,7 @@ it forwards keyword arguments to the wrapped module).
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -96,6 +96,38 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return token_entropy(logits)
 
 
+class Forward(NamedTuple):
+    """One forward pass over a micro-batch (``micro_batch_forward``)."""
+
+    logp: torch.Tensor  # Float32 [B, R]: log-probs of response_ids, 0 on padding
+    entropy: Optional[torch.Tensor]  # Float32 [B, R] (0 on padding) or None
+    logits: torch.Tensor  # [B, R, V], model dtype, divided by the temperature; in the caller's graph
+
+
+def micro_batch_forward(
+    model: torch.nn.Module,
+    batch: Batch,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+) -> Forward:
+    """``micro_batch_logprobs`` that also hands back the temperature-scaled logits it computed
+    them from, for losses that need the whole next-token distribution (full-distribution
+    divergence terms): the same single forward, no second one."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = response_logits(model, batch)
+    if temperature != 1.0:
+        logits = logits / temperature
+    mask = batch.response_mask.to(torch.float32)
+    logp = token_logprobs(logits, batch.response_ids) * mask
+    entropy = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = entropy_from_logits(logits if entropy_grad else logits.detach()) * mask
+    return Forward(logp, entropy, logits)
+
+
 def micro_batch_logprobs(
     model: torch.nn.Module,
     batch: Batch,
@@ -108,18 +140,8 @@ def micro_batch_logprobs(
 
     Log-probs run under the caller's grad mode, so the trainer backpropagates through them.
     Entropies are detached (a metric: no [B, R, V] autograd buffers) unless ``entropy_grad``."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    logits = response_logits(model, batch)
-    if temperature != 1.0:
-        logits = logits / temperature
-    mask = batch.response_mask.to(torch.float32)
-    logp = token_logprobs(logits, batch.response_ids) * mask
-    if not with_entropy:
-        return logp
-    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        entropy = entropy_from_logits(logits if entropy_grad else logits.detach()) * mask
-    return logp, entropy
+    out = micro_batch_forward(model, batch, temperature, with_entropy, entropy_grad)
+    return (out.logp, out.entropy) if with_entropy else out.logp
 
 
 def response_logprobs(

@@ -445,8 +445,13 @@ def test_config_errors():
         PolicyLossConfig(agg="seq-mean-token-sum-norm")
     with pytest.raises(ValueError, match="eps_low"):
         PolicyLossConfig(eps_low=1.0)
-    with pytest.raises(ValueError, match="full logits"):
-        DivergenceTerm(name="x", divergence="full_forward_kl", anchor="teacher")
+    # Full per-position divergences build (they train from the logits and the teacher's top-k);
+    # the batch-wise sinkhorn has no per-position kernel and is refused by name.
+    assert DivergenceTerm(name="x", divergence="full_forward_kl", anchor="teacher").full
+    with pytest.raises(ValueError, match="divergence term 'x': .*'sinkhorn'.*per-position"):
+        DivergenceTerm(name="x", divergence="sinkhorn", anchor="teacher")
+    with pytest.raises(ValueError, match="beta"):
+        DivergenceTerm(name="x", divergence="full_jsd", anchor="teacher", params={"beta": 2.0})
     with pytest.raises(ValueError, match="unknown mask 'wrong'"):
         DivergenceTerm(name="x", divergence="k2", anchor="teacher", mask="wrong")
     with pytest.raises(ValueError, match="reserved"):

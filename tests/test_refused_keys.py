@@ -17,13 +17,23 @@ def _fresh_output_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.mark.parametrize("role", ["reference", "teacher", "preference"])
-def test_top_k_logits_is_refused_for_every_role(role):
+@pytest.mark.parametrize("role,says", [("reference", "only the teacher's scorer sends top-k"),
+                                        ("preference", "does not score next-token distributions")])
+def test_top_k_logits_is_refused_for_roles_other_than_the_teacher(role, says):
     with pytest.raises(ConfigError) as err:
         load_config(GRPO, [f"roles.{role}.top_k_logits=8"])
     msg = str(err.value)
-    assert msg.startswith(f"roles.{role}.top_k_logits=8: full-distribution divergence terms do not train yet")
-    assert "k3" in msg and "forward_kl" in msg  # says what works
+    assert msg.startswith(f"roles.{role}.top_k_logits=8: ") and says in msg
+
+
+def test_teacher_top_k_logits_acts_only_with_a_full_term():
+    """The teacher's top_k_logits is not refused as a key: it acts with a full term on the teacher,
+    and without one it is refused by the algorithm check, naming what would use it."""
+    kdrl = os.path.join(ROOT, "configs", "kdrl.yaml")
+    with pytest.raises(ConfigError, match=r"^roles\.teacher\.top_k_logits=8 acts only for a full-distribution"):
+        load_config(kdrl, ["roles.teacher.top_k_logits=8"])
+    cfg = load_config(kdrl, ["roles.teacher.top_k_logits=8", "algorithm.divergences.0.divergence=full_jsd"])
+    assert cfg.roles.teacher.top_k_logits == 8 and refused_values(cfg) == []
 
 
 def test_top_k_logits_zero_and_the_shipped_configs_pass():
@@ -43,15 +53,15 @@ def test_preference_pool_is_refused_but_scorer_pools_are_not():
         load_config(GRPO, ["roles.preference.micro_batch_tokens=0"])
 
 
-def test_refused_message_lists_exactly_the_per_token_estimators():
-    """The top_k_logits reason names every registered per-token estimator and no full one."""
-    named = set(re.findall(r"\b[a-z][a-z0-9_]*\b", REFUSED["roles.*.top_k_logits"])) & set(divergences.names())
-    assert named == {n for n in divergences.names() if divergences.info(n) != "full"}
+def test_refused_message_lists_exactly_the_per_token_estimators_on_policy_samples():
+    """The reference's top_k_logits reason names every per-token estimator the reference can use."""
+    named = set(re.findall(r"\b[a-z][a-z0-9_]*\b", REFUSED["roles.reference.top_k_logits"])) & set(divergences.names())
+    assert named == {n for n in divergences.names() if divergences.info(n) == "policy"}
 
 
-def test_full_divergence_term_is_refused_with_the_estimators_that_work():
+def test_full_divergence_term_on_the_reference_is_refused_with_the_estimators_that_work():
     with pytest.raises(ConfigError) as err:
         load_config(GRPO, ["algorithm.divergences.0.divergence=full_jsd"])
     msg = str(err.value)
-    assert "algorithm.divergences[0].divergence='full_jsd'" in msg and "do not train yet" in msg
+    assert "algorithm.divergences[0].divergence='full_jsd'" in msg and "roles.teacher.top_k_logits" in msg
     assert "['k1', 'k2', 'k3', 'k3_st']" in msg  # the reference anchor sees on-policy samples

@@ -143,7 +143,11 @@ def test_shapes_one_position_and_self_distance():
 def test_validation_treats_sinkhorn_as_a_full_distribution_divergence():
     with pytest.raises(ConfigError) as err:
         load_config(GRPO, ["algorithm.divergences.0.divergence=sinkhorn"])
-    assert "needs full logits" in str(err.value)
+    assert "full-distribution divergence" in str(err.value)
+    # On the teacher, with its top-k sent, it is still refused: it has no per-position value.
+    kdrl = os.path.join(os.path.dirname(GRPO), "kdrl_full.yaml")
+    with pytest.raises(ConfigError, match=r"divergence='sinkhorn' cannot be a loss term yet.*per-position"):
+        load_config(kdrl, ["algorithm.divergences.0.divergence=sinkhorn"])
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from rlplat.batch import Batch
 from rlplat.config.schema import ModelConfig, TrainerConfig
 from rlplat.losses import EXPLORE_KEY
 from rlplat.lr_schedules import LRSchedule
-from rlplat.modeling import load_causal_lm, micro_batch_logprobs
+from rlplat.modeling import load_causal_lm, micro_batch_forward, micro_batch_logprobs
 
 Totals = Mapping[str, Any]  # component name -> rlplat.losses.LossTotals
 
@@ -39,12 +39,15 @@ class PolicyLossFn:
 
     Any object with the same two methods can be passed to ``train_mini_batch`` instead:
     ``totals(batch, world_size)`` (global normalisers of the whole mini-batch) and
-    ``__call__(logp, micro_batch, step, totals, entropy) -> (loss, metrics)``.
+    ``__call__(logp, micro_batch, step, totals, entropy) -> (loss, metrics)``. One whose
+    ``needs_logits`` is True is also given ``logits=`` (Float [B, R, V], the same forward's,
+    divided by the temperature): full-distribution divergence terms need them.
     """
 
     def __init__(self, cfg: Any, terms: Sequence[Any]):
         self.cfg = cfg
         self.terms = list(terms)
+        self.needs_logits = any(getattr(t, "full", False) for t in self.terms)
 
     def totals(self, batch: Batch, world_size: int) -> Dict[str, Any]:
         from rlplat.losses import loss_totals
@@ -58,10 +61,10 @@ class PolicyLossFn:
 
         return {**{k: v.tokens for k, v in self.totals(batch, 1).items()}, EXPLORE_KEY: explore_tokens(batch)}
 
-    def __call__(self, logp, batch, step, totals, entropy=None):
+    def __call__(self, logp, batch, step, totals, entropy=None, logits=None):
         from rlplat.losses import policy_loss
 
-        return policy_loss(logp, batch, self.cfg, self.terms, step, totals, entropy)
+        return policy_loss(logp, batch, self.cfg, self.terms, step, totals, entropy, logits=logits)
 
 
 class CallableLossFn:
@@ -321,10 +324,17 @@ class TrainerRank:
             mb = mbs[i][1] if real else self._padding_batch()
             want_entropy = self.entropy_metrics and real
             with budget_on_oom("trainer.micro_batch_tokens", self.trainer_cfg.micro_batch_tokens, mb.input_ids.numel()):
-                res = micro_batch_logprobs(engine, mb, temperature=self.temperature, with_entropy=want_entropy)
-            logp, entropy = res if want_entropy else (res, None)
+                logp, entropy, logits = micro_batch_forward(engine, mb, temperature=self.temperature,
+                                                            with_entropy=want_entropy)
             if real:
-                loss, metrics = loss_fn(logp, mb, step, totals, entropy)
+                # Full-distribution terms read the same forward's logits: one forward per micro-batch.
+                with budget_on_oom("trainer.micro_batch_tokens", self.trainer_cfg.micro_batch_tokens, mb.input_ids.numel()):
+                    if getattr(loss_fn, "needs_logits", False):
+                        loss, metrics = loss_fn(logp, mb, step, totals, entropy, logits=logits)
+                    else:
+                        loss, metrics = loss_fn(logp, mb, step, totals, entropy)
+            del logits  # the graph keeps what its backward needs; no [B, R, V] reference outlives this pass
+            if real:
                 if not bool(torch.isfinite(loss.detach())):
                     # Keep the collective pattern of the other ranks, contribute nothing, skip below.
                     nonfinite += 1

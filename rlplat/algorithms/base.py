@@ -19,6 +19,9 @@ ANCHOR_ROLES = {
     "snapshot": "snapshot",
     "initial": None,  # DPH-RL: stored pi_0 log-probs, no actor
 }
+# Anchors whose scorer can send top-k next-token distributions (roles.<role>.top_k_logits), which
+# full-distribution divergence terms need.
+FULL_ANCHORS = frozenset({"teacher"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class Algorithm:
     # The loop can drop groups with identical rewards and sample more (DAPO, algorithm.dynamic_sampling).
     dynamic_sampling: bool = True
     samples_from = {"reference": "policy", "teacher": "policy", "snapshot": "policy", "initial": "anchor"}
+    # The clipped surrogate is part of the loss; False: the divergence terms alone (pure distillation).
+    surrogate: bool = True
 
     # ----------------------------------------------------------------- checks
     def check(self, cfg: RunConfig) -> None:
@@ -111,14 +116,12 @@ class Algorithm:
                     f"{key}.divergence='{term.divergence}' assumes tokens sampled from the {got}, but anchor "
                     f"'{term.anchor}' is evaluated on tokens sampled from the {want}")
             if got == "full":
-                works = [n for n in divergences.names() if divergences.info(n) == want]
-                raise ConfigError(
-                    f"{key}.divergence='{term.divergence}' needs full logits: full-distribution divergence terms do "
-                    f"not train yet. Use a per-token estimator; on anchor '{term.anchor}' these work: {works}")
+                self._check_full_term(cfg, key, term, want)
             if term.mask not in masks.names():
                 raise ConfigError(f"{key}.mask='{term.mask}' is not registered; choose one of {masks.names()}")
             if term.coef.kind not in schedules.names():
                 raise ConfigError(f"{key}.coef.kind='{term.coef.kind}' is not registered; choose one of {schedules.names()}")
+        self._check_top_k_logits(cfg)
         if alg.dynamic_sampling and not self.dynamic_sampling:
             raise ConfigError(f"algorithm.dynamic_sampling=true is not supported by algorithm '{self.name}' "
                               f"(its '{self.loop}' loop does not filter groups); set it to false")
@@ -133,6 +136,49 @@ class Algorithm:
                               "(the rounds of a step depend on its rewards); set one of them off")
         if self.needs_preference and not (alg.nash_mp.judge or cfg.roles.preference.path):
             raise ConfigError(f"algorithm '{self.name}' needs a preference model: set roles.preference.path or algorithm.nash_mp.judge")
+
+    def _check_full_term(self, cfg: RunConfig, key: str, term, want: str) -> None:
+        """A full-distribution term compares the student's logits with the anchor's top-k
+        distribution, which only the teacher's scorer sends (``roles.teacher.top_k_logits`` > 0)."""
+        from rlplat import divergences
+        from rlplat.divergences.topk import topk_divergence
+
+        works = [n for n in divergences.names() if divergences.info(n) == want]
+        if term.anchor not in FULL_ANCHORS:
+            raise ConfigError(
+                f"{key}.divergence='{term.divergence}' is a full-distribution divergence: it needs the anchor's "
+                f"next-token distributions, which only {sorted(FULL_ANCHORS)} sends (roles.teacher.top_k_logits); "
+                f"on anchor '{term.anchor}' use a per-token estimator: {works}")
+        params = {k: v for k, v in dict(term.params).items() if k != "chunk_size"}
+        try:
+            topk_divergence(term.divergence, support="tail", **params)
+        except ValueError as exc:  # sinkhorn: batch-wise, no per-position value
+            raise ConfigError(f"{key}.divergence='{term.divergence}' cannot be a loss term yet ({exc}); use "
+                              f"full_forward_kl, full_reverse_kl or full_jsd, or a per-token estimator: {works}") from None
+        k = getattr(cfg.roles, ANCHOR_ROLES[term.anchor]).top_k_logits
+        if k <= 0:
+            raise ConfigError(
+                f"{key}.divergence='{term.divergence}' needs the {term.anchor}'s top-k distributions: set "
+                f"roles.{term.anchor}.top_k_logits > 0 (e.g. 32-512; the divergence is taken on those k tokens plus "
+                f"one bucket for the rest), or use a per-token estimator: {works}")
+
+    def _check_top_k_logits(self, cfg: RunConfig) -> None:
+        """``roles.<anchor>.top_k_logits`` acts only for a full-distribution term on that anchor:
+        refused otherwise (the scorer would compute and ship distributions no loss reads)."""
+        from rlplat import divergences
+
+        for anchor in sorted(FULL_ANCHORS):
+            role = ANCHOR_ROLES[anchor]
+            k = getattr(cfg.roles, role).top_k_logits
+            if k < 0:
+                raise ConfigError(f"roles.{role}.top_k_logits={k} must be >= 0 (0: log-probs of the sampled tokens only)")
+            used = any(t.anchor == anchor and t.divergence in divergences.names() and divergences.info(t.divergence) == "full"
+                       for t in cfg.algorithm.divergences)
+            if k and not used:
+                raise ConfigError(
+                    f"roles.{role}.top_k_logits={k} acts only for a full-distribution divergence term with anchor "
+                    f"'{anchor}' (full_forward_kl, full_reverse_kl, full_jsd in algorithm.divergences); there is none: "
+                    "add one or set it to 0")
 
     def _check_unused(self, cfg: RunConfig) -> None:
         """Refuse a non-default value of a key in ``unused_keys``: accepted, it would be ignored."""
@@ -166,6 +212,8 @@ class Algorithm:
         whatever version sampled the batch): then the "old" log-probs are the training forward's own
         and no separate pass computes them."""
         alg = cfg.algorithm
+        if not self.surrogate:
+            return True  # no surrogate: nothing reads pi_prox, so no forward computes it
         # MIS drops tokens by pi_prox / mu, which the loss normalisers must know before the forward.
         masks = alg.rollout_correction.kind == "mis"
         return not self.several_updates_per_batch and alg.ppo_epochs == 1 and alg.mini_batches == 1 and not masks
@@ -189,6 +237,7 @@ class Algorithm:
             norm_len=alg.norm_len or cfg.rollout.max_new_tokens, advantage=self.policy_advantage(cfg),
             old_from_forward=self.old_from_forward(cfg),
             rollout_correction=RolloutCorrection.from_config(alg.rollout_correction),
+            surrogate=self.surrogate,
         )
         return AlgorithmPlan(
             name=self.name,

@@ -38,6 +38,29 @@ class KDRL(Algorithm):
 
 
 @register
+class Distill(Algorithm):
+    """On-policy distillation (GKD-style, arXiv 2306.13649): the student samples, the loss is the
+    divergence terms to the teacher alone (no surrogate, no reward in the loss). Rewards are still
+    computed and logged (``reward/*``), and advantages with them, but nothing trains on them."""
+
+    name = "distill"
+    anchors = frozenset({"teacher"})
+    surrogate = False
+    dynamic_sampling = False  # it filters groups by their rewards, which this loss does not use
+    # The surrogate's keys: accepted, they would be ignored.
+    unused_keys = Algorithm.unused_keys + ("algorithm.eps_low", "algorithm.eps_high", "algorithm.dual_clip",
+                                           "algorithm.rollout_correction")
+
+    def check(self, cfg: RunConfig) -> None:
+        super().check(cfg)
+        if not cfg.algorithm.divergences:
+            raise ConfigError("algorithm 'distill' trains on its divergence terms alone: add one with anchor 'teacher' "
+                              "to algorithm.divergences (e.g. full_jsd with roles.teacher.top_k_logits > 0)")
+        if not cfg.roles.teacher.path:
+            raise ConfigError("algorithm 'distill' needs a teacher: set roles.teacher.path (a model sharing the policy's tokenizer)")
+
+
+@register
 class DPHRL(Algorithm):
     """RL on exploration prompts + a mass-covering divergence on stored pi_0 rehearsal samples."""
 

@@ -31,7 +31,7 @@ class RoleModelConfig:
     path: Optional[str] = None  # reference: defaults to model.path; teacher/preference: required when used
     num_actors: int = 1
     micro_batch_tokens: int = 4096  # token budget of one forward pass
-    top_k_logits: int = 0  # >0: also return the top-k logits for full-distribution divergences
+    top_k_logits: int = 0  # teacher only: >0 also sends its top-k next-token distribution (full-distribution terms)
 
 
 @dataclass

@@ -10,11 +10,12 @@ from rlplat.hub_ids import is_hub_dataset, looks_like_hub_dataset, looks_like_hu
 
 # Keys the schema holds for capabilities that are not built yet: any non-default value is refused.
 REFUSED: Dict[str, str] = {
-    "roles.*.top_k_logits": (
-        "full-distribution divergence terms do not train yet (the loss receives the log-probs of the "
-        "sampled tokens only), so no scorer returns top-k logits; keep it 0 and use a per-token "
-        "estimator in algorithm.divergences (k1, k2, k3, k3_st on policy samples; forward_kl, js, "
-        "alpha, tv on anchor samples)"),
+    "roles.reference.top_k_logits": (
+        "only the teacher's scorer sends top-k distributions (full-distribution divergence terms, anchor "
+        "'teacher', roles.teacher.top_k_logits); keep it 0 and use a per-token estimator on the reference "
+        "(k1, k2, k3, k3_st)"),
+    "roles.preference.top_k_logits": (
+        "the preference model compares responses, it does not score next-token distributions; keep it 0"),
     "roles.preference.num_actors": (
         "the preference model runs as one worker; a pool of preference workers is not built, keep it 1"),
 }
