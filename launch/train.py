@@ -63,8 +63,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     pin_to_loopback(cfg.ray)
     from launch.controller import Controller  # imports ray
 
-    mode = start_ray(cfg.ray, cfg.trainer.log_level)
-    print(f"rlplat: {plan.name} on a {mode} Ray cluster; run directory {run_dir}", flush=True)
+    cluster = start_ray(cfg.ray, cfg.trainer.log_level)
+    print(f"rlplat: {plan.name} on a {cluster.mode} Ray cluster; run directory {run_dir}", flush=True)
+    if cluster.dashboard_url:  # jobs, named actors and their logs: README "Watching a run"
+        print(f"rlplat: dashboard {cluster.dashboard_url}", flush=True)
     controller = Controller(cfg, plan, paths, run_dir, tokenizer)
     try:
         controller.run()

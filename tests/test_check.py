@@ -256,7 +256,7 @@ def test_every_from_pretrained_call_names_trust_remote_code():
 
 
 # ------------------------------------------------------------------ 6. ray options a joined cluster ignores
-EMBEDDED_ONLY = ["ray.host=0.0.0.0", "ray.num_cpus=4", "ray.include_dashboard=true"]
+EMBEDDED_ONLY = ["ray.host=0.0.0.0", "ray.num_cpus=4", "ray.include_dashboard=false"]  # each away from its default
 
 
 def test_embedded_only_ray_options_are_reported_under_ray_address(capsys, monkeypatch, tmp_path):
