@@ -11,9 +11,6 @@ import argparse
 import sys
 from typing import List, Optional
 
-from rlplat import algorithms
-from rlplat.config import ConfigError, load_config
-
 CHECK_OK = "rlplat: --check ok"  # the last line of a passing --check
 
 
@@ -30,9 +27,17 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    # Before the imports below (torch, transformers: seconds on a busy machine): a first line at once.
+    print(f"rlplat: {'checking' if args.check else 'starting'} {args.config}", flush=True)
+    from actors import quiet
+    from rlplat import algorithms
+    from rlplat.config import ConfigError, load_config
+
     try:
         cfg = load_config(args.config, args.overrides)
         plan = algorithms.get(cfg.algorithm.name).plan(cfg)
+        # Before a first run builds the built-in models (DeepSpeed's accelerator notice, HF's bars).
+        quiet.apply(cfg.trainer.log_level)
         from launch.cluster import ignored_options
         from launch.preflight import preflight
 
@@ -54,10 +59,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     from launch.preflight import prepare_run_dir
 
     run_dir = prepare_run_dir(cfg)
-    from actors import quiet
-
-    quiet.apply(cfg.trainer.log_level)  # before ray, vLLM or DeepSpeed are imported here
-
     from launch.cluster import pin_to_loopback, start_ray
 
     pin_to_loopback(cfg.ray)
