@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -84,7 +85,7 @@ def _naive_kernel(name: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     if name == "full_reverse_kl":
         return (s.exp() * (s - t)).sum(-1)
     beta = 0.5  # full_jsd's default
-    m = torch.logaddexp(t + torch.log(torch.tensor(beta)), s + torch.log(torch.tensor(1 - beta)))
+    m = torch.logaddexp(t + math.log(beta), s + math.log1p(-beta))
     return beta * (t.exp() * (t - m)).sum(-1) + (1 - beta) * (s.exp() * (s - m)).sum(-1)
 
 
@@ -128,10 +129,10 @@ def trainer_loss(name: str, chunk_size):
         rows = 4 if n % 4 == 0 else 1
         shape = (rows, n // rows)
         batch = Batch(prompt_ids=torch.ones(rows, 1, dtype=torch.long), prompt_mask=torch.ones(rows, 1, dtype=torch.long),
-                      response_ids=torch.zeros(shape, dtype=torch.long), response_mask=torch.ones(shape),
-                      group_ids=torch.arange(rows), advantages=torch.zeros(rows),
+                      response_ids=torch.zeros(shape, dtype=torch.long), response_mask=torch.ones(shape, dtype=logits.dtype),
+                      group_ids=torch.arange(rows), advantages=torch.zeros(rows, dtype=logits.dtype),
                       topk={"teacher": TopK(*(x.reshape(*shape, *x.shape[1:]) for x in teacher))})
-        loss, _ = policy_loss(torch.zeros(shape), batch, cfg, terms, step=0, logits=logits.view(*shape, vocab))
+        loss, _ = policy_loss(logits.new_zeros(shape), batch, cfg, terms, step=0, logits=logits.view(*shape, vocab))
         return loss
 
     return fn
