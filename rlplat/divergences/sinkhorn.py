@@ -35,6 +35,11 @@ teacher position j's top-k ids plus one bucket for the rest::
 Merging coordinates can only lower an L1 distance (triangle inequality); the error is at most
 ``2 min(S_tail,ij, T_tail,j)``, and 0 when k = V. The cost then takes ``n x n x k`` memory
 instead of ``n x n x V``.
+
+As a loss term (``sinkhorn_term``, reached through ``rlplat.divergences.topk.topk_term``): the n
+positions are one micro-batch's masked response positions, the teacher arrives as a ``TopK`` at
+the rollout temperature and is softened by ``temperature`` with ``soften_topk`` (an approximation
+on the tail), and value i is ``n`` times row i's cost (mean over positions = ``<P, W>``).
 """
 from __future__ import annotations
 
