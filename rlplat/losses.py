@@ -445,8 +445,9 @@ def _batchwise_values(fn, logits: torch.Tensor, teacher: "TopK", on: torch.Tenso
     together. Their logits ``[n_on, V]`` and TopK ``[n_on]`` are gathered (padding never reaches
     the transport), ``fn`` gives one value per position, and these are scattered back to
     ``[B, R]`` (0 elsewhere; the mask drops them) so the mask, coefficient, aggregation and
-    ``div/<term>`` act as for per-position terms. Memory: the gathered copy of the logits
-    (``n_on x V``) plus what ``fn`` needs (SinKD: ``n_on x n_on x k`` for the cost)."""
+    ``div/<term>`` act as for per-position terms. Memory: not chunked; beyond the logits and their
+    gradient, a few ``n_on x V`` tensors (the gathered copy, SinKD's saved log-softmax, their
+    gradients) plus the cost's ``n_on x n_on x k``."""
     from rlplat.divergences.topk import TopK
 
     rows = fn(logits[on], TopK(teacher.logp[on], teacher.ids[on], teacher.tail_logp[on]))
