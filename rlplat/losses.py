@@ -141,7 +141,8 @@ class DivergenceTerm:
     ``full_jsd``) compares the student's logits at every response position with the anchor's
     top-k distribution ``Batch.topk[anchor]`` on the top-k + tail support
     (``rlplat.divergences.topk.topk_divergence``, ``support="tail"``); ``policy_loss`` then needs
-    the logits. The batch-wise ``sinkhorn`` has no per-position value and is refused here.
+    the logits. The batch-wise ``sinkhorn`` (SinKD) is computed over each micro-batch's masked
+    positions together and its per-position shares scattered back (``full_term_values``).
     """
 
     name: str = "kl_ref"
@@ -176,15 +177,21 @@ class DivergenceTerm:
         """``fn(logp, anchor_logp) -> Float[B, R]`` (built per call, so the term stays plain, picklable data)."""
         return divergences.get(self.divergence, **self.params)
 
+    @property
+    def batchwise(self) -> bool:
+        """True for a full term whose values couple the positions transported together (``sinkhorn``)."""
+        return self.full and self.full_estimator().batchwise
+
     def full_estimator(self) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         """``fn(logits [..., V], teacher: TopK [...]) -> [...]``: the full divergence on the teacher's
-        top-k + tail support (``params["chunk_size"]`` sets the positions per chunk)."""
-        from rlplat.divergences.topk import topk_divergence
+        top-k + tail support (``params["chunk_size"]`` sets the positions per chunk); for a batch-wise
+        one, ``[n, V]`` and ``[n]`` only (``rlplat.divergences.topk.topk_term``)."""
+        from rlplat.divergences.topk import topk_term
 
         params = dict(self.params)
         chunk = params.pop("chunk_size", None)
         try:
-            return topk_divergence(self.divergence, support="tail", chunk_size=chunk, **params)
+            return topk_term(self.divergence, chunk_size=chunk, **params)
         except ValueError as exc:
             raise ValueError(f"divergence term '{self.name}': {exc}") from None
 
@@ -413,7 +420,12 @@ def full_term_values(term: DivergenceTerm, logits: torch.Tensor, batch: Batch, o
     half-precision logits, their dtype otherwise). ``on`` Bool[B, R]:
     the positions that count; elsewhere the anchor is replaced by a neutral distribution (finite
     values, no NaN gradients). No ``[B, R, V]`` tensor beyond ``logits`` and its gradient is made:
-    positions are processed in chunks (``rlplat.divergences.topk``)."""
+    positions are processed in chunks (``rlplat.divergences.topk``).
+
+    A batch-wise term (``sinkhorn``) is computed over the ``on`` positions of this call together
+    (in training: one micro-batch's masked response positions, so its value depends on which
+    positions share a micro-batch); value i is position i's mean transport cost, in [0, 2], and
+    the values' mean over ``on`` is the Sinkhorn distance of those positions."""
     if term.anchor not in batch.topk:
         raise ValueError(f"divergence term '{term.name}': '{term.divergence}' needs the '{term.anchor}' role's top-k "
                          f"distribution (batch.topk has {sorted(batch.topk)}); score it with "
@@ -421,8 +433,25 @@ def full_term_values(term: DivergenceTerm, logits: torch.Tensor, batch: Batch, o
     if logits.shape[:-1] != batch.response_mask.shape:
         raise ValueError(f"divergence term '{term.name}': logits shape {tuple(logits.shape)} does not match the "
                          f"responses {tuple(batch.response_mask.shape)}")
+    fn = term.full_estimator()
+    if fn.batchwise:
+        return _batchwise_values(fn, logits, batch.topk[term.anchor], on)
     teacher = _neutral_teacher(batch.topk[term.anchor], on, logits.shape[-1])
-    return term.full_estimator()(logits, teacher)  # float32 for half-precision logits
+    return fn(logits, teacher)  # float32 for half-precision logits
+
+
+def _batchwise_values(fn, logits: torch.Tensor, teacher: "TopK", on: torch.Tensor) -> torch.Tensor:
+    """Float[B, R]: a batch-wise term (SinKD) over the ``on`` positions of this call (a micro-batch)
+    together. Their logits ``[n_on, V]`` and TopK ``[n_on]`` are gathered (padding never reaches
+    the transport), ``fn`` gives one value per position, and these are scattered back to
+    ``[B, R]`` (0 elsewhere; the mask drops them) so the mask, coefficient, aggregation and
+    ``div/<term>`` act as for per-position terms. Memory: not chunked; beyond the logits and their
+    gradient, a few ``n_on x V`` tensors (the gathered copy, SinKD's saved log-softmax, their
+    gradients) plus the cost's ``n_on x n_on x k``."""
+    from rlplat.divergences.topk import TopK
+
+    rows = fn(logits[on], TopK(teacher.logp[on], teacher.ids[on], teacher.tail_logp[on]))
+    return rows.new_zeros(on.shape).masked_scatter(on, rows)
 
 
 def policy_loss(

@@ -361,6 +361,29 @@ def test_distill_trains_on_the_divergence_alone_through_the_cli(tmp_path, tiny_m
     print("div/jsd_teacher per step:", [r["div/jsd_teacher"] for r in rows])
 
 
+@pytest.mark.runtime
+def test_sinkd_trains_through_the_cli(tmp_path, tiny_models):
+    """``configs/sinkd.yaml``: distillation on the SinKD Sinkhorn distance to the teacher's top-32,
+    2 steps through the CLI: ``div/sinkd_teacher`` (the mean per-position transport cost, i.e. the
+    micro-batches' distances) logged, finite and in (0, 2]; no surrogate."""
+    rows = run_cli(tmp_path, "sinkd")
+    for r in rows:
+        assert r["loss/policy"] == 0.0 and "actor/clip_frac" not in r, r
+        assert math.isfinite(r["div/sinkd_teacher"]) and 0 < r["div/sinkd_teacher"] <= 2, r
+        assert math.isfinite(r["loss/total"]) and r["coef/sinkd_teacher"] == 1.0
+    print("div/sinkd_teacher per step:", [r["div/sinkd_teacher"] for r in rows])
+
+
+def test_sinkd_config_plans_a_batchwise_term_on_the_teacher_topk():
+    from rlplat import algorithms
+    from rlplat.config import load_config
+
+    cfg = load_config(os.path.join(ROOT, "configs", "sinkd.yaml"))
+    plan = algorithms.get("distill").plan(cfg)
+    assert [(t.divergence, t.full, t.batchwise) for t in plan.terms] == [("sinkhorn", True, True)]
+    assert plan.scorer_roles == {"teacher"} and cfg.roles.teacher.top_k_logits == 32 and not plan.loss.surrogate
+
+
 # ============================================================================ the distill algorithm
 def test_distill_config_plans_no_surrogate_and_the_teacher_topk():
     from rlplat import algorithms

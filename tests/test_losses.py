@@ -445,11 +445,14 @@ def test_config_errors():
         PolicyLossConfig(agg="seq-mean-token-sum-norm")
     with pytest.raises(ValueError, match="eps_low"):
         PolicyLossConfig(eps_low=1.0)
-    # Full per-position divergences build (they train from the logits and the teacher's top-k);
-    # the batch-wise sinkhorn has no per-position kernel and is refused by name.
+    # Full divergences build (they train from the logits and the teacher's top-k); the batch-wise
+    # sinkhorn too, but its dense-only top_k param is refused by name.
     assert DivergenceTerm(name="x", divergence="full_forward_kl", anchor="teacher").full
-    with pytest.raises(ValueError, match="divergence term 'x': .*'sinkhorn'.*per-position"):
-        DivergenceTerm(name="x", divergence="sinkhorn", anchor="teacher")
+    sinkd = DivergenceTerm(name="x", divergence="sinkhorn", anchor="teacher")
+    assert sinkd.full and sinkd.batchwise
+    assert not DivergenceTerm(name="x", divergence="full_jsd", anchor="teacher").batchwise
+    with pytest.raises(ValueError, match="divergence term 'x': 'sinkhorn': param top_k is for the dense call only"):
+        DivergenceTerm(name="x", divergence="sinkhorn", anchor="teacher", params={"top_k": 4})
     with pytest.raises(ValueError, match="beta"):
         DivergenceTerm(name="x", divergence="full_jsd", anchor="teacher", params={"beta": 2.0})
     with pytest.raises(ValueError, match="unknown mask 'wrong'"):

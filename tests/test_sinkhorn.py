@@ -144,10 +144,20 @@ def test_validation_treats_sinkhorn_as_a_full_distribution_divergence():
     with pytest.raises(ConfigError) as err:
         load_config(GRPO, ["algorithm.divergences.0.divergence=sinkhorn"])
     assert "full-distribution divergence" in str(err.value)
-    # On the teacher, with its top-k sent, it is still refused: it has no per-position value.
+    # On the teacher, with its top-k sent, it is a loss term (computed per micro-batch).
     kdrl = os.path.join(os.path.dirname(GRPO), "kdrl_full.yaml")
-    with pytest.raises(ConfigError, match=r"divergence='sinkhorn' cannot be a loss term yet.*per-position"):
-        load_config(kdrl, ["algorithm.divergences.0.divergence=sinkhorn"])
+    cfg = load_config(kdrl, ["algorithm.divergences.0.divergence=sinkhorn"])
+    assert cfg.algorithm.divergences[0].divergence == "sinkhorn"
+    # Without the teacher's top-k, or with the dense-only top_k param, it is refused, naming the key.
+    with pytest.raises(ConfigError, match=r"roles\.teacher\.top_k_logits > 0"):
+        load_config(kdrl, ["algorithm.divergences.0.divergence=sinkhorn", "roles.teacher.top_k_logits=0"])
+    with pytest.raises(ConfigError, match=r"^algorithm\.divergences\[0\]\.params: 'sinkhorn': param top_k is for the "
+                                          r"dense call only.*roles\.teacher\.top_k_logits"):
+        load_config(kdrl, ["algorithm.divergences.0.divergence=sinkhorn", "algorithm.divergences.0.params={top_k: 4}"])
+    with pytest.raises(ConfigError, match=r"params: divergence 'sinkhorn' got unknown param\(s\) chunk_size"):
+        load_config(kdrl, ["algorithm.divergences.0.divergence=sinkhorn", "algorithm.divergences.0.params={chunk_size: 4}"])
+    with pytest.raises(ConfigError, match=r"params: divergence 'sinkhorn': param epsilon"):
+        load_config(kdrl, ["algorithm.divergences.0.divergence=sinkhorn", "algorithm.divergences.0.params={epsilon: 0}"])
 
 
 @pytest.mark.parametrize(
@@ -166,3 +176,116 @@ def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="shape"):
         D.get("sinkhorn")(torch.zeros(3, 5), torch.zeros(3, 6))
     assert math.isfinite(D.get("sinkhorn")(torch.zeros(3, 5), torch.zeros(3, 5)).sum().item())
+
+
+# ============================================================================ SinKD as a loss term
+# docs/algorithms.md#sinkd-batch-wise-sinkhorn-distance: the term transports the masked response
+# positions of each micro-batch together; value i = n x row i of P*W (mean over positions = <P, W>).
+
+
+def _term_case(seed=1, vocab=11, k=None, lengths=(5, 2, 4), rewards=None):
+    from tests.test_distill import make
+
+    return make(list(lengths), vocab=vocab, k=k, seed=seed, rewards=rewards)
+
+
+def _loss(batch, logits, agg="token-mean", mask="all", **params):
+    from rlplat.losses import PolicyLossConfig, policy_loss
+    from rlplat.modeling import token_logprobs
+    from tests.test_distill import term
+
+    logp = token_logprobs(logits, batch.response_ids) * batch.response_mask
+    return policy_loss(logp, batch, PolicyLossConfig(surrogate=False, agg=agg), [term("sinkhorn", params, mask=mask)],
+                       step=0, logits=logits)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize("mask,params", [("all", {}), ("incorrect", {"temperature": 1.0, "epsilon": 0.2, "iters": 7})])
+def test_sinkhorn_term_value_and_gradient_equal_the_registered_function_at_k_equal_v(agg, mask, params):
+    """k = V: through policy_loss, the term's loss and its gradient w.r.t. the logits equal the
+    registered dense ``sinkhorn`` on the same gathered positions (its row values x n, aggregated
+    by hand); padding and rows outside the mask get exactly no gradient; values in [0, 2]."""
+    from tests.test_distill import hand_agg
+
+    batch, logits, teacher = _term_case(rewards=[1.0, 0.0, 0.0])
+    loss, metrics = _loss(batch, logits, agg, mask, **params)
+    (grad,) = torch.autograd.grad(loss, logits)
+
+    tok = batch.response_mask * (torch.tensor([0.0, 1, 1], dtype=F64)[:, None] if mask == "incorrect" else 1)
+    on = tok > 0
+    rows = D.get("sinkhorn", **params)(logits[on], teacher[on]) * int(on.sum())
+    values = torch.zeros_like(tok).masked_scatter(on, rows)
+    want = 0.3 * hand_agg(values, tok, agg)
+    (want_grad,) = torch.autograd.grad(want, logits)
+    torch.testing.assert_close(loss, want, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(grad, want_grad, atol=1e-12, rtol=1e-12)
+    assert torch.isfinite(grad).all() and grad[on].abs().sum() > 0 and (grad[~on] == 0).all()
+    assert (rows >= 0).all() and (rows <= 2).all()
+    # div/<term> is the mean over the term's positions: the Sinkhorn distance <P, W> of the micro-batch
+    assert metrics["div/kd"] == pytest.approx(float(rows.detach().sum() / on.sum()), abs=1e-12)
+    if agg == "token-mean":
+        torch.testing.assert_close(loss, 0.3 * D.get("sinkhorn", **params)(logits[on], teacher[on]).sum(), atol=1e-12, rtol=0)
+
+
+def test_sinkhorn_term_converges_to_pot_through_policy_loss():
+    """At convergence (2000 rounds) the logged ``div/<term>`` is POT's ``ot.sinkhorn2`` on the gathered
+    positions within 1e-4 (``_pot``, the pure function's reference, reused)."""
+    batch, logits, teacher = _term_case(seed=4)
+    _, metrics = _loss(batch, logits, iters=2000)
+    on = batch.response_mask > 0
+    ref, _, _ = _pot(logits[on], teacher[on], 0.1)
+    assert abs(metrics["div/kd"] - ref) < 1e-4
+
+
+def test_sinkhorn_term_unit_is_the_micro_batch():
+    """Each call transports its own masked positions: a micro-batch's values are the registered
+    function on that micro-batch's positions alone, not on the whole batch's (the value depends on
+    which positions share a micro-batch, as the paper's does on its batch)."""
+    batch, logits, teacher = _term_case(seed=5, lengths=(4, 3, 5, 2))
+    from rlplat.losses import full_term_values
+    from tests.test_distill import term
+
+    kd = term("sinkhorn", {})
+    idx = [0, 2]
+    part = batch.select(idx)
+    on = part.response_mask > 0
+    got = full_term_values(kd, logits[idx], part, on)
+    want = D.get("sinkhorn")(logits[idx][on], teacher[idx][on]) * int(on.sum())
+    torch.testing.assert_close(got[on], want, atol=1e-12, rtol=0)
+    assert (got[~on] == 0).all()
+    whole_on = batch.response_mask > 0
+    whole = full_term_values(kd, logits, batch, whole_on)
+    assert (whole[idx][on] - got[on]).abs().max() > 1e-6  # other positions in the batch change the plan
+
+
+def test_soften_topk_is_exact_on_the_ids_and_underestimates_the_tail():
+    """Softening the rollout-temperature top-k by T: exact at k = V (``teacher_topk`` at temperature
+    T); at k < V the k ids keep their exact relative masses, and for T > 1 the tail is
+    under-estimated (it is softened as one token); T = 1 changes nothing."""
+    _, anchor = _inputs(8, n=5, vocab=13)
+    for T in (2.0, 0.5):
+        exact = teacher_topk(anchor, 13, T)
+        soft = S.soften_topk(teacher_topk(anchor, 13, 1.0), T)
+        torch.testing.assert_close(soft.logp, exact.logp, atol=1e-12, rtol=0)
+        assert (soft.tail_logp == float("-inf")).all()
+    top, exact = teacher_topk(anchor, 4, 1.0), teacher_topk(anchor, 4, 2.0)
+    soft = S.soften_topk(top, 2.0)
+    torch.testing.assert_close(soft.ids, exact.ids)
+    torch.testing.assert_close(soft.logp - soft.logp[:, :1], exact.logp - exact.logp[:, :1], atol=1e-12, rtol=0)
+    assert (soft.tail_logp < exact.tail_logp).all() and (soft.logp > exact.logp).all()
+    torch.testing.assert_close(torch.cat([soft.logp, soft.tail_logp[:, None]], -1).logsumexp(-1),
+                               torch.zeros(5, dtype=F64), atol=1e-12, rtol=0)
+    same = S.soften_topk(top, 1.0)
+    torch.testing.assert_close(same.logp, top.logp, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("k", [4, 11])
+def test_sinkhorn_term_with_padding_zeros_and_half_precision_logits_stays_finite(k):
+    """Zero (padding) teacher entries never reach the transport (only masked positions are
+    gathered); bf16 logits are computed in float32; k < V uses the tail bucket."""
+    batch, logits, _ = _term_case(seed=6, k=k)
+    half = logits.detach().to(torch.bfloat16).requires_grad_(True)
+    loss, metrics = _loss(batch, half)
+    (grad,) = torch.autograd.grad(loss.float(), half)
+    assert math.isfinite(loss.item()) and math.isfinite(metrics["div/kd"]) and 0 < metrics["div/kd"] <= 2
+    assert torch.isfinite(grad.float()).all() and (grad[batch.response_mask == 0] == 0).all()

@@ -141,7 +141,7 @@ class Algorithm:
         """A full-distribution term compares the student's logits with the anchor's top-k
         distribution, which only the teacher's scorer sends (``roles.teacher.top_k_logits`` > 0)."""
         from rlplat import divergences
-        from rlplat.divergences.topk import topk_divergence
+        from rlplat.divergences.topk import topk_term
 
         works = [n for n in divergences.names() if divergences.info(n) == want]
         if term.anchor not in FULL_ANCHORS:
@@ -149,12 +149,10 @@ class Algorithm:
                 f"{key}.divergence='{term.divergence}' is a full-distribution divergence: it needs the anchor's "
                 f"next-token distributions, which only {sorted(FULL_ANCHORS)} sends (roles.teacher.top_k_logits); "
                 f"on anchor '{term.anchor}' use a per-token estimator: {works}")
-        params = {k: v for k, v in dict(term.params).items() if k != "chunk_size"}
         try:
-            topk_divergence(term.divergence, support="tail", **params)
-        except ValueError as exc:  # sinkhorn: batch-wise, no per-position value
-            raise ConfigError(f"{key}.divergence='{term.divergence}' cannot be a loss term yet ({exc}); use "
-                              f"full_forward_kl, full_reverse_kl or full_jsd, or a per-token estimator: {works}") from None
+            topk_term(term.divergence, **dict(term.params))
+        except ValueError as exc:  # bad params, or sinkhorn's dense-only top_k
+            raise ConfigError(f"{key}.params: {exc}") from None
         k = getattr(cfg.roles, ANCHOR_ROLES[term.anchor]).top_k_logits
         if k <= 0:
             raise ConfigError(
@@ -177,7 +175,7 @@ class Algorithm:
             if k and not used:
                 raise ConfigError(
                     f"roles.{role}.top_k_logits={k} acts only for a full-distribution divergence term with anchor "
-                    f"'{anchor}' (full_forward_kl, full_reverse_kl, full_jsd in algorithm.divergences); there is none: "
+                    f"'{anchor}' (full_forward_kl, full_reverse_kl, full_jsd, sinkhorn in algorithm.divergences); there is none: "
                     "add one or set it to 0")
 
     def _check_unused(self, cfg: RunConfig) -> None:

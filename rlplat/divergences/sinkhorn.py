@@ -35,6 +35,11 @@ teacher position j's top-k ids plus one bucket for the rest::
 Merging coordinates can only lower an L1 distance (triangle inequality); the error is at most
 ``2 min(S_tail,ij, T_tail,j)``, and 0 when k = V. The cost then takes ``n x n x k`` memory
 instead of ``n x n x V``.
+
+As a loss term (``sinkhorn_term``, reached through ``rlplat.divergences.topk.topk_term``): the n
+positions are one micro-batch's masked response positions, the teacher arrives as a ``TopK`` at
+the rollout temperature and is softened by ``temperature`` with ``soften_topk`` (an approximation
+on the tail), and value i is ``n`` times row i's cost (mean over positions = ``<P, W>``).
 """
 from __future__ import annotations
 
@@ -98,7 +103,53 @@ def sinkhorn_topk(logits: torch.Tensor, teacher: TopK, epsilon: float = 0.1, ite
     return sinkhorn_rows(l1_cost_topk(student, teacher), epsilon, iters)
 
 
+def soften_topk(teacher: TopK, temperature: float) -> TopK:
+    """The teacher ``TopK`` ``[n]`` softened by ``temperature``: its k + 1 log-masses (the k ids and
+    the tail bucket) divided by ``temperature`` and renormalised over those k + 1 outcomes.
+
+    Exact on the k ids (``softmax(z / tau)`` restricted to them, raised to ``1 / T`` and
+    renormalised, is ``softmax(z / (tau T))``) up to the tail's share: the tail is softened as
+    one token, ``T_tail^(1/T)``, while the true softened tail is ``sum_{v in tail} T_v^(1/T)``,
+    larger for ``T > 1`` (``x -> x^(1/T)`` is subadditive). So for ``T > 1`` the tail mass is
+    under-estimated and the k ids' masses over-estimated; exact when the tail is empty (k = V)."""
+    k = teacher.ids.shape[-1]
+    lp = torch.cat([teacher.logp, teacher.tail_logp.unsqueeze(-1)], -1) / temperature
+    lp = lp - torch.logsumexp(lp, -1, keepdim=True)  # -inf (empty tail) stays -inf
+    return TopK(lp[..., :k], teacher.ids, lp[..., k])
+
+
+def sinkhorn_term(epsilon: float = 0.1, iters: int = 20, temperature: float = 2.0):
+    """SinKD as a loss term: ``fn(logits [n, V], teacher: TopK [n]) -> [n]``.
+
+    ``logits``: the student's, at the n positions transported together (a micro-batch's masked
+    response positions), already divided by the rollout temperature; ``teacher``: its top-k +
+    tail at those positions, taken at the rollout temperature (what the teacher scorer sends).
+    Both are softened by ``temperature`` here: the student exactly (``logits / temperature``),
+    the teacher with ``soften_topk`` (an approximation on the tail, see there).
+
+    Value i is ``n x`` the row sum ``sum_j P_ij W_ij``: the mean cost of moving position i's
+    mass (``W`` in [0, 2], so values in [0, 2]); their mean is the distance ``<P, W>`` of the n
+    positions. Why ``n x`` the registered function's split: then a term's token mean is the
+    distance, independent of n, as for per-position terms (a sum-to-distance split would make
+    the loss shrink as ``1 / n``, i.e. depend on the micro-batch size)."""
+    def fn(logits: torch.Tensor, teacher: TopK) -> torch.Tensor:
+        n = logits.shape[0]
+        if logits.dim() != 2 or teacher.ids.shape[0] != n:
+            raise ValueError(f"sinkhorn term: logits [n, V] and a TopK [n, k] needed, got {tuple(logits.shape)} "
+                             f"and {tuple(teacher.ids.shape)}")
+        soft = soften_topk(teacher, temperature)
+        dtype = _compute_dtype(logits.dtype)
+        soft = TopK(soft.logp.to(dtype), soft.ids.long(), soft.tail_logp.to(dtype))
+        return sinkhorn_topk(logits, soft, epsilon, iters, temperature) * n
+
+    fn.batchwise = True  # the values couple the n positions: the caller gathers what to transport
+    return fn
+
+
 def _positive(name: str, value: object, integer: bool = False):
+    # Config params arrive as floats (DivergenceTermConfig.params is Dict[str, float]): 20.0 is 20.
+    if integer and isinstance(value, float) and value.is_integer():
+        value = int(value)
     ok = not isinstance(value, bool) and isinstance(value, numbers.Integral if integer else numbers.Real)
     if not ok or not (value > 0 and math.isfinite(value)):
         kind = "a positive integer" if integer else "a positive finite number"
@@ -132,4 +183,6 @@ def sinkhorn(epsilon: float = 0.1, iters: int = 20, temperature: float = 2.0,
             values = sinkhorn_topk(z, teacher_topk(za, k, temp), eps, n_iters, temp)
         return values.reshape(lead)
 
+    # How a loss term trains it against a teacher's TopK (rlplat.divergences.topk.topk_term).
+    fn.on_topk = None if k is not None else sinkhorn_term(eps, n_iters, temp)
     return fn

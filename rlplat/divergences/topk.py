@@ -282,3 +282,28 @@ def tail_error_bound(name: str, logits: torch.Tensor, teacher: TopK, beta: float
     self_term = torch.clamp(t_k - t_tail, max=0.0)
     min_tail = (rest - lse[..., None]).masked_fill(rest == _NEG_INF, float("inf")).min(-1).values
     return torch.where(t_tail == _NEG_INF, torch.zeros_like(lse), t_tail.exp() * (self_term + s_tail - min_tail))
+
+
+# --- what a loss term trains with ---------------------------------------------------------------
+
+
+def topk_term(name: str, chunk_size: Optional[int] = None, **params) -> TopKFn:
+    """``fn(logits [n, V], teacher: TopK [n]) -> [n]``: what a full-distribution loss term with
+    divergence ``name`` computes against the anchor's top-k. A per-position divergence
+    (``full_forward_kl``, ``full_reverse_kl``, ``full_jsd``) is ``topk_divergence(name,
+    support="tail")`` (``fn.batchwise`` False); a batch-wise one (``sinkhorn``) gives its own
+    ``on_topk`` form (``fn.batchwise`` True: its values couple the n positions, so the caller must
+    pass exactly the positions to transport together). Bad params raise ``ValueError``."""
+    if D.info(name) != "full":
+        raise ValueError(f"topk_term: '{name}' is not a full-distribution divergence")
+    built = D.get(name, **params)
+    if hasattr(built, "on_topk"):
+        if chunk_size is not None:
+            raise ValueError(f"'{name}' takes no param chunk_size (it is not chunked over positions)")
+        if built.on_topk is None:
+            raise ValueError(f"'{name}': param top_k is for the dense call only; a loss term is restricted to the "
+                             "top-k the anchor sends (roles.teacher.top_k_logits)")
+        return built.on_topk
+    fn = topk_divergence(name, support="tail", chunk_size=chunk_size, **params)
+    fn.batchwise = False
+    return fn
