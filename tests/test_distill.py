@@ -323,12 +323,13 @@ def test_teacher_scorer_sends_its_topk_from_the_same_forward(model_dir):
 
 # ============================================================================ end to end
 def run_cli(tmp_path, config, *overrides, steps=2):
-    """``configs/<config>.yaml`` through the real CLI at tests/test_e2e.py's small sizes."""
+    """``configs/<config>.yaml`` through the real CLI at tests/test_e2e.py's small sizes, with the
+    configs' own vLLM rollout engine (Ray, DeepSpeed ranks, the teacher scorer and vLLM all real)."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "launch.train", "--config", f"configs/{config}.yaml", f"trainer.output_dir={out}",
            f"trainer.max_steps={steps}", "data.prompts_per_step=4", "data.builtin_train_size=48",
            "algorithm.group_size=4", "trainer.num_ranks=2", "trainer.micro_batch_tokens=256", "trainer.eval_every=0",
-           "rollout.backend=hf", "resources.colocate=true", *overrides]
+           "rollout.cpu_kv_cache_gb=0.05", "resources.colocate=true", *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -39,8 +39,10 @@ def test_fdpo_trains_evaluates_and_resumes_exactly(tmp_path, tiny_models):
         assert 0 <= r["eval/pairs_ece"] <= 1 and 0 <= r["eval/pairs_accuracy"] <= 1
         assert r["eval/distinct"] >= 1 and r["eval/entropy"] >= 0
     assert evals[0]["eval/pairs_preference_prob"] == pytest.approx(0.5, abs=1e-4)  # pi == pi_ref before training
-    # Evaluation sees the trained weights (the engines and the trainer's held-out pass are not stale).
-    assert abs(evals[-1]["eval/pairs_preference_prob"] - 0.5) > 1e-3
+    # Evaluation sees the trained weights (the engines and the trainer's held-out pass are not stale):
+    # at pi_ref every held-out pair ties (accuracy 0), after training some are ranked. (The mean
+    # preference probability is no test of this: a mix of right and wrong pairs can leave it at 1/2.)
+    assert evals[0]["eval/pairs_accuracy"] == 0 and evals[-1]["eval/pairs_accuracy"] > 0
     for r in rows[1:]:
         assert all(key in r for key in COMPARED + ("time/wall", "throughput/tokens", "data/epoch")), sorted(r)
         assert r["samples"] == 16.0  # 8 pairs, two rows each
