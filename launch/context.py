@@ -155,6 +155,12 @@ class StepContext:
             raise KeyError(f"unknown sampling phase '{phase}'; known: {sorted(seeds.PHASES)}")
         return seeds.stream_seed(self.cfg.trainer.seed, step, seeds.PHASES[phase], offset)
 
+    def eval_seed(self) -> int:
+        """Seed of the held-out evaluations' sampling: ``trainer.eval_seed``'s stream when set (the
+        same draws whatever ``trainer.seed``), else ``trainer.seed``'s."""
+        base = self.cfg.trainer.seed if self.cfg.trainer.eval_seed is None else self.cfg.trainer.eval_seed
+        return seeds.stream_seed(base, 0, seeds.PHASES["eval"], 0)
+
     def generate(self, rows: Sequence[PromptRow], group_size: int, group_offset: int = 0,
                  seed: Optional[int] = None) -> Batch:
         """``group_size`` samples per prompt on the engines' current weights (``EnginePool``)."""

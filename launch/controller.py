@@ -60,7 +60,7 @@ class Controller:
         result = evaluate(ctx.engines.generate_fn(), self.eval_rows, self.eval_ids, ctx.score_texts,
                           n=t.eval_n, ks=list(t.eval_ks), greedy_fn=ctx.engines.generate_fn(greedy=True),
                           correct_threshold=self.cfg.reward.correct_threshold, keep_samples=True,
-                          seed=ctx.step_seed(0, "eval"))
+                          seed=ctx.eval_seed(), group_by=t.eval_group_by)
         out_dir = os.path.join(self.run_dir, "eval")
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, f"step_{step}.json"), "w") as f:

@@ -39,7 +39,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from rlplat.batch import Batch
-from rlplat.evaluation import GREEDY_KEY, METRIC_PREFIX, EvalResult, check_ks, diversity, summarize
+from rlplat.evaluation import GREEDY_KEY, METRIC_PREFIX, EvalResult, check_ks, diversity, summarize, summarize_groups
 
 # (prompt_ids, group_size, meta, seed) -> Batch of len(prompt_ids) * group_size rows, prompt-major,
 # with meta repeated per row and meta["response_text"] / meta["finish_reason"] filled in. ``seed``
@@ -89,6 +89,7 @@ def evaluate(
     reward_timeout_s: float = 10.0,
     keep_samples: bool = False,
     seed: Optional[int] = None,
+    group_by: Optional[str] = None,
 ) -> EvalResult:
     """Sampled pass@k (``n`` samples per prompt from ``generate_fn``) and, when ``greedy_fn`` is
     given, greedy pass@1 (one argmax response per prompt) of ``rows`` (``PromptRow``s) whose
@@ -100,7 +101,8 @@ def evaluate(
     counted in ``eval/reward_invalid``. Greedy and sampled responses are scored in one call.
     ``seed`` goes to the sampled generation: a fixed seed makes evaluations at different training
     steps use the same random numbers (less noise between them) and leaves the engines' own
-    sampling streams alone.
+    sampling streams alone. ``group_by``: a column of the rows (``PromptRow.extra``); pass@k and
+    greedy pass@1 are also reported per value, ``eval/<value>/pass@{k}`` (``summarize_groups``).
 
     Metrics: ``eval/pass@{k}`` per k, ``eval/pass@1_greedy``, ``eval/distinct`` and ``eval/entropy``
     (diversity of the sampled responses, ``rlplat.evaluation.diversity``), ``eval/reward_mean`` (valid sampled
@@ -117,6 +119,7 @@ def evaluate(
     if len(rows) != len(prompt_ids):
         raise ValueError(f"evaluate: {len(rows)} rows but {len(prompt_ids)} rendered prompts")
     ids = [list(p) for p in prompt_ids]
+    groups = None if group_by is None else [str(group_of(r, group_by)) for r in rows]  # a missing column fails before generating
     meta = {"prompt": [r.prompt for r in rows], "answer": [r.answer for r in rows], "row_index": [r.index for r in rows],
             "extra": [r.extra for r in rows]}
 
@@ -156,6 +159,8 @@ def evaluate(
     metrics.update(diversity([texts_of[i * n:(i + 1) * n] for i in range(len(rows))]))
     if greedy is not None:
         metrics[GREEDY_KEY] = correct[:g].float().mean().item()
+    if groups is not None:
+        metrics.update(summarize_groups(sampled_correct, correct[:g] if greedy is not None else None, groups, ks))
     lengths = sampled.response_mask.sum(1)
     metrics.update({
         METRIC_PREFIX + "reward_mean": rewards[g:][sampled_valid].mean().item() if bool(sampled_valid.any()) else math.nan,
@@ -183,6 +188,14 @@ def evaluate(
         records.append(rec)
     metrics[METRIC_PREFIX + "seconds"] = time.perf_counter() - t_start
     return EvalResult(metrics=metrics, n=n, ks=ks, records=records)
+
+
+def group_of(row: Any, column: str) -> Any:
+    """``row``'s value in ``column`` (a ``PromptRow``'s extra column); ``ValueError`` naming the row."""
+    if column not in row.extra:
+        raise ValueError(f"held-out row {row.index} ({row.prompt[:60]!r}) has no column '{column}' "
+                         f"(trainer.eval_group_by); its columns: {sorted(row.extra)}")
+    return row.extra[column]
 
 
 def win_rate_metrics(records: Sequence[Dict[str, Any]], baseline: Sequence[Dict[str, Any]],

@@ -99,6 +99,7 @@ def check_data(cfg: RunConfig, plan: AlgorithmPlan, tokenizer) -> None:
     and, when evaluating, the first ``trainer.eval_max_prompts`` held-out rows (as the controller
     and the pairs loop take them), so that a bad row, a mistyped key or an over-long prompt is a
     ``ConfigError`` naming the file, the row and the key before Ray starts."""
+    from launch.evaluate import group_of
     from rlplat.data import PromptSampler, load_prompts, render_prompts, source_for
 
     splits = [("train", None)] + ([("eval", cfg.trainer.eval_max_prompts)] if cfg.trainer.eval_every else [])
@@ -112,6 +113,9 @@ def check_data(cfg: RunConfig, plan: AlgorithmPlan, tokenizer) -> None:
             render_prompts(rows, tokenizer, cfg.data)
             if split == "train":
                 PromptSampler(rows, cfg.data.prompts_per_step)  # every step's batch fits in the data
+            elif cfg.trainer.eval_group_by is not None:
+                for row in rows:
+                    group_of(row, cfg.trainer.eval_group_by)
         except ValueError as exc:  # these name rows only: add the file
             raise ConfigError(f"{split} data, {key}='{path}': {exc}") from None
 

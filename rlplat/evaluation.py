@@ -88,6 +88,28 @@ def summarize(correct: Any, ks: Sequence[int]) -> Dict[str, float]:
     return {pass_at_k_key(k): sum(pass_at_k(n, c, k) for c in counts) / len(counts) for k in check_ks(ks, n)}
 
 
+def summarize_groups(correct: Any, greedy_correct: Any, groups: Sequence[str], ks: Sequence[int]) -> Dict[str, float]:
+    """``summarize`` (and greedy pass@1) per group of prompts: ``eval/<group>/pass@{k}``,
+    ``eval/<group>/pass@1_greedy`` and ``eval/<group>/num_prompts`` for every value in ``groups``.
+
+    correct         Bool [num_prompts, n]  as in ``summarize``
+    greedy_correct  Bool [num_prompts] or None (no greedy decoding)
+    groups          one label per prompt (e.g. a data column: a problem family or difficulty)
+    """
+    t = torch.as_tensor(correct)
+    if len(groups) != t.shape[0]:
+        raise ValueError(f"summarize_groups: {len(groups)} group labels for {t.shape[0]} prompts")
+    out: Dict[str, float] = {}
+    for label in sorted(set(groups)):
+        rows = torch.tensor([g == label for g in groups])
+        prefix = f"{METRIC_PREFIX}{label}/"
+        out.update({prefix + k[len(METRIC_PREFIX):]: v for k, v in summarize(t[rows], ks).items()})
+        if greedy_correct is not None:
+            out[prefix + GREEDY_KEY[len(METRIC_PREFIX):]] = torch.as_tensor(greedy_correct)[rows].float().mean().item()
+        out[prefix + "num_prompts"] = float(rows.sum())
+    return out
+
+
 def diversity(samples: Sequence[Sequence[str]]) -> Dict[str, float]:
     """Diversity of sampled responses, averaged over prompts (``samples``: one list of response
     texts per prompt, compared after stripping whitespace): ``eval/distinct`` (distinct responses
@@ -127,4 +149,5 @@ class EvalResult:
         return {"metrics": metrics, "n": self.n, "ks": list(self.ks), "records": list(self.records)}
 
 
-__all__ = ["EvalResult", "GREEDY_KEY", "METRIC_PREFIX", "check_ks", "diversity", "pass_at_k", "pass_at_k_key", "summarize"]
+__all__ = ["EvalResult", "GREEDY_KEY", "METRIC_PREFIX", "check_ks", "diversity", "pass_at_k", "pass_at_k_key", "summarize",
+           "summarize_groups"]

@@ -2,7 +2,9 @@
 import pytest
 
 from rlplat.tasks import TASKS
-from rlplat.tasks.arithmetic import ArithmeticTask, read_jsonl, score, sum_without_carries, write_jsonl
+from rlplat.tasks.arithmetic import (
+    ArithmeticBonus, ArithmeticTask, CarryConvention, read_jsonl, score, sum_without_carries, write_jsonl,
+)
 
 
 def test_generate_is_deterministic_and_seed_dependent():
@@ -97,3 +99,36 @@ def test_sum_without_carries_differs_exactly_when_a_carry_happens():
             assert (sum_without_carries(a, b) != a + b) == carries
     with pytest.raises(ValueError, match="non-negative"):
         sum_without_carries(-1, 3)
+
+
+def test_carry_convention_rows_carry_and_follow_a_hidden_convention():
+    task = CarryConvention()
+    rows = task.generate("heldout", 400, seed=0)
+    dropped = 0
+    for row in rows:
+        left, right = map(int, row["prompt"][:-1].split("+"))
+        assert sum_without_carries(left, right) != left + right  # both conventions differ on every row
+        want = sum_without_carries(left, right) if row["convention"] == "dropped" else left + right
+        assert row["answer"] == str(want) and row["convention"] == task.convention_of(row["prompt"])
+        dropped += row["convention"] == "dropped"
+    assert 0.18 < dropped / len(rows) < 0.32  # dropped_fraction 0.25
+    assert {r["prompt"] for r in rows}.isdisjoint(r["prompt"] for r in task.generate("train", 400, seed=0))
+    with pytest.raises(ValueError, match="dropped_fraction"):
+        CarryConvention(dropped_fraction=1.0)
+
+
+def test_bonus_family_is_sum_plus_100_and_labelled():
+    rows = ArithmeticBonus().generate("train", 400, seed=0)
+    families = {r["family"] for r in rows}
+    assert families == {"plus", "bonus"}
+    for row in rows:
+        op = "#" if row["family"] == "bonus" else "+"
+        left, right = map(int, row["prompt"][:-1].split(op))
+        assert row["answer"] == str(left + right + (100 if op == "#" else 0))
+    assert 0.4 < sum(r["family"] == "bonus" for r in rows) / len(rows) < 0.6
+    with pytest.raises(ValueError, match="ArithmeticBonus mixes"):
+        ArithmeticBonus(ops=("+", "-"))
+
+
+def test_new_tasks_are_registered():
+    assert TASKS.get("carry_convention") is CarryConvention and TASKS.get("arithmetic_bonus") is ArithmeticBonus

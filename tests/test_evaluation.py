@@ -124,6 +124,16 @@ def test_evaluate_counts_greedy_sampled_and_failed_rewards():
     assert [r["index"] for r in res.records] == [10, 11, 12]
     assert res.records[1]["greedy_reward"] is None and res.records[1]["rewards"][1] is None
 
+    grouped = [PromptRow(prompt=r.prompt, answer=r.answer, index=r.index, extra={"family": f})
+               for r, f in zip(rows, ["a", "b", "a"])]
+    g = evaluate(sampled, grouped, ids, _fake_score, n=4, ks=[1, 4], greedy_fn=greedy, group_by="family").metrics
+    assert g["eval/a/pass@1"] == pytest.approx((2 / 4 + 1) / 2) and g["eval/b/pass@1"] == 0.0
+    assert g["eval/a/pass@4"] == 1.0 and g["eval/a/pass@1_greedy"] == 1.0 and g["eval/b/pass@1_greedy"] == 0.0
+    assert (g["eval/a/num_prompts"], g["eval/b/num_prompts"]) == (2.0, 1.0)
+    assert g["eval/pass@1"] == m["eval/pass@1"]  # the overall metrics do not change
+    with pytest.raises(ValueError, match=r"held-out row 10 .* no column 'level' \(trainer.eval_group_by\)"):
+        evaluate(sampled, grouped, ids, _fake_score, n=4, ks=[1], group_by="level")
+
     no_greedy = evaluate(sampled, rows, ids, _fake_score, n=4, ks=[1])
     assert "eval/pass@1_greedy" not in no_greedy.metrics and "greedy_response" not in no_greedy.records[0]
 

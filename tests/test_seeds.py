@@ -92,3 +92,21 @@ def test_validation_refuses_configs_beyond_the_streams(tmp_path, monkeypatch):
     cfg.trainer.eval_ks = [1]
     with pytest.raises(ConfigError, match=r"trainer.eval_max_prompts \* trainer.eval_n = 2097152"):
         validate_config(cfg)
+
+
+def test_eval_seed_fixes_the_evaluation_draws_whatever_the_trainer_seed(tmp_path, monkeypatch):
+    def eval_seed(trainer_seed, fixed=None):
+        cfg = RunConfig()
+        cfg.trainer.seed, cfg.trainer.eval_seed = trainer_seed, fixed
+        return StepContext.eval_seed(SimpleNamespace(cfg=cfg))
+
+    assert eval_seed(0) != eval_seed(1)  # default: each trainer seed evaluates on its own draws
+    assert eval_seed(0, fixed=7) == eval_seed(1, fixed=7) == eval_seed(7)
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig()
+    cfg.trainer.eval_seed = 3
+    with pytest.raises(ConfigError, match=r"trainer.eval_seed=3 is set but trainer.eval_every=0"):
+        validate_config(cfg)
+    cfg.trainer.eval_every, cfg.trainer.eval_seed = 5, -1
+    with pytest.raises(ConfigError, match="trainer.eval_seed"):
+        validate_config(cfg)

@@ -254,6 +254,12 @@ class TrainerConfig:
     # one per N (each <= eval_n; needs eval_before_train): eval/bon@{N}_win_rate, eval/won@{N}_win_rate.
     eval_win_ns: List[int] = field(default_factory=list)
     eval_max_prompts: int = 64
+    # A column of the held-out rows (e.g. builtin:arithmetic_bonus' "family"): pass@k and greedy
+    # pass@1 are also logged per value of it, eval/<value>/pass@{k}. None: overall only.
+    eval_group_by: Optional[str] = None
+    # Seed of the evaluations' sampling. None: derived from trainer.seed. Fix it to compare runs
+    # of different trainer seeds on the very same evaluation draws (benchmarks/replicate.py does).
+    eval_seed: Optional[int] = None
     # Rollouts written to <output_dir>/rollouts.jsonl per step (prompt, response, reward, answer, step,
     # weight version), drawn at random from the trained batch. 0: off, as verl's rollout dump and
     # log_val_generations are by default (a full dump is large; ask for the few you will read).

@@ -237,6 +237,11 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"trainer.lr={t.lr} must be > 0")
     if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
         raise ConfigError(f"trainer.adam_betas={list(t.adam_betas)} must be two numbers in [0, 1)")
+    for key, value in (("eval_group_by", t.eval_group_by), ("eval_seed", t.eval_seed)):
+        if value is not None and not t.eval_every:
+            raise ConfigError(f"trainer.{key}={value!r} is set but trainer.eval_every=0 (no evaluation)")
+    if t.eval_seed is not None:
+        _at_least("trainer.eval_seed", t.eval_seed, 0)
     if t.eval_win_ns and not t.eval_every:
         raise ConfigError("trainer.eval_win_ns is set but trainer.eval_every=0 (no evaluation): set both or neither")
     if t.eval_every:

@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 import transformers
@@ -43,7 +43,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 from rlplat.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer, save_tokenizer, vocab_size
 from rlplat.registry import Registry
-from rlplat.tasks.arithmetic import ArithmeticTask, score, sum_without_carries
+from rlplat.tasks.arithmetic import ArithmeticBonus, ArithmeticTask, score, sum_without_carries
 
 # Bump when the architecture, tokenizer or warm-start recipe changes: cached builds are keyed by it.
 CACHE_VERSION = "v3"
@@ -75,6 +75,8 @@ class TinySpec:
     warmup_steps: int = 50
     careless_steps: int = 0
     careless_rate: float = 0.0
+    base: Optional[str] = None  # a size whose default build this one fine-tunes (same architecture); None: random init
+    curriculum: str = "addition"  # name in CURRICULA: the rows of each warm-start step
 
 
 SIZES: Registry[TinySpec] = Registry("tiny model size")
@@ -93,6 +95,47 @@ SIZES.register("teacher")(
     TinySpec(hidden_size=320, intermediate_size=960, num_layers=4, num_heads=10, num_kv_heads=5,
              warm_start_steps=900, lr=2e-3)
 )
+# The teacher, shown ``a#b = a+b+100`` besides addition (``rlplat.tasks.ArithmeticBonus``): the
+# teacher of the KDRL replication's teacher-only family. 400 steps on half '+' and half '#'
+# problems: greedy accuracy 0.77 on held-out "#" problems, 0.95 on additions (102 s on one thread).
+SIZES.register("teacher-bonus")(
+    TinySpec(hidden_size=320, intermediate_size=960, num_layers=4, num_heads=10, num_kv_heads=5,
+             warm_start_steps=400, lr=5e-4, warmup_steps=20, base="teacher", curriculum="bonus")
+)
+
+Rows = List[Dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """Warm-start data. ``rows(spec, step, steps, seed)``: the ``batch_size`` rows ({"prompt",
+    "answer"}, answer without the leading space) of warm-start step ``step`` of ``steps``.
+    ``heldout(n)``: n held-out rows whose greedy accuracy the build records per value of their
+    ``family`` column (``curriculum_accuracy``); None: the addition check alone."""
+
+    rows: Callable[[TinySpec, int, int, int], Rows]
+    heldout: Optional[Callable[[int], Rows]] = None
+
+
+CURRICULA: Registry[Curriculum] = Registry("tiny warm-start curriculum")
+
+
+def addition_rows(spec: TinySpec, step: int, steps: int, seed: int) -> Rows:
+    """Additions of the warm-start task's train split; in the last ``careless_steps`` steps each
+    answer is, with probability ``careless_rate``, the careless demonstrator's."""
+    rows = WARM_START_TASK.generate("train", spec.batch_size, seed=seed * 1_000_003 + step, unique=False)
+    if step >= steps - spec.careless_steps:
+        rows = _careless(rows, spec.careless_rate, random.Random(f"careless/{seed}/{step}"))
+    return rows
+
+
+def bonus_rows(spec: TinySpec, step: int, steps: int, seed: int) -> Rows:
+    """``a+b=`` and ``a#b=`` problems, half each in expectation (``ArithmeticBonus``' train split)."""
+    return ArithmeticBonus().generate("train", spec.batch_size, seed=seed * 1_000_003 + step, unique=False)
+
+
+CURRICULA.register("addition")(Curriculum(addition_rows))
+CURRICULA.register("bonus")(Curriculum(bonus_rows, lambda n: ArithmeticBonus().generate("heldout", n, seed=0)))
 
 
 def tiny_config(size: str) -> LlamaConfig:
@@ -186,9 +229,7 @@ def _train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: Ti
     model.train()
     loss = torch.tensor(float("nan"))
     for step in range(steps):
-        rows = WARM_START_TASK.generate("train", spec.batch_size, seed=seed * 1_000_003 + step, unique=False)
-        if step >= steps - spec.careless_steps:
-            rows = _careless(rows, spec.careless_rate, random.Random(f"careless/{seed}/{step}"))
+        rows = CURRICULA.get(spec.curriculum).rows(spec, step, steps, seed)
         loss = model(**_collate(tokenizer, rows)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -247,16 +288,39 @@ def carry_free_rate(texts: Sequence[str], rows: List[Dict[str, str]]) -> float:
     return wrong_the_careless_way / len(rows)
 
 
-def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int = 0,
-                     warm_start_steps: Optional[int] = None) -> Dict[str, Any]:
-    """Initialise (seeded), optionally warm-start, evaluate and save a tiny model in ``out_dir``.
+def _initial_model(size: str, seed: int, cache_dir: Union[str, Path, None]) -> LlamaForCausalLM:
+    """The seeded random initialisation of ``size``, or the default build of its ``base``."""
+    spec = SIZES.get(size)
+    if spec.base is None:
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(tiny_config(size)).to(torch.float32)
+    if tiny_config(spec.base).to_dict() != tiny_config(size).to_dict():
+        raise ValueError(f"tiny '{size}' fine-tunes '{spec.base}' but their architectures differ")
+    torch.manual_seed(seed)
+    return LlamaForCausalLM.from_pretrained(ensure_tiny_model(spec.base, cache_dir), dtype=torch.float32)
 
-    ``warm_start_steps=None`` uses the size's default; 0 saves the random initialisation.
+
+def _family_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, rows: Rows) -> Dict[str, float]:
+    """Greedy accuracy per value of the rows' ``family`` column ("all" when they have none)."""
+    by_family: Dict[str, List[float]] = {}
+    for text, row in zip(greedy_answers(model, tokenizer, rows), rows):
+        by_family.setdefault(row.get("family", "all"), []).append(score(text, row["answer"]))
+    return {f: sum(v) / len(v) for f, v in sorted(by_family.items())}
+
+
+def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int = 0,
+                     warm_start_steps: Optional[int] = None, cache_dir: Union[str, Path, None] = None) -> Dict[str, Any]:
+    """Initialise (seeded) or load the base build (``TinySpec.base``, from ``cache_dir``), optionally
+    warm-start, evaluate and save a tiny model in ``out_dir``.
+
+    ``warm_start_steps=None`` uses the size's default; 0 saves the initial weights.
     Returns the build info also written to ``out_dir/rlplat_build.json``: parameter count,
-    warm-start seconds (wall) and final loss, held-out greedy accuracy on 200 problems and the
-    share of them answered with the sum without carries.
+    warm-start seconds (wall) and final loss, held-out greedy accuracy on 200 addition problems and
+    the share of them answered with the sum without carries, and, for a curriculum with held-out
+    rows, the greedy accuracy per family of 200 of them (``curriculum_accuracy``).
     """
     spec = SIZES.get(size)
+    curriculum = CURRICULA.get(spec.curriculum)
     steps = spec.warm_start_steps if warm_start_steps is None else int(warm_start_steps)
     if steps < 0:
         raise ValueError(f"warm_start_steps must be >= 0, got {steps}")
@@ -264,14 +328,14 @@ def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int 
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     with _single_thread():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(tiny_config(size)).to(torch.float32)
+        model = _initial_model(size, seed, cache_dir)
         start = time.time()
         final_loss = warm_start(model, tokenizer, spec, steps, seed, label=f"{BUILTIN_PREFIX}{size}")
         seconds = time.time() - start
         heldout = WARM_START_TASK.generate("heldout", EVAL_PROBLEMS, seed=0)
         answers = greedy_answers(model, tokenizer, heldout)
         accuracy = answer_accuracy(answers, heldout)
+        per_family = _family_accuracy(model, tokenizer, curriculum.heldout(EVAL_PROBLEMS)) if curriculum.heldout else None
     model.generation_config = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     model.save_pretrained(str(out))
     save_tokenizer(out)
@@ -286,6 +350,7 @@ def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int 
         "final_loss": None if math.isnan(final_loss) else final_loss,
         "heldout_accuracy": accuracy,
         "heldout_carry_free_rate": carry_free_rate(answers, heldout),
+        "curriculum_accuracy": per_family,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
@@ -335,7 +400,7 @@ def ensure_tiny_model(size: str, cache_dir: Union[str, Path, None] = None, seed:
         print(f"rlplat: building {BUILTIN_PREFIX}{size} into {final} (first run only: a {steps}-step warm start on "
               "one CPU thread, minutes; progress every 30 s)", flush=True)
         try:
-            build_tiny_model(tmp, size=size, seed=seed, warm_start_steps=steps)
+            build_tiny_model(tmp, size=size, seed=seed, warm_start_steps=steps, cache_dir=root)
             tmp.chmod(0o755)  # mkdtemp makes it owner-only; the cache should read like any directory
             os.rename(tmp, final)
         except BaseException:

@@ -5,10 +5,14 @@ rows ``{"prompt", "answer", ...}`` (preference tasks add ``chosen`` and ``reject
 a ``score(response_text, answer) -> float``.
 """
 from rlplat.registry import Registry
-from rlplat.tasks.arithmetic import ArithmeticPairs, ArithmeticTask, read_jsonl, score, write_jsonl
+from rlplat.tasks.arithmetic import (
+    ArithmeticBonus, ArithmeticPairs, ArithmeticTask, CarryConvention, read_jsonl, score, write_jsonl,
+)
 
 TASKS: Registry[type] = Registry("task")
 TASKS.register("arithmetic")(ArithmeticTask)
 TASKS.register("arithmetic_pairs")(ArithmeticPairs)
+TASKS.register("carry_convention")(CarryConvention)
+TASKS.register("arithmetic_bonus")(ArithmeticBonus)
 
-__all__ = ["TASKS", "ArithmeticPairs", "ArithmeticTask", "read_jsonl", "score", "write_jsonl"]
+__all__ = ["TASKS", "ArithmeticBonus", "ArithmeticPairs", "ArithmeticTask", "CarryConvention", "read_jsonl", "score", "write_jsonl"]

@@ -48,6 +48,14 @@ def _mul(a: int, b: int) -> Tuple[int, int, int]:
     return a, b, operator.mul(a, b)
 
 
+@OPERATORS.register("#")
+def _bonus(a: int, b: int) -> Tuple[int, int, int]:
+    """``a#b = a + b + 100``: the skill only the ``tiny-teacher-bonus`` warm start shows
+    (``ArithmeticBonus``). Its answers have a hundreds digit the student's additions of two
+    2-digit numbers hardly ever write in that place, so the student never hits one by chance."""
+    return a, b, a + b + 100
+
+
 def sum_without_carries(left: int, right: int) -> int:
     """``left + right`` with every carry dropped: each digit is the digit-wise sum mod 10
     (``38 + 45 -> 73``, ``99 + 99 -> 88``). The classic systematic addition error, used to build
@@ -154,6 +162,77 @@ class ArithmeticPairs(ArithmeticTask):
         if wrong == left + right:
             wrong = left + right + 10
         return {**row, "chosen": f" {left + right}", "rejected": f" {wrong}"}
+
+
+def _hash_share(salt: str, prompt: str) -> float:
+    """A stable pseudo-random number in [0, 1) of ``prompt`` (sha256 of ``salt/prompt``)."""
+    h = int.from_bytes(hashlib.sha256(f"{salt}/{prompt}".encode("utf-8")).digest()[:8], "big")
+    return h / 2.0**64
+
+
+@dataclass(frozen=True)
+class CarryConvention(ArithmeticTask):
+    """Diversity collapse (DPH-RL's setting): additions that carry, where a hidden rule decides the
+    gold answer. For a ``dropped_fraction`` share of the problems (a hash of the prompt, which no
+    model can learn) the gold answer is the sum without carries; for the rest it is the sum.
+
+    The built-in policy writes both: the sum, or, in about half of the problems that carry, the sum
+    without carries (its careless demonstrator, ``rlplat.models.tiny``). So every problem is solved
+    by one of its two modes and its pass@k is high; but since no rule tells the problems apart, the
+    best pass@1 comes from always carrying (pass@1 -> 1 - dropped_fraction), which loses the
+    dropped-carry problems at every k. Rows carry a ``convention`` column, ``"carry"`` or
+    ``"dropped"``, for per-group evaluation (``trainer.eval_group_by``). Addition only."""
+
+    dropped_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ops != ("+",):
+            raise ValueError(f"CarryConvention holds additions only, got ops {self.ops}")
+        if not 0.0 < self.dropped_fraction < 1.0:
+            raise ValueError(f"CarryConvention.dropped_fraction must be in (0, 1), got {self.dropped_fraction}")
+
+    def convention_of(self, prompt: str) -> str:
+        """``"dropped"`` or ``"carry"``, decided by the prompt text alone."""
+        return "dropped" if _hash_share("convention", prompt) < self.dropped_fraction else "carry"
+
+    def sample(self, rng: random.Random) -> Row:
+        """One problem that carries (either split), with its convention's answer."""
+        while True:
+            row = super().sample(rng)
+            left, right = map(int, row["prompt"][:-1].split("+"))
+            dropped = sum_without_carries(left, right)
+            if dropped != left + right:
+                convention = self.convention_of(row["prompt"])
+                answer = dropped if convention == "dropped" else left + right
+                return {"prompt": row["prompt"], "answer": str(answer), "convention": convention}
+
+
+# Family names of ArithmeticBonus rows, by operator.
+FAMILIES = {"+": "plus", "#": "bonus"}
+
+
+@dataclass(frozen=True)
+class ArithmeticBonus(ArithmeticTask):
+    """Exploration the student cannot do alone (KDRL's setting): additions ``a+b=`` mixed with
+    ``a#b=`` problems (``a + b + 100``, operator ``#``), each operator drawn with probability 1/2.
+    The teacher ``builtin:tiny-teacher-bonus`` was shown ``#``; the student ``builtin:tiny-policy``
+    never was, answers ``#`` problems with sums and solves none of them, so its rewards there are
+    all 0 and only a teacher term can teach it. Rows carry a ``family`` column, ``"plus"`` or
+    ``"bonus"``, for per-family evaluation (``trainer.eval_group_by``)."""
+
+    ops: Tuple[str, ...] = ("+", "#")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [op for op in self.ops if op not in FAMILIES]
+        if unknown:
+            raise ValueError(f"ArithmeticBonus mixes the operators {sorted(FAMILIES)}, got {unknown}")
+
+    def sample(self, rng: random.Random) -> Row:
+        row = super().sample(rng)
+        op = next(op for op in self.ops if op in row["prompt"])
+        return {**row, "family": FAMILIES[op]}
 
 
 # First number in the text: optional sign, digits, optional decimal part.
