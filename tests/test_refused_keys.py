@@ -65,3 +65,18 @@ def test_full_divergence_term_on_the_reference_is_refused_with_the_estimators_th
     msg = str(err.value)
     assert "algorithm.divergences[0].divergence='full_jsd'" in msg and "roles.teacher.top_k_logits" in msg
     assert "['k1', 'k2', 'k3', 'k3_st']" in msg  # the reference anchor sees on-policy samples
+
+
+@pytest.mark.parametrize("config,override,role", [
+    ("grpo", "roles.teacher.path=builtin:tiny-teacher", "teacher"),      # no term anchored at the teacher
+    ("dph_rl", "roles.reference.num_actors=2", "reference"),             # anchored at pi_0's samples, no reference
+    ("kdrl", "roles.preference.path=builtin:tiny-teacher", "preference"),  # no preference model
+])
+def test_settings_of_a_role_the_run_never_starts_are_refused(config, override, role):
+    from rlplat import algorithms
+
+    cfg = load_config(os.path.join(ROOT, "configs", f"{config}.yaml"), [override])
+    with pytest.raises(ConfigError, match=rf"^roles\.{role} is set, but algorithm '{cfg.algorithm.name}' .* starts no {role}"):
+        algorithms.get(cfg.algorithm.name).plan(cfg)
+    used = load_config(os.path.join(ROOT, "configs", "kdrl.yaml"), ["roles.teacher.num_actors=2"])
+    assert algorithms.get("kdrl").plan(used).scorer_roles == {"teacher"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import FrozenSet, Tuple
+from typing import FrozenSet, Set, Tuple
 
 from rlplat.config.errors import ConfigError
 from rlplat.config.schema import RunConfig
@@ -188,6 +188,15 @@ class Algorithm:
             if mine != theirs:
                 raise ConfigError(f"{key} is set, but algorithm '{self.name}' does not use it; remove it from the config")
 
+    def _check_unused_roles(self, cfg: RunConfig, roles: Set[str]) -> None:
+        """Refuse settings of a model role this run never starts: accepted, they would be ignored."""
+        default = RunConfig().roles
+        used = roles | ({"preference"} if self.needs_preference else set())
+        for role in ("reference", "teacher", "preference"):
+            if role not in used and getattr(cfg.roles, role) != getattr(default, role):
+                raise ConfigError(f"roles.{role} is set, but algorithm '{self.name}' with these divergence terms starts "
+                                  f"no {role} model (no term is anchored at it); remove roles.{role} from the config")
+
     def updates_per_step(self, cfg: RunConfig) -> int:
         """Optimizer updates one training step makes: ``StepContext.train`` runs
         ``algorithm.ppo_epochs`` x ``algorithm.mini_batches`` of them, and the ``rl``, ``rehearsal``
@@ -230,6 +239,7 @@ class Algorithm:
         alg = cfg.algorithm
         terms = tuple(_reward_threshold(DivergenceTerm.from_config(t), cfg.reward.correct_threshold) for t in alg.divergences)
         roles = {ANCHOR_ROLES[t.anchor] for t in terms if ANCHOR_ROLES[t.anchor]} | set(self.extra_roles)
+        self._check_unused_roles(cfg, roles)
         loss = PolicyLossConfig(
             eps_low=alg.eps_low, eps_high=alg.eps_high, dual_clip=alg.dual_clip, agg=alg.loss_agg or self.loss_agg,
             norm_len=alg.norm_len or cfg.rollout.max_new_tokens, advantage=self.policy_advantage(cfg),
