@@ -280,6 +280,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--reward", default="arithmetic", help="registered reward name or module:function")
     p.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per reward call")
     p.add_argument("--threshold", type=float, default=1.0, help="reward >= this counts as correct")
+    p.add_argument("--group-by", default=None,
+                   help="a column of the rows (e.g. builtin:arithmetic_bonus' family): pass@k per value too")
     p.add_argument("--save-samples", action="store_true", help="keep every sampled response in the JSON")
     p.add_argument("--out", default=None, help="JSON output path")
     p.add_argument("--against", default=None,
@@ -336,6 +338,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         rows = load_prompts(data_cfg, args.split)[: args.limit]
         prompt_ids = render_prompts(rows, tokenizer, data_cfg)
+        if args.group_by is not None:
+            for row in rows:
+                group_of(row, args.group_by)
         if args.against:
             from launch.preflight import check_same_tokenizer
 
@@ -366,6 +371,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             lambda r, a, p, c: runner.score(list(zip(r, a, p, c))), args.n, ks,
             greedy_fn=None if args.no_greedy else engine_generate_fn(engine, pad_id, greedy=True),
             correct_threshold=args.threshold, keep_samples=args.save_samples or bool(args.against), seed=args.seed,
+            group_by=args.group_by,
         )
         if args.against:  # the same engine, the baseline's weights, the same prompts and seed
             engine.update_weights(load_hf_weights(against, args.trust_remote_code))

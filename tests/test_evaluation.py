@@ -286,3 +286,22 @@ def test_cli_rejects_k_above_n_before_loading_anything(tmp_path, capsys):
     rc = main(["--model", str(tmp_path / "missing"), "--data", "builtin:arithmetic", "--n", "4", "--ks", "1,8"])
     assert rc == 2
     assert "ks [8] are outside [1, n=4]" in capsys.readouterr().err
+
+
+def test_cli_group_by_reports_each_family_and_names_a_missing_column(tmp_path, capsys):
+    from launch.evaluate import main
+
+    model_dir = _build_tiny_llama(tmp_path / "m")
+    out = tmp_path / "eval.json"
+    common = ["--model", str(model_dir), "--data", "builtin:arithmetic_bonus", "--limit", "6", "--backend", "hf",
+              "--n", "2", "--ks", "1,2", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(common + ["--group-by", "family", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    m = json.loads(out.read_text())["metrics"]
+    assert m["eval/bonus/num_prompts"] + m["eval/plus/num_prompts"] == 6 and m["eval/bonus/num_prompts"] >= 1
+    assert {"eval/bonus/pass@2", "eval/plus/pass@1_greedy"} <= set(m)
+    assert main(common + ["--group-by", "level"]) == 2
+    assert "no column 'level'" in capsys.readouterr().err
