@@ -882,6 +882,9 @@ def plot_claim(path: str, claim: Dict[str, Any], result: Dict[str, Any]) -> None
     ax.set_xlabel("training steps (updates)")
     ax.set_ylabel(result["metric_labels"][metric])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lo, hi = ax.get_ylim()
+    if hi - lo < 0.04:  # no magnified noise: a flat plot spans at least 0.04
+        ax.set_ylim((lo + hi) / 2 - 0.02, (lo + hi) / 2 + 0.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -970,7 +973,12 @@ def write_task_markdown(path: str, result: Dict[str, Any]) -> None:
     lines += ["", "## Initial policy", "", *initial_section(result), "", "## Claims", "",
               "Difference: in the claim's direction (positive = as claimed). Standard error: sample std / sqrt(seeds) "
               "per side, in quadrature. Verdict: holds beyond +2 standard errors, does not hold below -2, else "
-              "inconclusive at this noise (one seed: no standard error).", "", claims_table(result["claims"]), ""]
+              "inconclusive at this noise (one seed: no standard error).", ""]
+    if any(c["kind"] == "precondition" for c in result["claims"]):
+        lines += ["Preconditions are measured on the initial policy alone: their only noise is the evaluation's "
+                  "sampling, whose seeds follow `trainer.seed` (above); with a fixed evaluation seed they would have "
+                  "none.", ""]
+    lines += [claims_table(result["claims"]), ""]
     for i, c in enumerate(result["claims"], 1):
         lines += [f"{i}. {c['claim']}: **{c['verdict']}**. {c['detail']}.", "", f"   ![claim {i}]({c['plot']})", ""]
     lines += ["## Curves", "", *curves_section(result)]

@@ -47,7 +47,7 @@ def claim_difference(a: Sequence[float], b: Union[Sequence[float], float], direc
         raise ValueError(f"direction must be +1 or -1, got {direction}")
     sa = mean_std(a)
     sb = {"mean": float(b), "se": 0.0, "n": sa["n"]} if isinstance(b, (int, float)) else mean_std(b)
-    diff = direction * (sa["mean"] - sb["mean"])
+    diff = direction * (sa["mean"] - sb["mean"]) + 0.0  # + 0.0: no -0.0
     n = min(sa["n"], sb["n"])
     se = math.sqrt(sa["se"] ** 2 + sb["se"] ** 2) if n >= 2 else None
     return {"difference": diff, "standard_error": se, "n": n, "verdict": verdict(diff, se, n)}
