@@ -3,7 +3,7 @@ seeds each, claims decided by their difference and its standard error.
 
     python benchmarks/replicate.py [--tasks addition,...] [--only grpo,kdrl,...] [--seeds 0,1,2]
         [--steps N] [--eval-every E] [--eval-prompts P] [--out DIR] [--set key=value ...]
-        [--fresh] [--keep-checkpoints]
+        [--eval-seed E] [--fresh] [--keep-checkpoints]
     python benchmarks/replicate.py --smoke [--tasks ...]   # one seed, 2 steps, tiny sizes, a temp dir
 
 A task (``TASKS``: name -> ``Task``) holds training runs (``RunSpec``: a config file and overrides),
@@ -26,11 +26,11 @@ over seeds; per claim the difference in the claim's direction (positive = as cla
 error (sample std / sqrt(n) per side, in quadrature) and a verdict: "holds" beyond +2 standard
 errors, "does not hold" below -2, else "inconclusive at this noise"; one seed: "inconclusive (one seed)".
 
-Evaluation seeds: a run samples every evaluation with the seeds ``ctx.step_seed(0, "eval")``
-(launch/controller.py), a function of ``trainer.seed`` alone (rlplat/seeds.py); no config key fixes
-it. So within one seed all runs and all evaluations share their sampling seeds (common random
-numbers), but the initial policy's sampled metrics differ between seeds by sampling noise (greedy
-ones do not): claims against the initial policy count that noise on its side too.
+Evaluation seeds: every run gets ``trainer.eval_seed=<--eval-seed>`` (default 0), so every
+evaluation of every run and seed samples the same draws (``StepContext.eval_seed``; without it they
+would follow ``trainer.seed``): ``trainer.seed`` changes only training. The initial policy is then
+evaluated identically in every seed (the report checks it) and has no seed noise: claims against it
+count the trained side's noise only, and preconditions none.
 
 Writes per task ``<out>/<task>/results.md``, ``results.json`` and one ``claim<i>_*.png`` per claim,
 and, over every task with results in ``--out``, ``<out>/claims.json`` and ``<out>/README.md``. After a
@@ -57,9 +57,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/*.p
 from machine import machine_info  # noqa: E402
 from stats import ROOT, claim_difference, git_commit, git_dirty, machine_text, mean_std  # noqa: E402
 
-EVAL_SEED_NOTE = ("every evaluation of a run samples with the seeds `ctx.step_seed(0, \"eval\")`, a function of "
-                  "`trainer.seed` alone: runs of one seed share them, different seeds do not, so the initial policy's "
-                  "sampled metrics vary over seeds by sampling noise (greedy ones do not)")
+EVAL_SEED_NOTE = ("every evaluation of every run and seed samples the same draws (`trainer.eval_seed` fixed, the "
+                  "same for all runs: `trainer.seed` changes only training), so the initial policy has no seed noise")
 
 # --smoke: the smallest sizes that still run every path (as in tests/test_e2e.py); a Task may replace them.
 SMOKE = {"steps": 2, "eval_every": 1, "eval_prompts": 8}
@@ -350,8 +349,8 @@ class StepsToReach(Claim):
 class Precondition(Claim):
     """A property of the initial policy alone: its ``metric`` (x = 0 of ``run``, default the task's
     first run) ``op`` ("<=" or ">=") ``threshold``. Difference = threshold - value ("<=") or value -
-    threshold (">="). Its only noise is the evaluation's sampling, which follows ``trainer.seed``
-    (``EVAL_SEED_NOTE``): with a fixed evaluation seed it would have none."""
+    threshold (">="). With the evaluation seed fixed (``trainer.eval_seed``, as ``train_command``
+    sets it) it has no seed noise: every seed gives the same value and the standard error is 0."""
 
     metric: str
     op: str
@@ -546,8 +545,8 @@ def curve_stats(per_seed: Dict[int, Curve], metric: str) -> List[Dict[str, Any]]
 
 
 def check_initial_agreement(initials: Dict[str, Dict[str, Any]], reference: str, keys: Sequence[str]) -> Dict[str, Any]:
-    """Compare every run's step -1 evaluation (of one seed) with ``reference``'s: same ``keys`` of
-    the metrics, same samples? ``initials``: run name -> its ``step_-1.json``."""
+    """Compare every step -1 evaluation with ``reference``'s: same ``keys`` of the metrics, same
+    samples? ``initials``: name (run and seed) -> its ``step_-1.json``."""
     ref = initials[reference]
     ref_samples = {r["index"]: r.get("samples") for r in ref["records"]}
     mismatches = []
@@ -565,13 +564,14 @@ def check_initial_agreement(initials: Dict[str, Dict[str, Any]], reference: str,
 
 # ----------------------------------------------------------------------------- running
 def train_command(task: Task, run: RunSpec, seed: int, run_dir: str, args: argparse.Namespace) -> List[str]:
-    """The run's command line: task overrides, then (``--smoke``) the task's smoke sizes, the run's
+    """The run's command line: its seed and the fixed evaluation seed, the task overrides, then (``--smoke``) the task's smoke sizes, the run's
     own overrides, the CLI's steps / evaluation sizes and finally ``--set`` (later keys win)."""
     cli = [f"trainer.max_steps={args.steps}"] if args.steps else []
     cli += [f"trainer.eval_every={args.eval_every}"] if args.eval_every else []
     cli += [f"trainer.eval_max_prompts={args.eval_prompts}"] if args.eval_prompts else []
     return [sys.executable, "-m", "launch.train", "--config", run.config, f"trainer.output_dir={run_dir}",
-            "trainer.eval_before_train=true", f"trainer.seed={seed}", *task.overrides,
+            "trainer.eval_before_train=true", f"trainer.seed={seed}", f"trainer.eval_seed={args.eval_seed}",
+            *task.overrides,
             *(task.smoke_overrides if args.smoke else ()), *run.overrides, *cli, *args.set]
 
 
@@ -776,8 +776,9 @@ def analyze_task(task_name: str, task: Task, records: Dict[str, Dict[int, Dict[s
     reference = next(iter(records))
     specs = {r.name: r for r in task.runs}
     plain = [m for m in task.metrics if m not in DERIVED_METRICS]
-    agreement = {s: check_initial_agreement({r: evals[r][s][0] for r in evals if s in evals[r]}, reference, plain)
-                 for s in sorted(evals[reference])}
+    first = f"{reference} seed {min(evals[reference])}"
+    agreement = check_initial_agreement({f"{r} seed {s}": evals[r][s][0] for r in evals for s in sorted(evals[r])},
+                                        first, plain)
     initial = {m: curve_stats({s: c[:1] for s, c in curves[reference].items()}, m)[0] for m in task.metrics}
     settings, notes = run_settings(configs)
     model = {"policy": model_facts(settings["model"])}
@@ -899,7 +900,7 @@ def setup_text(result: Dict[str, Any]) -> str:
             f"Held-out evaluation before training and every {s['eval_every']} steps on {s['eval_max_prompts']} "
             f"prompts with n = {s['eval_n']} samples each (unbiased pass@k, k in {s['eval_ks']}). "
             "x = training steps done (updates; a Nash-MP step is one Mirror-Prox iteration); the initial policy is "
-            f"x = 0. Evaluation sampling seeds: {EVAL_SEED_NOTE}.")
+            f"x = 0. Evaluation sampling: {EVAL_SEED_NOTE}.")
 
 
 def initial_section(result: Dict[str, Any]) -> List[str]:
@@ -907,16 +908,17 @@ def initial_section(result: Dict[str, Any]) -> List[str]:
     seeds, ref = result["seeds"], result["initial_reference"]
     rows = [[result["metric_labels"][m], stat_text(p)] + [fmt(p["values"].get(s), 4) for s in seeds]
             for m, p in result["initial"].items()]
-    lines = [f"From {result['labels'][ref]}'s step -1 evaluations (mean ± std over seeds, then each seed):", "",
+    lines = [f"From {result['labels'][ref]}'s step -1 evaluations (mean ± std over seeds, then each seed); "
+             "the preconditions:", "",
              md_table(["metric", "mean ± std"] + [f"seed {s}" for s in seeds], rows), ""]
-    for seed, agree in result["initial_agreement"].items():
-        if agree["agree"]:
-            lines.append(f"- seed {seed}: all {len(agree['runs'])} runs' step -1 evaluations agree (same metrics, "
-                         "same samples).")
-        else:
-            lines.append(f"- seed {seed}: **the runs' step -1 evaluations do not all agree:** " + "; ".join(
-                f"{m['run']} {m['what']} {fmt(m['value'], 4)} (reference {fmt(m['reference'], 4)})"
-                for m in agree["mismatches"]))
+    agree = result["initial_agreement"]
+    if agree["agree"]:
+        lines.append(f"All {len(agree['runs'])} step -1 evaluations (every run, every seed) agree: same metrics, "
+                     "same samples.")
+    else:
+        lines.append(f"**The step -1 evaluations do not all agree** (reference: {agree['reference']}): " + "; ".join(
+            f"{m['run']} {m['what']} {fmt(m['value'], 4)} (reference {fmt(m['reference'], 4)})"
+            for m in agree["mismatches"]))
     return lines
 
 
@@ -1063,6 +1065,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="one seed, 2 steps, eval every step on 8 prompts, tiny sizes")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run (repeatable; applied last)")
+    p.add_argument("--eval-seed", type=int, default=0, help="trainer.eval_seed of every run: the evaluations' "
+                   "sampling, the same whatever trainer.seed (default 0)")
     p.add_argument("--fresh", action="store_true", help="run again even where a finished run of the same command exists")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints/ and *.pt files")
     args = p.parse_args(argv)
@@ -1079,6 +1083,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if bad:
             p.error(f"--only: unknown run(s) {bad}; the selected tasks have {sorted(names)}")
     args.seeds = parse_seeds(args.seeds or ("0" if args.smoke else "0,1,2"))
+    if args.eval_seed < 0:
+        p.error("--eval-seed must be >= 0")
     if args.smoke:
         args.steps = args.steps or SMOKE["steps"]
         args.eval_every = args.eval_every or SMOKE["eval_every"]

@@ -193,16 +193,19 @@ def test_curve_from_evals_reads_keys_and_derived_metrics(tmp_path, monkeypatch):
 
 
 def test_initial_agreement_names_the_run_that_differs():
-    same = rep.check_initial_agreement({"grpo": ev(-1, 0.2, ["1"]), "kdrl": ev(-1, 0.2, ["1"])}, "grpo", [P1])
+    same = rep.check_initial_agreement({"grpo seed 0": ev(-1, 0.2, ["1"]), "kdrl seed 1": ev(-1, 0.2, ["1"])},
+                                       "grpo seed 0", [P1])
     assert same["agree"] and same["mismatches"] == []
-    diff = rep.check_initial_agreement({"grpo": ev(-1, 0.2, ["1"]), "nash_mp": ev(-1, 0.3, ["2"])}, "grpo", [P1, P8])
+    diff = rep.check_initial_agreement({"grpo seed 0": ev(-1, 0.2, ["1"]), "nash_mp seed 0": ev(-1, 0.3, ["2"]),
+                                        "grpo seed 1": ev(-1, 0.2, ["1"])}, "grpo seed 0", [P1, P8])
     assert not diff["agree"] and {m["what"] for m in diff["mismatches"]} == {P1, "samples"}
+    assert {m["run"] for m in diff["mismatches"]} == {"nash_mp seed 0"}
 
 
 # ----------------------------------------------------------------------------- commands, selection, reuse
 def test_parse_args_seeds_selection_and_smoke(tmp_path):
     args = rep.parse_args(["--out", str(tmp_path)])
-    assert args.seeds == [0, 1, 2] and args.tasks == list(rep.TASKS) and args.steps is None
+    assert args.seeds == [0, 1, 2] and args.tasks == list(rep.TASKS) and args.steps is None and args.eval_seed == 0
     smoke = rep.parse_args(["--smoke", "--out", str(tmp_path)])
     assert smoke.seeds == [0] and (smoke.steps, smoke.eval_every, smoke.eval_prompts) == (2, 1, 8)
     assert rep.parse_args(["--seeds", "3,5", "--out", str(tmp_path)]).seeds == [3, 5]
@@ -220,7 +223,9 @@ def test_train_command_layers_task_run_cli_and_set(tmp_path):
     args = rep.parse_args(["--steps", "4", "--out", str(tmp_path), "--set", "rollout.backend=hf"])
     cmd = rep.train_command(task, runs["dph_rl_js"], 2, str(tmp_path / "x"), args)
     assert cmd[1:5] == ["-m", "launch.train", "--config", "configs/dph_rl.yaml"]
-    assert "trainer.seed=2" in cmd and "trainer.eval_ks=[1,8,16]" in cmd and "trainer.eval_n=16" in cmd
+    assert cmd[5:9] == [f"trainer.output_dir={tmp_path / 'x'}", "trainer.eval_before_train=true", "trainer.seed=2",
+                        "trainer.eval_seed=0"]  # the evaluation draws do not follow trainer.seed
+    assert "trainer.eval_ks=[1,8,16]" in cmd and "trainer.eval_n=16" in cmd
     assert cmd.index("trainer.max_steps=30") < cmd.index("trainer.max_steps=4")  # the CLI's --steps wins
     assert cmd[-1] == "rollout.backend=hf"  # the user's --set wins over everything
     assert cmd.index("algorithm.divergences.0.divergence=js") < cmd.index("trainer.max_steps=4")
@@ -311,7 +316,7 @@ def test_whole_analysis_on_synthetic_runs_writes_every_output(tmp_path, capsys):
     assert nash["difference"] == pytest.approx(1 / 32)
     assert nash["standard_error"] == pytest.approx(2 / 32 / math.sqrt(3))
     md = (out / "addition" / "results.md").read_text()
-    assert "## Claims" in md and "0.375" in md and "seed 2" in md
+    assert "## Claims" in md and "0.375" in md and "seed 2" in md and "All 15 step -1 evaluations" in md
     assert "(reused)" in md and "equals 0.5 + (pass@1 - initial pass@1) / 2" in md
     assert "addition/results.md" in (out / "README.md").read_text()
 
