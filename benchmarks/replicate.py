@@ -1,109 +1,77 @@
-"""Small-scale replication of the papers' claims: GRPO, KDRL, DPH-RL (forward KL and JS) and
-Nash-MP trained from the same initial policy, compared on held-out pass@1 / pass@k.
+"""The papers' claims tested at small scale: tasks of training runs from one initial policy, several
+seeds each, claims decided by their difference and its standard error.
 
-    python benchmarks/replicate.py [--steps N] [--eval-every E] [--eval-prompts P] [--seed S]
-        [--out DIR] [--only grpo,kdrl,dph_rl_forward_kl,dph_rl_js,nash_mp] [--set key=value ...]
-    python benchmarks/replicate.py --smoke      # 2 steps each, tiny sizes, output in a temp dir
+    python benchmarks/replicate.py [--tasks addition,...] [--only grpo,kdrl,...] [--seeds 0,1,2]
+        [--steps N] [--eval-every E] [--eval-prompts P] [--out DIR] [--set key=value ...]
+        [--eval-seed E] [--fresh] [--keep-checkpoints]
+    python benchmarks/replicate.py --smoke [--tasks ...]   # one seed, 2 steps, tiny sizes, a temp dir
 
-Every run is ``python -m launch.train --config configs/<algo>.yaml`` in ``<out>/<run>`` with only
-common overrides (steps, evaluation schedule and size, seed; in ``--smoke`` also batch and data
-sizes), so the algorithms' hyperparameters and the model come from their config files. The
-runs go one after another; each one's stdout/stderr is kept in ``<out>/<run>/train.log``.
+A task (``TASKS``: name -> ``Task``) holds training runs (``RunSpec``: a config file and overrides),
+task-wide overrides (data, model, steps, evaluation size), the metrics to tabulate and plot, and the
+claims tested (``FinalVsInitial``, ``FinalVsFinal``, ``StepsToReach``, ``Precondition``). Adding a task
+is one ``TASKS`` entry. Every (task, run, seed) is ``python -m launch.train --config <config>
+trainer.seed=<S> <task overrides> <run overrides> <--steps/--eval-* > <--set>`` in
+``<out>/<task>/<run>/seed<S>/`` (its output in ``train.log``), one run at a time. A run directory with
+a finished marker (``replicate_run.json``, written by the same command) and its evaluations is reused,
+so an interrupted replication resumes where it stopped (``--fresh``: run everything again).
 
-Measurements (all from the runs' held-out evaluations, ``<run>/eval/step_<s>.json``):
-  * pass@1, pass@8, pass@16 (unbiased, n = --eval-n samples per prompt) and greedy pass@1,
-    before training (step -1, the initial policy) and every ``--eval-every`` steps;
-  * win rate against the initial policy: sample j of the current policy vs sample j of the
-    initial policy on the same prompt, judged by the Nash-MP config's preference judge
-    (``algorithm.nash_mp.judge``), averaged over all pairs. 0.5 at step -1 by construction.
-x in tables and plots = training steps done (updates; one Mirror-Prox iteration for Nash-MP):
-the evaluation logged at step s comes after s + 1 of them, the initial policy is x = 0.
+Metrics come from the runs' held-out evaluations ``eval/step_<s>.json``: a key of their ``metrics``
+dict (``eval/pass@16``, ``eval/bonus/pass@1``) or a name in ``DERIVED_METRICS``, a function
+``fn(eval_json, initial_eval_json) -> float`` (``win_rate``: against the initial policy's samples).
+x = training steps done (updates; one Mirror-Prox iteration for Nash-MP): the evaluation logged at
+step s comes after s + 1 of them; the initial policy (step -1) is x = 0.
 
-Claims tested (verdicts computed from the measurements by the ``claim_*`` functions):
-  1. GRPO raises pass@1 over the initial policy (final > initial).
-  2. DPH-RL keeps pass@k at or above the initial policy's while GRPO's falls (final values,
-     k = 8 and 16, both DPH-RL variants).
-  3. KDRL reaches GRPO's final pass@1 in fewer steps than GRPO (first evaluated x at which
-     pass@1 >= GRPO's final pass@1; the initial policy, x = 0, counts for both).
-  4. Nash-MP's win rate against the initial policy rises (final > the initial 0.5).
+Statistics (``benchmarks/stats.py``): per (run, x, metric) the mean and sample standard deviation
+over seeds; per claim the difference in the claim's direction (positive = as claimed), its standard
+error (sample std / sqrt(n) per side, in quadrature) and a verdict: "holds" beyond +2 standard
+errors, "does not hold" below -2, else "inconclusive at this noise"; one seed: "inconclusive (one seed)".
 
-Writes ``results.md`` (tables, claims, command, commit, machine, model), ``results.json`` (every
-curve, verdicts, commands) and ``replication.png`` in ``--out``. After a successful run its
-``checkpoints/`` and ``*.pt`` files (DeepSpeed state, DPH-RL store) are deleted unless
-``--keep-checkpoints``: the evaluations are all this script needs.
+Evaluation seeds: every run gets ``trainer.eval_seed=<--eval-seed>`` (default 0), so every
+evaluation of every run and seed samples the same draws (``StepContext.eval_seed``; without it they
+would follow ``trainer.seed``): ``trainer.seed`` changes only training. The initial policy is then
+evaluated identically in every seed (the report checks it) and has no seed noise: claims against it
+count the trained side's noise only, and preconditions none.
+
+Writes per task ``<out>/<task>/results.md``, ``results.json`` and one ``claim<i>_*.png`` per claim,
+and, over every task with results in ``--out``, ``<out>/claims.json`` and ``<out>/README.md``. After a
+successful run its ``checkpoints/`` and ``*.pt`` files are deleted unless ``--keep-checkpoints``.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/machine.py, also when loaded by path
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/*.py, also when loaded by path
 from machine import machine_info  # noqa: E402
+from stats import ROOT, claim_difference, git_commit, git_dirty, machine_text, mean_std  # noqa: E402
 
-KS = (1, 8, 16)  # pass@k reported; eval_n must be >= max(KS)
-METRICS = ("pass@1", "pass@8", "pass@16", "pass@1_greedy", "win_rate")
-LABELS = {"pass@1": "pass@1", "pass@8": "pass@8", "pass@16": "pass@16", "pass@1_greedy": "greedy pass@1",
-          "win_rate": "win rate vs initial"}
+EVAL_SEED_NOTE = ("every evaluation of every run and seed samples the same draws (`trainer.eval_seed` fixed, the "
+                  "same for all runs: `trainer.seed` changes only training), so the initial policy has no seed noise")
 
-
-@dataclass(frozen=True)
-class RunSpec:
-    name: str
-    label: str
-    config: str  # relative to the repository root
-    overrides: Tuple[str, ...] = ()
-
-
-# The forward-KL variant names its divergence too: the claim is about forward KL whatever the
-# config file's default becomes.
-RUNS: Tuple[RunSpec, ...] = (
-    RunSpec("grpo", "GRPO", "configs/grpo.yaml"),
-    RunSpec("kdrl", "KDRL", "configs/kdrl.yaml"),
-    RunSpec("dph_rl_forward_kl", "DPH-RL (forward KL)", "configs/dph_rl.yaml",
-            ("algorithm.divergences.0.divergence=forward_kl",)),
-    RunSpec("dph_rl_js", "DPH-RL (JS)", "configs/dph_rl.yaml", ("algorithm.divergences.0.divergence=js",)),
-    RunSpec("nash_mp", "Nash-MP", "configs/nash_mp.yaml"),
-)
-RUN_NAMES = tuple(r.name for r in RUNS)
-ALIASES = {"dph_rl": ("dph_rl_forward_kl", "dph_rl_js"), "dph": ("dph_rl_forward_kl", "dph_rl_js"),
-           "nash": ("nash_mp",), "all": RUN_NAMES}
-DPH_RUNS = ("dph_rl_forward_kl", "dph_rl_js")
-
-# --smoke: the smallest sizes that still run every path (common to all runs, as in tests/test_e2e.py).
-SMOKE = {"steps": 2, "eval_every": 1, "eval_prompts": 8, "eval_n": 16}
+# --smoke: the smallest sizes that still run every path (as in tests/test_e2e.py); a Task may replace them.
+SMOKE = {"steps": 2, "eval_every": 1, "eval_prompts": 8}
 SMOKE_SIZES = (
     "data.prompts_per_step=4", "data.builtin_train_size=64", "algorithm.group_size=4",
     "trainer.micro_batch_tokens=256", "rollout.cpu_kv_cache_gb=0.05",
     "algorithm.dph_rl.samples_per_prompt=2",  # DPH-RL's pi_0 split: 64 prompts x 2 samples
 )
+Curve = List[Dict[str, Any]]  # one point per evaluation: {"step", "x", metric: value or None, ...}, x ascending
+Curves = Dict[str, Dict[int, Curve]]  # run name -> seed -> curve
 
 
-# ----------------------------------------------------------------------------- reading runs
-def load_evals(run_dir: str) -> List[Dict[str, Any]]:
-    """Every ``eval/step_<s>.json`` of a run, sorted by step (-1 first)."""
-    d = os.path.join(run_dir, "eval")
-    if not os.path.isdir(d):
-        raise RuntimeError(f"{run_dir}: no eval/ directory (was trainer.eval_every > 0?)")
-    out = []
-    for name in os.listdir(d):
-        if name.startswith("step_") and name.endswith(".json"):
-            with open(os.path.join(d, name)) as f:
-                out.append(json.load(f))
-    out.sort(key=lambda e: e["step"])
-    return out
-
-
+# ----------------------------------------------------------------------------- metrics
 def win_rate(current: Sequence[Dict[str, Any]], initial: Sequence[Dict[str, Any]],
              judge: Callable[[str, str, str, Optional[str]], float]) -> float:
     """Mean of ``judge(prompt, a_j, b_j, answer)`` over every prompt and every j, where ``a_j`` is
@@ -131,155 +99,564 @@ def win_rate(current: Sequence[Dict[str, Any]], initial: Sequence[Dict[str, Any]
     return total / count
 
 
-def curve_from_evals(evals: Sequence[Dict[str, Any]], judge: Callable) -> List[Dict[str, Any]]:
-    """One point per evaluation: x = ``updates`` (step + 1), pass@k, greedy pass@1, win rate."""
+@functools.lru_cache(maxsize=None)
+def nash_judge() -> Tuple[str, Callable]:
+    """configs/nash_mp.yaml's ``algorithm.nash_mp.judge``: (its ``module:function``, the function)."""
+    from rlplat.config import load_config
+    from rlplat.rewards import resolve_judge
+
+    spec = load_config(os.path.join(ROOT, "configs/nash_mp.yaml"), validate=False).algorithm.nash_mp.judge
+    if not spec:
+        raise RuntimeError("configs/nash_mp.yaml has no algorithm.nash_mp.judge: the win rate needs a rule-based judge")
+    return spec, resolve_judge(spec)
+
+
+def win_rate_vs_initial(eval_json: Dict[str, Any], initial_eval_json: Dict[str, Any]) -> float:
+    """``win_rate`` of an evaluation's samples against the initial policy's under ``nash_judge``."""
+    return win_rate(eval_json["records"], initial_eval_json["records"], nash_judge()[1])
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve_metric_fn(spec: str) -> Callable:
+    from rlplat.rewards import resolve_callable
+
+    return resolve_callable(spec, "DERIVED_METRICS", ("eval_json", "initial_eval_json"))
+
+
+@dataclass(frozen=True)
+class DerivedMetric:
+    """A metric computed from a whole evaluation: ``fn(eval_json, initial_eval_json) -> float``, both
+    dicts as in ``eval/step_<s>.json`` (``initial_eval_json``: the same run's step -1). ``fn`` is a
+    callable or ``"module:function"``, imported on first use (so it may live in rlplat and need
+    packages the other tasks do not)."""
+
+    label: str
+    fn: Union[str, Callable[[Dict[str, Any], Dict[str, Any]], float]]
+    note: str = ""  # how it is computed, for results.md
+
+    def __call__(self, eval_json: Dict[str, Any], initial_eval_json: Dict[str, Any]) -> float:
+        fn = _resolve_metric_fn(self.fn) if isinstance(self.fn, str) else self.fn
+        return float(fn(eval_json, initial_eval_json))
+
+
+# Named derived metrics. Add one as DERIVED_METRICS["name"] = DerivedMetric(label, "module:function")
+# and list "name" in a Task's metrics.
+DERIVED_METRICS: Dict[str, DerivedMetric] = {
+    "win_rate": DerivedMetric(
+        "win rate vs initial", win_rate_vs_initial,
+        "sample j of the policy vs sample j of the initial policy on the same prompt, judged by configs/nash_mp.yaml's "
+        "`algorithm.nash_mp.judge`, averaged over all pairs (0.5 at x = 0 by construction)"),
+}
+
+
+def metric_label(metric: str) -> str:
+    """Readable name: a derived metric's label, else the key without ``eval/`` (``eval/bonus/pass@1``
+    -> ``bonus pass@1``; ``eval/pass@1_greedy`` -> ``greedy pass@1``)."""
+    if metric in DERIVED_METRICS:
+        return DERIVED_METRICS[metric].label
+    name = metric[len("eval/"):] if metric.startswith("eval/") else metric
+    return name.replace("pass@1_greedy", "greedy pass@1").replace("/", " ")
+
+
+def metric_value(eval_json: Dict[str, Any], initial_eval_json: Dict[str, Any], metric: str) -> Optional[float]:
+    """``metric`` of one evaluation (None: the key is not in its metrics dict, or is null)."""
+    if metric in DERIVED_METRICS:
+        return DERIVED_METRICS[metric](eval_json, initial_eval_json)
+    v = eval_json["metrics"].get(metric)
+    return None if v is None else float(v)
+
+
+# ----------------------------------------------------------------------------- claims
+@dataclass(frozen=True)
+class FinalOf:
+    """A ``StepsToReach`` target: ``run``'s final value of the claim's metric, in the same seed."""
+
+    run: str
+
+
+@dataclass
+class Outcome:
+    """A tested claim. ``difference``: positive = as claimed (units of the metric; steps for
+    ``StepsToReach``); ``standard_error`` None with one seed; ``values``: the per-seed numbers;
+    ``line``: a level the claim's plot marks (threshold or target), with its label."""
+
+    difference: Optional[float]
+    standard_error: Optional[float]
+    seeds: List[int]
+    verdict: str
+    detail: str
+    values: Dict[str, Any] = field(default_factory=dict)
+    line: Optional[Tuple[float, str]] = None
+
+
+class _Missing(Exception):
+    """A value a claim needs is not in the evaluations."""
+
+
+class Claim:
+    """A claim kind: ``runs()`` names the runs it needs, ``describe(labels)`` is its sentence (the
+    ``text`` field when set), ``evaluate(curves, labels)`` computes it on the task's curves (on the
+    seeds that every run it needs has). Subclasses are dataclasses with ``metric`` and ``text``
+    fields and a ``_test``."""
+
+    kind = "claim"
+    metric: str
+    text: str
+
+    def runs(self) -> Tuple[str, ...]:
+        raise NotImplementedError
+
+    def plot_runs(self, task_runs: Sequence[str]) -> Tuple[str, ...]:
+        return self.runs()
+
+    def describe(self, labels: Dict[str, str]) -> str:
+        return self.text or self._sentence(labels, metric_label(self.metric))
+
+    def _sentence(self, labels: Dict[str, str], m: str) -> str:
+        raise NotImplementedError
+
+    def _test(self, curves: Curves, seeds: List[int], labels: Dict[str, str]) -> Outcome:
+        raise NotImplementedError
+
+    def evaluate(self, curves: Curves, labels: Dict[str, str]) -> Outcome:
+        missing = [r for r in self.runs() if r not in curves]
+        if missing:
+            return Outcome(None, None, [], "not tested", f"run(s) {', '.join(missing)} not in this replication")
+        seeds = common_seeds(curves, self.runs() or tuple(curves)[:1])
+        if not seeds:
+            return Outcome(None, None, [], "not tested", "no seed has every run this claim needs")
+        try:
+            return self._test(curves, seeds, labels)
+        except _Missing as exc:
+            return Outcome(None, None, seeds, "not tested", str(exc))
+
+
+def _direction_word(direction: int) -> str:
+    return "above" if direction > 0 else "below"
+
+
+def _check_direction(claim: Claim) -> None:
+    if claim.direction not in (1, -1):
+        raise ValueError(f"{type(claim).__name__}: direction must be +1 or -1, got {claim.direction}")
+
+
+@dataclass(frozen=True)
+class FinalVsInitial(Claim):
+    """``run``'s final ``metric`` is above (``direction`` +1) / below (-1) the initial policy's
+    (the run's own x = 0 evaluation, same seed)."""
+
+    run: str
+    metric: str
+    direction: int = 1
+    text: str = ""
+    kind = "final vs initial"
+
+    def __post_init__(self) -> None:
+        _check_direction(self)
+
+    def runs(self) -> Tuple[str, ...]:
+        return (self.run,)
+
+    def _sentence(self, labels: Dict[str, str], m: str) -> str:
+        return f"{labels[self.run]}'s final {m} is {_direction_word(self.direction)} the initial policy's"
+
+    def _test(self, curves: Curves, seeds: List[int], labels: Dict[str, str]) -> Outcome:
+        fin = [value_at(curves[self.run][s], self.metric, "final") for s in seeds]
+        ini = [value_at(curves[self.run][s], self.metric, "initial") for s in seeds]
+        r = claim_difference(fin, ini, self.direction)
+        x = final_point(curves[self.run][seeds[0]])["x"]
+        detail = f"{labels[self.run]} final {ms_text(fin)} after {x} steps vs initial {ms_text(ini)}"
+        return Outcome(r["difference"], r["standard_error"], seeds, r["verdict"], detail,
+                       {"final": fin, "initial": ini})
+
+
+@dataclass(frozen=True)
+class FinalVsFinal(Claim):
+    """``run_a``'s final ``metric`` is above (``direction`` +1) / below (-1) ``run_b``'s."""
+
+    run_a: str
+    run_b: str
+    metric: str
+    direction: int = 1
+    text: str = ""
+    kind = "final vs final"
+
+    def __post_init__(self) -> None:
+        _check_direction(self)
+
+    def runs(self) -> Tuple[str, ...]:
+        return (self.run_a, self.run_b)
+
+    def _sentence(self, labels: Dict[str, str], m: str) -> str:
+        return f"{labels[self.run_a]}'s final {m} is {_direction_word(self.direction)} {labels[self.run_b]}'s"
+
+    def _test(self, curves: Curves, seeds: List[int], labels: Dict[str, str]) -> Outcome:
+        a = [value_at(curves[self.run_a][s], self.metric, "final") for s in seeds]
+        b = [value_at(curves[self.run_b][s], self.metric, "final") for s in seeds]
+        r = claim_difference(a, b, self.direction)
+        detail = f"final {labels[self.run_a]} {ms_text(a)} vs {labels[self.run_b]} {ms_text(b)}"
+        return Outcome(r["difference"], r["standard_error"], seeds, r["verdict"], detail,
+                       {self.run_a: a, self.run_b: b})
+
+
+@dataclass(frozen=True)
+class StepsToReach(Claim):
+    """``run_a`` reaches ``target`` in fewer steps than ``run_b``: steps = the first evaluated x at
+    which ``metric >= target`` (the initial policy, x = 0, counts); a run that never reaches it
+    counts as its last x + the evaluation spacing ("censored"). ``target``: a number or ``FinalOf(run)``
+    (that run's final value in the same seed). Difference = steps(b) - steps(a), in steps."""
+
+    run_a: str
+    run_b: str
+    metric: str
+    target: Union[float, FinalOf]
+    text: str = ""
+    kind = "steps to reach"
+
+    def runs(self) -> Tuple[str, ...]:
+        extra = (self.target.run,) if isinstance(self.target, FinalOf) else ()
+        return tuple(dict.fromkeys((self.run_a, self.run_b) + extra))
+
+    def _target_text(self, labels: Dict[str, str], m: str) -> str:
+        if isinstance(self.target, FinalOf):
+            return f"{labels[self.target.run]}'s final {m}"
+        return f"{m} {self.target:g}"
+
+    def _sentence(self, labels: Dict[str, str], m: str) -> str:
+        return f"{labels[self.run_a]} reaches {self._target_text(labels, m)} in fewer steps than {labels[self.run_b]}"
+
+    def _test(self, curves: Curves, seeds: List[int], labels: Dict[str, str]) -> Outcome:
+        targets = [value_at(curves[self.target.run][s], self.metric, "final") if isinstance(self.target, FinalOf)
+                   else float(self.target) for s in seeds]
+        reach = {run: [steps_to_reach(curves[run][s], self.metric, t) for s, t in zip(seeds, targets)]
+                 for run in (self.run_a, self.run_b)}
+        a, b = [x for x, _ in reach[self.run_a]], [x for x, _ in reach[self.run_b]]
+        r = claim_difference(a, b, -1)
+
+        def side(run: str) -> str:
+            parts = [f"{x}" + (" (censored: never reached)" if c else "") for x, c in reach[run]]
+            return f"{labels[run]} at x = {', '.join(parts)}"
+
+        m = metric_label(self.metric)
+        detail = (f"target {self._target_text(labels, m)} = {', '.join(f'{t:.4f}' for t in targets)} (per seed); "
+                  f"{side(self.run_a)}; {side(self.run_b)}")
+        return Outcome(r["difference"], r["standard_error"], seeds, r["verdict"], detail,
+                       {"targets": targets, self.run_a: reach[self.run_a], self.run_b: reach[self.run_b]},
+                       line=(sum(targets) / len(targets), "target" + (" (mean)" if len(targets) > 1 else "")))
+
+
+@dataclass(frozen=True)
+class Precondition(Claim):
+    """A property of the initial policy alone: its ``metric`` (x = 0 of ``run``, default the task's
+    first run) ``op`` ("<=" or ">=") ``threshold``. Difference = threshold - value ("<=") or value -
+    threshold (">="). With the evaluation seed fixed (``trainer.eval_seed``, as ``train_command``
+    sets it) it has no seed noise: every seed gives the same value and the standard error is 0."""
+
+    metric: str
+    op: str
+    threshold: float
+    run: Optional[str] = None
+    text: str = ""
+    kind = "precondition"
+
+    def __post_init__(self) -> None:
+        if self.op not in ("<=", ">="):
+            raise ValueError(f"Precondition: op must be '<=' or '>=', got {self.op!r}")
+
+    def runs(self) -> Tuple[str, ...]:
+        return (self.run,) if self.run else ()
+
+    def plot_runs(self, task_runs: Sequence[str]) -> Tuple[str, ...]:
+        return tuple(task_runs)
+
+    def _sentence(self, labels: Dict[str, str], m: str) -> str:
+        return f"the initial policy's {m} is {self.op} {self.threshold:g}"
+
+    def _test(self, curves: Curves, seeds: List[int], labels: Dict[str, str]) -> Outcome:
+        run = self.run or next(iter(curves))
+        vals = [value_at(curves[run][s], self.metric, "initial") for s in seeds]
+        r = claim_difference(vals, float(self.threshold), -1 if self.op == "<=" else 1)
+        same = " (the same in every seed)" if len(vals) > 1 and len(set(vals)) == 1 else ""
+        detail = f"initial {ms_text(vals)}{same} ({labels[run]}'s x = 0 evaluation) vs threshold {self.threshold:g}"
+        return Outcome(r["difference"], r["standard_error"], seeds, r["verdict"], detail, {"initial": vals},
+                       line=(float(self.threshold), f"threshold {self.threshold:g}"))
+
+
+# ----------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class RunSpec:
+    name: str  # directory name and --only key
+    label: str  # in tables, plots and claims.json
+    config: str  # relative to the repository root
+    overrides: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Task:
+    """A replication task: ``runs`` from one initial policy, ``overrides`` common to all of them
+    (data, model, steps, evaluation: ``trainer.eval_n``, ``trainer.eval_ks``, ...), ``metrics``
+    tabulated and plotted (eval metric keys or ``DERIVED_METRICS`` names; every claim's metric must
+    be one), ``claims`` tested, and ``smoke_overrides`` that replace the sizes under ``--smoke``."""
+
+    label: str
+    description: str
+    runs: Tuple[RunSpec, ...]
+    metrics: Tuple[str, ...]
+    claims: Tuple[Claim, ...]
+    overrides: Tuple[str, ...] = ()
+    smoke_overrides: Tuple[str, ...] = SMOKE_SIZES
+
+    def labels(self) -> Dict[str, str]:
+        return {r.name: r.label for r in self.runs}
+
+
+ADDITION = Task(
+    label="GRPO, KDRL, DPH-RL and Nash-MP on 2-digit addition",
+    description=(
+        "The built-in task: 2-digit addition (`38+45=` -> `83`) rewarded by an exact checker, from the built-in "
+        "tiny policy warm-started to drop the carries at random (README, docs/built_in_task.md). GRPO, KDRL (RL + "
+        "distillation from the built-in teacher), DPH-RL with forward KL and with JS to the initial policy, and "
+        "Nash-MP (Mirror Prox against a rule-based preference judge), each with its config file's hyperparameters, "
+        "compared on held-out pass@1 / pass@k and the win rate against the initial policy."),
+    runs=(
+        RunSpec("grpo", "GRPO", "configs/grpo.yaml"),
+        RunSpec("kdrl", "KDRL", "configs/kdrl.yaml"),
+        # The divergence is named: the claim is about forward KL whatever the config's default becomes.
+        RunSpec("dph_rl_forward_kl", "DPH-RL (forward KL)", "configs/dph_rl.yaml",
+                ("algorithm.divergences.0.divergence=forward_kl",)),
+        RunSpec("dph_rl_js", "DPH-RL (JS)", "configs/dph_rl.yaml", ("algorithm.divergences.0.divergence=js",)),
+        RunSpec("nash_mp", "Nash-MP", "configs/nash_mp.yaml"),
+    ),
+    overrides=("trainer.max_steps=30", "trainer.eval_every=5", "trainer.eval_max_prompts=100", "trainer.eval_n=16",
+               "trainer.eval_ks=[1,8,16]"),
+    metrics=("eval/pass@1", "eval/pass@8", "eval/pass@16", "eval/pass@1_greedy", "win_rate"),
+    claims=(
+        FinalVsInitial("grpo", "eval/pass@1", +1),
+        FinalVsInitial("grpo", "eval/pass@8", -1),
+        FinalVsInitial("grpo", "eval/pass@16", -1),
+        FinalVsFinal("dph_rl_forward_kl", "grpo", "eval/pass@8", +1),
+        FinalVsFinal("dph_rl_js", "grpo", "eval/pass@8", +1),
+        FinalVsFinal("dph_rl_forward_kl", "grpo", "eval/pass@16", +1),
+        FinalVsFinal("dph_rl_js", "grpo", "eval/pass@16", +1),
+        StepsToReach("kdrl", "grpo", "eval/pass@1", FinalOf("grpo")),
+        FinalVsInitial("nash_mp", "win_rate", +1,
+                       text="Nash-MP's final win rate against the initial policy is above the initial 0.5"),
+    ),
+)
+
+TASKS: Dict[str, Task] = {"addition": ADDITION}
+
+
+def check_task(name: str, task: Task) -> None:
+    """``ValueError`` naming what is wrong: a claim on a run or metric the task does not have,
+    duplicate run names, a bad direction or op."""
+    names = [r.name for r in task.runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"task {name}: duplicate run names {names}")
+    for claim in task.claims:
+        unknown = [r for r in claim.runs() if r not in names]
+        if unknown:
+            raise ValueError(f"task {name}: claim {claim} names runs {unknown} not in the task ({names})")
+        if claim.metric not in task.metrics:
+            raise ValueError(f"task {name}: claim {claim} is on {claim.metric!r}, not in the task's metrics "
+                             f"{task.metrics}")
+
+
+for _name, _task in TASKS.items():
+    check_task(_name, _task)
+
+
+# ----------------------------------------------------------------------------- curves
+def load_evals(run_dir: str) -> List[Dict[str, Any]]:
+    """Every ``eval/step_<s>.json`` of a run, sorted by step (-1 first)."""
+    d = os.path.join(run_dir, "eval")
+    if not os.path.isdir(d):
+        raise RuntimeError(f"{run_dir}: no eval/ directory (was trainer.eval_every > 0?)")
+    out = []
+    for name in os.listdir(d):
+        if name.startswith("step_") and name.endswith(".json"):
+            with open(os.path.join(d, name)) as f:
+                out.append(json.load(f))
+    out.sort(key=lambda e: e["step"])
+    return out
+
+
+def curve_from_evals(evals: Sequence[Dict[str, Any]], metrics: Sequence[str]) -> Curve:
+    """One point per evaluation: ``step``, ``x`` = step + 1 (updates done) and each metric."""
     if not evals or evals[0]["step"] != -1:
         raise ValueError("no step -1 evaluation (the initial policy; trainer.eval_before_train=true)")
-    initial = evals[0]["records"]
-    points = []
-    for e in evals:
-        m = e["metrics"]
-        point = {"step": e["step"], "updates": e["step"] + 1}
-        for k in KS:
-            point[f"pass@{k}"] = m.get(f"eval/pass@{k}")
-        point["pass@1_greedy"] = m.get("eval/pass@1_greedy")
-        point["win_rate"] = win_rate(e["records"], initial, judge)
-        points.append(point)
-    return points
+    return [{"step": e["step"], "x": e["step"] + 1, **{m: metric_value(e, evals[0], m) for m in metrics}}
+            for e in evals]
 
 
-def check_initial_agreement(initials: Dict[str, Dict[str, Any]], reference: str) -> Dict[str, Any]:
-    """Compare every run's step -1 evaluation with ``reference``'s: same metrics, same samples?
-    ``initials``: run name -> its ``step_-1.json``. Returns {"agree", "mismatches": [...]}."""
+def final_point(curve: Curve) -> Dict[str, Any]:
+    return max(curve, key=lambda p: p["x"])
+
+
+def value_at(curve: Curve, metric: str, which: str) -> float:
+    """``metric`` at the ``"initial"`` (x = 0) or ``"final"`` point; ``_Missing`` if absent."""
+    point = curve[0] if which == "initial" else final_point(curve)
+    if which == "initial" and point["x"] != 0:
+        raise _Missing("no initial-policy (x = 0) evaluation")
+    v = point.get(metric)
+    if v is None:
+        raise _Missing(f"{metric} is not in the evaluation at x = {point['x']}")
+    return v
+
+
+def first_reaching(curve: Curve, metric: str, target: float) -> Optional[int]:
+    """Smallest x at which ``curve``'s ``metric`` >= ``target`` (None: never)."""
+    hits = [p["x"] for p in curve if p.get(metric) is not None and p[metric] >= target]
+    return min(hits) if hits else None
+
+
+def eval_spacing(curve: Curve) -> int:
+    """Steps between evaluations: the x of the first evaluation after the initial policy
+    (``trainer.eval_every`` when the run is longer)."""
+    xs = sorted(p["x"] for p in curve)
+    return xs[1] - xs[0] if len(xs) > 1 else 1
+
+
+def steps_to_reach(curve: Curve, metric: str, target: float) -> Tuple[int, bool]:
+    """(steps, censored): ``first_reaching``, or (last x + ``eval_spacing``, True) if never."""
+    x = first_reaching(curve, metric, target)
+    if x is None:
+        return final_point(curve)["x"] + eval_spacing(curve), True
+    return x, False
+
+
+def common_seeds(curves: Curves, runs: Sequence[str]) -> List[int]:
+    """Seeds that every one of ``runs`` has, ascending."""
+    sets = [set(curves[r]) for r in runs if r in curves]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def curve_stats(per_seed: Dict[int, Curve], metric: str) -> List[Dict[str, Any]]:
+    """Per x: ``mean``, ``std`` (sample, 0 for one seed), ``n`` and ``values`` (by seed) of ``metric``
+    over the seeds that have it."""
+    xs = sorted({p["x"] for curve in per_seed.values() for p in curve})
+    out = []
+    for x in xs:
+        values = {s: p[metric] for s, curve in per_seed.items() for p in curve
+                  if p["x"] == x and p.get(metric) is not None}
+        s = mean_std(list(values.values())) if values else {"mean": None, "std": None, "n": 0}
+        out.append({"x": x, "mean": s["mean"], "std": s["std"], "n": s["n"], "values": values})
+    return out
+
+
+def check_initial_agreement(initials: Dict[str, Dict[str, Any]], reference: str, keys: Sequence[str]) -> Dict[str, Any]:
+    """Compare every step -1 evaluation with ``reference``'s: same ``keys`` of the metrics, same
+    samples? ``initials``: name (run and seed) -> its ``step_-1.json``."""
     ref = initials[reference]
     ref_samples = {r["index"]: r.get("samples") for r in ref["records"]}
     mismatches = []
     for name, ev in initials.items():
         if name == reference:
             continue
-        for key in [f"eval/pass@{k}" for k in KS] + ["eval/pass@1_greedy"]:
+        for key in keys:
             a, b = ref["metrics"].get(key), ev["metrics"].get(key)
             if a != b:
-                mismatches.append({"run": name, "what": key, reference: a, "value": b})
-        same = {r["index"]: r.get("samples") for r in ev["records"]} == ref_samples
-        if not same:
-            mismatches.append({"run": name, "what": "samples", reference: "reference", "value": "differ"})
+                mismatches.append({"run": name, "what": key, "reference": a, "value": b})
+        if {r["index"]: r.get("samples") for r in ev["records"]} != ref_samples:
+            mismatches.append({"run": name, "what": "samples", "reference": "reference", "value": "differ"})
     return {"reference": reference, "runs": sorted(initials), "agree": not mismatches, "mismatches": mismatches}
 
 
-# ----------------------------------------------------------------------------- claims
-@dataclass
-class Verdict:
-    claim: str
-    held: Optional[bool]  # None: not tested (a run it needs is missing)
-    detail: str
-    numbers: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def status(self) -> str:
-        return "not tested" if self.held is None else ("held" if self.held else "did not hold")
-
-
-def _not_tested(claim: str, missing: Sequence[str]) -> Verdict:
-    return Verdict(claim, None, f"not tested: run(s) {', '.join(missing)} not in this replication")
+# ----------------------------------------------------------------------------- running
+def train_command(task: Task, run: RunSpec, seed: int, run_dir: str, args: argparse.Namespace) -> List[str]:
+    """The run's command line: its seed and the fixed evaluation seed, the task overrides, then (``--smoke``) the task's smoke sizes, the run's
+    own overrides, the CLI's steps / evaluation sizes and finally ``--set`` (later keys win)."""
+    cli = [f"trainer.max_steps={args.steps}"] if args.steps else []
+    cli += [f"trainer.eval_every={args.eval_every}"] if args.eval_every else []
+    cli += [f"trainer.eval_max_prompts={args.eval_prompts}"] if args.eval_prompts else []
+    return [sys.executable, "-m", "launch.train", "--config", run.config, f"trainer.output_dir={run_dir}",
+            "trainer.eval_before_train=true", f"trainer.seed={seed}", f"trainer.eval_seed={args.eval_seed}",
+            *task.overrides,
+            *(task.smoke_overrides if args.smoke else ()), *run.overrides, *cli, *args.set]
 
 
-def final(curve: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    return max(curve, key=lambda p: p["updates"])
-
-
-def first_reaching(curve: Sequence[Dict[str, Any]], metric: str, target: float) -> Optional[int]:
-    """Smallest ``updates`` at which ``curve``'s ``metric`` >= ``target`` (None: never)."""
-    hits = [p["updates"] for p in curve if p.get(metric) is not None and p[metric] >= target]
-    return min(hits) if hits else None
-
-
-CLAIM1 = "GRPO raises pass@1 over the initial policy"
-CLAIM2 = "DPH-RL keeps pass@k at or above the initial policy's while GRPO's falls"
-CLAIM3 = "KDRL reaches GRPO's final pass@1 in fewer steps than GRPO"
-CLAIM4 = "Nash-MP's win rate against the initial policy rises"
-
-
-def claim_grpo_raises_pass1(initial: Dict[str, Any], grpo: Optional[Sequence[Dict[str, Any]]]) -> Verdict:
-    if grpo is None:
-        return _not_tested(CLAIM1, ["grpo"])
-    a, f = initial["pass@1"], final(grpo)
-    b = f["pass@1"]
-    return Verdict(CLAIM1, b > a, f"GRPO pass@1 {b:.4f} after {f['updates']} steps vs initial {a:.4f} ({b - a:+.4f})",
-                   {"initial_pass@1": a, "grpo_final_pass@1": b, "updates": f["updates"]})
-
-
-def claim_dph_keeps_pass_at_k(initial: Dict[str, Any], grpo: Optional[Sequence[Dict[str, Any]]],
-                              dph: Dict[str, Optional[Sequence[Dict[str, Any]]]], ks: Sequence[int] = (8, 16)) -> Verdict:
-    """Held iff, for every k in ``ks``, GRPO's final pass@k < the initial's and every DPH-RL
-    variant's final pass@k >= the initial's. ``dph``: variant name -> curve (None: not run)."""
-    missing = (["grpo"] if grpo is None else []) + [n for n, c in dph.items() if c is None]
-    if missing:
-        return _not_tested(CLAIM2, missing)
-    parts, numbers, held = [], {}, True
-    for k in ks:
-        key = f"pass@{k}"
-        a = initial[key]
-        g = final(grpo)[key]
-        falls = g < a
-        held &= falls
-        numbers[f"initial_{key}"] = a
-        numbers[f"grpo_final_{key}"] = g
-        bits = [f"GRPO {g:.4f} ({'falls' if falls else 'does not fall'})"]
-        for name, curve in dph.items():
-            v = final(curve)[key]
-            keeps = v >= a
-            held &= keeps
-            numbers[f"{name}_final_{key}"] = v
-            bits.append(f"{name} {v:.4f} ({'keeps' if keeps else 'falls'})")
-        parts.append(f"{key}: initial {a:.4f}; " + ", ".join(bits))
-    return Verdict(CLAIM2, bool(held), "; ".join(parts), numbers)
-
-
-def claim_kdrl_faster(grpo: Optional[Sequence[Dict[str, Any]]], kdrl: Optional[Sequence[Dict[str, Any]]]) -> Verdict:
-    missing = [n for n, c in (("grpo", grpo), ("kdrl", kdrl)) if c is None]
-    if missing:
-        return _not_tested(CLAIM3, missing)
-    target = final(grpo)["pass@1"]
-    g, k = first_reaching(grpo, "pass@1", target), first_reaching(kdrl, "pass@1", target)
-    held = k is not None and g is not None and k < g
-    kd = "never within the run" if k is None else f"after {k} steps"
-    note = " (GRPO's final pass@1 is not above the initial policy's, which already reaches it)" if g == 0 else ""
-    return Verdict(CLAIM3, held, f"target = GRPO's final pass@1 {target:.4f}; KDRL reaches it {kd}, GRPO after {g} steps"
-                   f"{note} (KDRL final pass@1 {final(kdrl)['pass@1']:.4f})",
-                   {"target_pass@1": target, "kdrl_steps": k, "grpo_steps": g, "kdrl_final_pass@1": final(kdrl)["pass@1"]})
-
-
-def claim_nash_win_rate_rises(nash: Optional[Sequence[Dict[str, Any]]]) -> Verdict:
-    if nash is None:
-        return _not_tested(CLAIM4, ["nash_mp"])
-    first, last = min(nash, key=lambda p: p["updates"]), final(nash)
-    a, b = first["win_rate"], last["win_rate"]
-    return Verdict(CLAIM4, b > a, f"win rate vs initial {b:.4f} after {last['updates']} steps vs {a:.4f} at "
-                   f"{first['updates']} steps ({b - a:+.4f})",
-                   {"win_rate_start": a, "win_rate_final": b, "updates": last["updates"]})
-
-
-def evaluate_claims(initial: Dict[str, Any], curves: Dict[str, List[Dict[str, Any]]]) -> List[Verdict]:
-    return [
-        claim_grpo_raises_pass1(initial, curves.get("grpo")),
-        claim_dph_keeps_pass_at_k(initial, curves.get("grpo"), {n: curves.get(n) for n in DPH_RUNS}),
-        claim_kdrl_faster(curves.get("grpo"), curves.get("kdrl")),
-        claim_nash_win_rate_rises(curves.get("nash_mp")),
-    ]
-
-
-# ----------------------------------------------------------------------------- environment facts
-def git_info() -> Dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-
+def log_tail(path: str, lines: int = 60) -> str:
     try:
-        commit = git("rev-parse", "HEAD").strip()
-        dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line.strip()]
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": []}
-    return {"commit": commit, "dirty": dirty}
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def finished_record(run_dir: str, cmd: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """The marker of a finished run in ``run_dir`` made by ``cmd`` (without the interpreter) whose
+    evaluation files all exist, else None."""
+    marker = os.path.join(run_dir, "replicate_run.json")
+    if not os.path.isfile(marker):
+        return None
+    with open(marker) as f:
+        done = json.load(f)
+    if done.get("command") != list(cmd):
+        print(f"[replicate] {run_dir} was run with another command: running again", flush=True)
+        return None
+    files = done.get("eval_files")
+    if not files or not all(os.path.isfile(os.path.join(run_dir, "eval", n)) for n in files):
+        return None
+    return done
+
+
+def delete_checkpoints(run_dir: str) -> None:
+    """The run's ``checkpoints/`` and ``*.pt`` files (DeepSpeed state, DPH-RL store): the
+    evaluations are all the analysis needs."""
+    shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
+    for name in os.listdir(run_dir):
+        if name.endswith(".pt"):
+            os.remove(os.path.join(run_dir, name))
+
+
+def execute(task_name: str, task: Task, run: RunSpec, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
+    """Run one (task, run, seed) training job, or reuse its finished directory; returns its record
+    (``command``, ``wall_seconds``, ``run_dir``, ``eval_files``, ``reused``)."""
+    run_dir = os.path.join(args.out, task_name, run.name, f"seed{seed}")
+    cmd = train_command(task, run, seed, run_dir, args)
+    tag = f"[replicate] {task_name}/{run.name}/seed{seed}"
+    done = None if args.fresh else finished_record(run_dir, cmd[1:])
+    if done is not None:
+        print(f"{tag}: reusing the finished run in {run_dir}", flush=True)
+        return {**done, "reused": True}
+    if os.path.exists(run_dir):
+        shutil.rmtree(run_dir)  # metrics.jsonl appends: a stale run would mix into this one
+    os.makedirs(run_dir)
+    log = os.path.join(run_dir, "train.log")
+    print(f"{tag}: {shlex.join(cmd[1:])}", flush=True)
+    t0 = time.time()
+    with open(log, "w") as f:
+        f.write("$ " + shlex.join(cmd) + "\n")
+        f.flush()
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+    seconds = time.time() - t0
+    if rc != 0:
+        raise RuntimeError(f"{tag} failed (exit {rc}) after {seconds:.0f} s; log {log}; its tail:\n{log_tail(log)}")
+    if not os.path.isfile(os.path.join(run_dir, "eval", "step_-1.json")):
+        raise RuntimeError(f"{tag} wrote no eval/step_-1.json (initial policy); log {log}:\n{log_tail(log)}")
+    if not args.keep_checkpoints:
+        delete_checkpoints(run_dir)
+    record = {"task": task_name, "run": run.name, "seed": seed, "command": cmd[1:], "wall_seconds": seconds,
+              "run_dir": run_dir, "eval_files": sorted(os.listdir(os.path.join(run_dir, "eval")))}
+    with open(os.path.join(run_dir, "replicate_run.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"{tag}: done in {seconds:.0f} s", flush=True)
+    return {**record, "reused": False}
+
+
+# ----------------------------------------------------------------------------- facts for the report
+def read_run_config(run_dir: str) -> Dict[str, Any]:
+    import yaml
+
+    with open(os.path.join(run_dir, "config.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+def last_metrics_row(run_dir: str) -> Dict[str, Any]:
+    from launch.metrics import read_metrics
+
+    rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    return rows[-1] if rows else {}
 
 
 def model_facts(path: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -315,106 +692,117 @@ def careless_text(facts: Dict[str, Any]) -> str:
             "answers are the sum without carries")
 
 
-def read_run_config(run_dir: str) -> Dict[str, Any]:
-    import yaml
-
-    with open(os.path.join(run_dir, "config.yaml")) as f:
-        return yaml.safe_load(f)
-
-
-def judge_spec(configs: Dict[str, Dict[str, Any]], overrides: Sequence[str]) -> str:
-    """The preference judge (``module:function``): the Nash-MP run's ``algorithm.nash_mp.judge``,
-    else configs/nash_mp.yaml's (with the user's --set overrides)."""
-    cfg = configs.get("nash_mp")
-    spec = cfg["algorithm"]["nash_mp"].get("judge") if cfg else None
-    if not spec:
-        from rlplat.config import load_config
-
-        spec = load_config(os.path.join(ROOT, "configs/nash_mp.yaml"), list(overrides), validate=False).algorithm.nash_mp.judge
-    if not spec:
-        raise RuntimeError("configs/nash_mp.yaml has no algorithm.nash_mp.judge: the win rate needs a rule-based judge")
-    return spec
+def coef_text(coef: Dict[str, Any]) -> str:
+    if coef.get("kind") == "linear":
+        return f"max({coef['start']} - {coef['slope']} * step, {coef['floor']})"
+    return str(coef.get("value"))
 
 
-# ----------------------------------------------------------------------------- running
-def select_runs(only: Optional[str]) -> List[RunSpec]:
-    if not only:
-        return list(RUNS)
-    wanted = set()
-    for name in (n.strip() for n in only.split(",") if n.strip()):
-        if name in ALIASES:
-            wanted.update(ALIASES[name])
-        elif name in RUN_NAMES:
-            wanted.add(name)
-        else:
-            raise SystemExit(f"--only: unknown run '{name}'; choose from {', '.join(RUN_NAMES + tuple(ALIASES))}")
-    return [r for r in RUNS if r.name in wanted]
+SETTINGS = ("max_steps", "eval_every", "eval_max_prompts", "eval_n", "eval_ks")
 
 
-def train_command(run: RunSpec, run_dir: str, args: argparse.Namespace) -> List[str]:
-    common = [
-        f"trainer.output_dir={run_dir}", f"trainer.max_steps={args.steps}", f"trainer.eval_every={args.eval_every}",
-        "trainer.eval_before_train=true", f"trainer.eval_n={args.eval_n}", f"trainer.eval_ks=[{','.join(map(str, KS))}]",
-        f"trainer.eval_max_prompts={args.eval_prompts}", f"trainer.seed={args.seed}",
-    ]
-    sizes = list(SMOKE_SIZES) if args.smoke else []
-    return [sys.executable, "-m", "launch.train", "--config", run.config, *common, *sizes, *run.overrides, *args.set]
+def run_settings(configs: Dict[str, Dict[int, Dict[str, Any]]]) -> Tuple[Dict[str, Any], List[str]]:
+    """The evaluation settings and initial policy of the task's runs (the first run's) and a note per
+    run whose settings differ from them."""
+    first = next(iter(next(iter(configs.values())).values()))
+    settings = {k: first["trainer"][k] for k in SETTINGS}
+    settings["model"] = first["model"]["path"]
+    notes = []
+    for run, per_seed in configs.items():
+        for seed, cfg in per_seed.items():
+            mine = {**{k: cfg["trainer"][k] for k in SETTINGS}, "model": cfg["model"]["path"]}
+            diff = {k: v for k, v in mine.items() if v != settings[k]}
+            if diff:
+                notes.append(f"**{run} seed {seed} differs from the other runs**: {diff} (vs {settings})")
+    return settings, notes
 
 
-def log_tail(path: str, lines: int = 60) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return "(no log)"
+def run_notes(task: Task, curves: Curves, records: Dict[str, Dict[int, Dict[str, Any]]],
+              configs: Dict[str, Dict[int, Dict[str, Any]]]) -> List[str]:
+    """Facts a reader needs to trust the comparison: DPH-RL's rehearsal split per seed, and when the
+    win rate is only a rescaled pass@1."""
+    labels, notes = task.labels(), []
+    for run, per_seed in records.items():
+        rows = {s: last_metrics_row(rec["run_dir"]) for s, rec in per_seed.items()}
+        if not any("dph/rehearsal_prompts" in r for r in rows.values()):
+            continue
+        cfg = next(iter(configs[run].values()))
+        div = cfg["algorithm"]["divergences"][0]
+        counts = ", ".join(f"seed {s}: {fmt(r.get('dph/rehearsal_prompts'), 0)}" for s, r in rows.items())
+        empty = not all(r.get("dph/rehearsal_prompts") for r in rows.values())
+        notes.append(f"{labels[run]}: divergence `{div['divergence']}`, coef {coef_text(div['coef'])}; pi_0 split with "
+                     f"k = {cfg['algorithm']['dph_rl']['samples_per_prompt']}: rehearsal prompts {counts}"
+                     + (" — **a seed without rehearsal data is plain RL without any divergence**" if empty else ""))
+    if {"win_rate", "eval/pass@1"} <= set(task.metrics) and all(
+            p["win_rate"] is not None and p["eval/pass@1"] is not None
+            and abs(p["win_rate"] - (0.5 + (p["eval/pass@1"] - c[0]["eval/pass@1"]) / 2)) < 1e-9
+            for per in curves.values() for c in per.values() for p in c):
+        notes.append("With this judge every win rate vs initial equals 0.5 + (pass@1 - initial pass@1) / 2 (a correct "
+                     "answer beats a wrong one, ties are 1/2): a win-rate claim is the same test as pass@1 rising.")
+    return notes
 
 
-def execute(run: RunSpec, args: argparse.Namespace) -> Dict[str, Any]:
-    """Run one training job (or reuse a finished one with --reuse); returns its record."""
-    run_dir = os.path.join(args.out, run.name)
-    marker = os.path.join(run_dir, "replicate_run.json")
-    cmd = train_command(run, run_dir, args)
-    if args.reuse and os.path.isfile(marker):
-        with open(marker) as f:
-            done = json.load(f)
-        if done.get("command") == cmd[1:]:
-            print(f"[replicate] {run.name}: reusing the finished run in {run_dir}", flush=True)
-            return done
-        print(f"[replicate] {run.name}: {run_dir} was run with another command; running again", flush=True)
-    if os.path.exists(run_dir):
-        shutil.rmtree(run_dir)  # metrics.jsonl appends: a stale run would mix into this one
-    os.makedirs(run_dir)
-    log = os.path.join(run_dir, "train.log")
-    print(f"[replicate] {run.name}: {shlex.join(cmd[1:])}", flush=True)
-    t0 = time.time()
-    with open(log, "w") as f:
-        f.write("$ " + shlex.join(cmd) + "\n")
-        f.flush()
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
-    seconds = time.time() - t0
-    if rc != 0:
-        raise RuntimeError(f"run '{run.name}' failed (exit {rc}) after {seconds:.0f} s; log {log}; its tail:\n"
-                           f"{log_tail(log)}")
-    if not os.path.isfile(os.path.join(run_dir, "eval", "step_-1.json")):
-        raise RuntimeError(f"run '{run.name}' finished but wrote no eval/step_-1.json (initial policy); log {log}:\n"
-                           f"{log_tail(log)}")
-    if not args.keep_checkpoints:
-        shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
-        for name in os.listdir(run_dir):
-            if name.endswith(".pt"):
-                os.remove(os.path.join(run_dir, name))
-    record = {"name": run.name, "command": cmd[1:], "wall_seconds": seconds, "run_dir": run_dir}
-    with open(marker, "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"[replicate] {run.name}: done in {seconds:.0f} s", flush=True)
-    return record
+# ----------------------------------------------------------------------------- analysis
+def claim_file(i: int, claim: Claim) -> str:
+    """``claim<i>_<runs>_<metric>.png`` (i from 1)."""
+    metric = claim.metric[len("eval/"):] if claim.metric.startswith("eval/") else claim.metric
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", "_".join(claim.runs() + (claim.kind, metric))).strip("_")
+    return f"claim{i}_{slug}.png"
 
 
-def last_metrics_row(run_dir: str) -> Dict[str, Any]:
-    from launch.metrics import read_metrics
+def evaluate_claims(task_name: str, task: Task, curves: Curves) -> List[Dict[str, Any]]:
+    """Every claim of the task on its curves: the claims.json entries (plus metric, kind, detail,
+    per-seed values, plot file and line)."""
+    labels = task.labels()
+    out = []
+    for i, claim in enumerate(task.claims, 1):
+        o = claim.evaluate(curves, labels)
+        out.append({"task": task_name, "claim": claim.describe(labels),
+                    "algorithms": [labels[r] for r in claim.runs()] or ["initial policy"],
+                    "difference": o.difference, "standard_error": o.standard_error, "seeds": o.seeds,
+                    "verdict": o.verdict, "kind": claim.kind, "metric": claim.metric, "detail": o.detail,
+                    "values": o.values, "line": o.line, "plot_runs": list(claim.plot_runs(list(curves))),
+                    "plot": claim_file(i, claim)})
+    return out
 
-    rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-    return rows[-1] if rows else {}
+
+def analyze_task(task_name: str, task: Task, records: Dict[str, Dict[int, Dict[str, Any]]], args: argparse.Namespace,
+                 command: str) -> Dict[str, Any]:
+    """Everything results.md / results.json / the plots show, from the runs' directories.
+    ``records``: run name -> seed -> ``execute``'s record."""
+    evals = {run: {s: load_evals(rec["run_dir"]) for s, rec in per.items()} for run, per in records.items()}
+    curves = {run: {s: curve_from_evals(ev, task.metrics) for s, ev in per.items()} for run, per in evals.items()}
+    configs = {run: {s: read_run_config(rec["run_dir"]) for s, rec in per.items()} for run, per in records.items()}
+    reference = next(iter(records))
+    specs = {r.name: r for r in task.runs}
+    plain = [m for m in task.metrics if m not in DERIVED_METRICS]
+    first = f"{reference} seed {min(evals[reference])}"
+    agreement = check_initial_agreement({f"{r} seed {s}": evals[r][s][0] for r in evals for s in sorted(evals[r])},
+                                        first, plain)
+    initial = {m: curve_stats({s: c[:1] for s, c in curves[reference].items()}, m)[0] for m in task.metrics}
+    settings, notes = run_settings(configs)
+    model = {"policy": model_facts(settings["model"])}
+    teachers = {c["roles"]["teacher"]["path"] for per in configs.values() for c in per.values()} - {None}
+    if teachers:
+        model["teacher"] = model_facts(sorted(teachers)[0])
+    return {
+        "task": task_name, "label": task.label, "description": task.description, "command": command,
+        "smoke": args.smoke, "seeds": sorted({s for per in records.values() for s in per}),
+        "labels": {r: task.labels()[r] for r in records}, "metrics": list(task.metrics),
+        "metric_labels": {m: metric_label(m) for m in task.metrics},
+        "derived_metrics": {m: {"label": DERIVED_METRICS[m].label, "note": DERIVED_METRICS[m].note}
+                            for m in task.metrics if m in DERIVED_METRICS},
+        "judge": nash_judge()[0] if "win_rate" in task.metrics else None,
+        "settings": settings, "initial": initial, "initial_reference": reference, "initial_agreement": agreement,
+        "curves": {run: {m: curve_stats(per, m) for m in task.metrics} for run, per in curves.items()},
+        "runs": {run: {"config": specs[run].config,
+                       "seeds": {s: {k: rec[k] for k in ("command", "wall_seconds", "run_dir", "reused")}
+                                 for s, rec in per.items()}} for run, per in records.items()},
+        "claims": evaluate_claims(task_name, task, curves),
+        "notes": notes + run_notes(task, curves, records, configs),
+        "git": {"commit": git_commit(), "dirty": git_dirty()}, "machine": machine_info(), "model": model,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -426,6 +814,19 @@ def fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def ms_text(values: Sequence[float], digits: int = 4) -> str:
+    """``mean ± std`` of per-seed values (just the value for one seed)."""
+    s = mean_std(values)
+    return f"{s['mean']:.{digits}f}" if s["n"] == 1 else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def stat_text(point: Optional[Dict[str, Any]]) -> str:
+    """A ``curve_stats`` point as ``mean ± std`` (``—``: no value)."""
+    if point is None or point["mean"] is None:
+        return "—"
+    return f"{point['mean']:.3f}" + (f" ± {point['std']:.3f}" if point["n"] > 1 else "")
+
+
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Optional[str] = None) -> str:
     align = align or ("l" + "r" * (len(header) - 1))
     sep = ["---:" if a == "r" else ":---" for a in align]
@@ -434,102 +835,123 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Option
     return "\n".join(lines)
 
 
-def plot(curves: Dict[str, List[Dict[str, Any]]], labels: Dict[str, str], initial: Dict[str, Any], path: str,
-         title: str) -> None:
+def signed(x: Optional[float], digits: int = 4) -> str:
+    return "—" if x is None else f"{x:+.{digits}f}"
+
+
+def claims_table(claims: Sequence[Dict[str, Any]], with_task: bool = False) -> str:
+    header = (["task"] if with_task else []) + ["#", "claim", "algorithms", "difference", "standard error", "seeds",
+                                                "verdict"]
+    rows = [([c["task"]] if with_task else []) + [
+        i, c["claim"], ", ".join(c["algorithms"]), signed(c["difference"]),
+        "—" if c["standard_error"] is None else f"{c['standard_error']:.4f}", len(c["seeds"]), f"**{c['verdict']}**"]
+        for i, c in enumerate(claims, 1)]
+    return md_table(header, rows, ("ll" if with_task else "l") + "llrrrl")
+
+
+def plot_claim(path: str, claim: Dict[str, Any], result: Dict[str, Any]) -> None:
+    """The claim's metric over x for the runs it compares: mean over seeds with a ±1 std band; the
+    initial policy marked at x = 0 (mean ± std over seeds) and as a dotted level; a threshold or
+    target as a dashed level."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    panels = [("pass@1", "held-out pass@1"), ("pass@8", "held-out pass@8"), ("pass@16", "held-out pass@16"),
-              ("win_rate", "win rate vs initial policy")]
-    markers = "osD^v<>"
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
-    for ax, (key, name) in zip(axes.flat, panels):
-        values = [initial[key]]
-        for i, (run, curve) in enumerate(curves.items()):
-            pts = [(p["updates"], p[key]) for p in curve if p.get(key) is not None]
-            if pts:  # distinct markers and dashes: runs that coincide stay visible
-                ax.plot(*zip(*pts), marker=markers[i % len(markers)], markersize=4, linewidth=1.5,
+    metric, labels = claim["metric"], result["labels"]
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for i, run in enumerate(r for r in claim["plot_runs"] if r in result["curves"]):
+        pts = [p for p in result["curves"][run][metric] if p["mean"] is not None]
+        if not pts:
+            continue
+        xs, mean, std = [p["x"] for p in pts], [p["mean"] for p in pts], [p["std"] for p in pts]
+        line, = ax.plot(xs, mean, marker="osD^v<>"[i % 7], markersize=4, linewidth=1.5,
                         linestyle="-" if i % 2 == 0 else "--", label=labels[run])
-                values += [v for _, v in pts]
-        ax.axhline(initial[key], color="gray", linestyle=":", linewidth=1, label="initial policy")
-        lo, hi = min(values), max(values)
-        pad = max(0.02, 0.1 * (hi - lo))  # no magnified noise: a flat panel spans at least 0.04
-        ax.set_ylim(max(-0.01, lo - pad), min(1.01, hi + pad) if hi <= 1 else hi + pad)
-        ax.set_title(name)
-        ax.set_xlabel("training steps (updates)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
+        ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=line.get_color(), alpha=0.15, linewidth=0)
+    init = result["initial"][metric]
+    if init["mean"] is not None:
+        ax.errorbar([0], [init["mean"]], yerr=[init["std"]], fmt="k*", markersize=11, capsize=4, zorder=5,
+                    label="initial policy")
+        ax.axhline(init["mean"], color="gray", linestyle=":", linewidth=1)
+    if claim["line"]:
+        ax.axhline(claim["line"][0], color="tab:red", linestyle="--", linewidth=1, label=claim["line"][1])
+    n = len(claim["seeds"])
+    ax.set_title(f"{claim['claim']}\n{claim['verdict']} (difference {signed(claim['difference'])}, "
+                 f"{n} seed{'s' if n != 1 else ''}; bands: ±1 std)", fontsize=9)
+    ax.set_xlabel("training steps (updates)")
+    ax.set_ylabel(result["metric_labels"][metric])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lo, hi = ax.get_ylim()
+    if hi - lo < 0.04:  # no magnified noise: a flat plot spans at least 0.04
+        ax.set_ylim((lo + hi) / 2 - 0.02, (lo + hi) / 2 + 0.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_markdown(path: str, result: Dict[str, Any]) -> None:
-    runs, labels, initial = result["runs"], result["labels"], result["initial"]
-    lines = ["# Replication of the papers' claims (small scale)", ""]
-    a = result["args"]
-    lines += [f"Built-in tiny policy (`{result['model'].get('policy', {}).get('path', '?')}`), {a['steps']} training steps "
-              f"per algorithm, held-out evaluation every {a['eval_every']} steps on {a['eval_prompts']} prompts with "
-              f"n = {a['eval_n']} samples each (fixed sampling seed), trainer seed {a['seed']}"
-              + (" — **smoke run: sizes far too small for the numbers to mean anything**" if a["smoke"] else "") + ".",
-              "x = training steps done (updates; a Nash-MP step is one Mirror-Prox iteration: half + full step); "
-              "the initial policy is x = 0 (the runs' step -1 evaluation). Win rate vs initial: sample j of the "
-              f"policy vs sample j of the initial policy on the same prompt, judged by `{result['judge']}`.", "",
-              "![replication curves](replication.png)", "", "## Final evaluation", ""]
-    header = ["policy", "pass@1", "pass@8", "pass@16", "greedy pass@1", "win rate vs initial", "steps", "wall s"]
-    rows = [["initial policy", initial["pass@1"], initial["pass@8"], initial["pass@16"], initial["pass@1_greedy"],
-             initial["win_rate"], 0, None]]
-    for name, run in runs.items():
-        f = final(run["curve"])
-        rows.append([labels[name], f["pass@1"], f["pass@8"], f["pass@16"], f["pass@1_greedy"], f["win_rate"],
-                     f["updates"], round(run["wall_seconds"])])
-    lines += [md_table(header, rows), ""]
+def setup_text(result: Dict[str, Any]) -> str:
+    s = result["settings"]
+    return (f"Runs: {', '.join(result['labels'].values())}, all from the initial policy `{s['model']}`, "
+            f"{s['max_steps']} training steps each, seeds {', '.join(map(str, result['seeds']))} (`trainer.seed`). "
+            f"Held-out evaluation before training and every {s['eval_every']} steps on {s['eval_max_prompts']} "
+            f"prompts with n = {s['eval_n']} samples each (unbiased pass@k, k in {s['eval_ks']}). "
+            "x = training steps done (updates; a Nash-MP step is one Mirror-Prox iteration); the initial policy is "
+            f"x = 0. Evaluation sampling: {EVAL_SEED_NOTE}.")
+
+
+def initial_section(result: Dict[str, Any]) -> List[str]:
+    """The initial policy's numbers (the preconditions) and whether the runs agree on them."""
+    seeds, ref = result["seeds"], result["initial_reference"]
+    rows = [[result["metric_labels"][m], stat_text(p)] + [fmt(p["values"].get(s), 4) for s in seeds]
+            for m, p in result["initial"].items()]
+    lines = [f"From {result['labels'][ref]}'s step -1 evaluations (mean ± std over seeds, then each seed); "
+             "the preconditions:", "",
+             md_table(["metric", "mean ± std"] + [f"seed {s}" for s in seeds], rows), ""]
     agree = result["initial_agreement"]
     if agree["agree"]:
-        lines.append(f"The initial-policy row is {labels[agree['reference']]}'s step -1 evaluation; all "
-                     f"{len(agree['runs'])} runs' step -1 evaluations agree (same metrics, same samples).")
+        lines.append(f"All {len(agree['runs'])} step -1 evaluations (every run, every seed) agree: same metrics, "
+                     "same samples.")
     else:
-        lines.append(f"The initial-policy row is {labels[agree['reference']]}'s step -1 evaluation. **The runs' "
-                     f"step -1 evaluations do not all agree:**")
-        lines += [f"- {m['run']}: {m['what']} {fmt(m['value'], 4)} (reference {fmt(m[agree['reference']], 4)})"
-                  for m in agree["mismatches"]]
-    notes = [f"- {n}" for n in result["notes"]]
-    if notes:
-        lines += ["", *notes]
-    lines += ["", "## Curves", ""]
-    xs = sorted({p["updates"] for run in runs.values() for p in run["curve"]})
-    for key in METRICS:
-        lines += [f"**{LABELS[key]}**", ""]
-        header = ["steps"] + [labels[n] for n in runs]
-        table = []
-        for x in xs:
-            row: List[Any] = [x]
-            for run in runs.values():
-                p = next((p for p in run["curve"] if p["updates"] == x), None)
-                row.append(None if p is None else p[key])
-            table.append(row)
-        lines += [md_table(header, table), ""]
-    lines += ["## Claims", "", "Verdicts are computed from the measurements above (`benchmarks/replicate.py`, "
-              "`claim_*` functions).", ""]
-    for i, v in enumerate(result["claims"], 1):
-        lines.append(f"{i}. {v['claim']}: **{v['status']}**. {v['detail']}.")
-    lines += ["", "## How this was produced", "", "```bash", result["command"], "```", "",
-              "Training runs (in this order, one at a time):", ""]
-    for name, run in runs.items():
-        lines += [f"- {labels[name]} ({round(run['wall_seconds'])} s): `{shlex.join(['python'] + run['command'])}`"]
-    g = result["git"]
+        lines.append(f"**The step -1 evaluations do not all agree** (reference: {agree['reference']}): " + "; ".join(
+            f"{m['run']} {m['what']} {fmt(m['value'], 4)} (reference {fmt(m['reference'], 4)})"
+            for m in agree["mismatches"]))
+    return lines
+
+
+def curves_section(result: Dict[str, Any]) -> List[str]:
+    lines = []
+    for m in result["metrics"]:
+        xs = sorted({p["x"] for per in result["curves"].values() for p in per[m]})
+        rows = [[x] + [stat_text(next((p for p in per[m] if p["x"] == x), None)) for per in result["curves"].values()]
+                for x in xs]
+        lines += [f"**{result['metric_labels'][m]}** (mean ± std over seeds)", "",
+                  md_table(["steps"] + list(result["labels"].values()), rows), ""]
+    return lines
+
+
+def provenance_section(result: Dict[str, Any]) -> List[str]:
+    lines = ["```bash", result["command"], "```", "", "Training runs (one at a time; wall seconds per seed, "
+             "\"reused\": a finished run from an earlier invocation):", ""]
+    seeds = result["seeds"]
+    def wall(rec: Optional[Dict[str, Any]]) -> str:
+        return "—" if rec is None else f"{rec['wall_seconds']:.0f}" + (" (reused)" if rec["reused"] else "")
+
+    rows = [[result["labels"][run], f"`{info['config']}`"] + [wall(info["seeds"].get(s)) for s in seeds]
+            for run, info in result["runs"].items()]
+    lines += [md_table(["run", "config"] + [f"seed {s}" for s in seeds], rows, "ll" + "r" * len(seeds)), "",
+              f"Each run's command (seed {seeds[0]} shown; the others differ in `trainer.seed` and "
+              "`trainer.output_dir`):", ""]
+    for run, info in result["runs"].items():
+        rec = info["seeds"].get(seeds[0])
+        if rec:
+            lines.append(f"- {result['labels'][run]}: `{shlex.join(['python'] + rec['command'])}`")
+    g, m = result["git"], result["machine"]
     dirty = f" with uncommitted changes to {', '.join(f'`{p}`' for p in g['dirty'])}" if g["dirty"] else ""
-    m = result["machine"]
-    v = m["versions"]
-    lines += ["", f"- git commit: `{g['commit']}`{dirty}",
-              f"- machine: {m['cpu']}, {m['logical_cores']} cores ({m['usable_cores']} usable), {m['ram_gib']} GiB RAM; "
-              f"Python {m['python']}, {m['platform']}",
-              "- versions: " + ", ".join(f"{k} {v[k] or 'not installed'}" for k in v)]
+    lines += ["", f"- git commit: `{g['commit']}`{dirty}", f"- machine: {machine_text(m)}; {m['platform']}"]
     for role, facts in result["model"].items():
         if facts and facts.get("num_parameters") is not None:
             lines.append(f"- {role} model `{facts['path']}`: {facts['num_parameters']:,} parameters "
@@ -539,137 +961,172 @@ def write_markdown(path: str, result: Dict[str, Any]) -> None:
         elif facts:
             lines.append(f"- {role} model `{facts['path']}` (no rlplat_build.json)")
     lines += [f"- finished {result['finished']}", ""]
+    return lines
+
+
+def write_task_markdown(path: str, result: Dict[str, Any]) -> None:
+    lines = [f"# {result['label']} (task `{result['task']}`)", "", result["description"], ""]
+    if result["smoke"]:
+        lines += ["**Smoke run: sizes far too small for the numbers to mean anything.**", ""]
+    lines += [setup_text(result), ""]
+    for m, d in result["derived_metrics"].items():
+        judge = f" (`{result['judge']}`)" if m == "win_rate" and result["judge"] else ""
+        lines.append(f"- {d['label']}: {d['note']}{judge}.")
+    lines += ["", "## Initial policy", "", *initial_section(result), "", "## Claims", "",
+              "Difference: in the claim's direction (positive = as claimed). Standard error: sample std / sqrt(seeds) "
+              "per side, in quadrature. Verdict: holds beyond +2 standard errors, does not hold below -2, else "
+              "inconclusive at this noise (one seed: no standard error).", ""]
+    if any(c["kind"] == "precondition" for c in result["claims"]):
+        lines += ["Preconditions are measured on the initial policy alone: their only noise is the evaluation's "
+                  "sampling, whose seeds follow `trainer.seed` (above); with a fixed evaluation seed they would have "
+                  "none.", ""]
+    lines += [claims_table(result["claims"]), ""]
+    for i, c in enumerate(result["claims"], 1):
+        lines += [f"{i}. {c['claim']}: **{c['verdict']}**. {c['detail']}.", "", f"   ![claim {i}]({c['plot']})", ""]
+    lines += ["## Curves", "", *curves_section(result)]
+    if result["notes"]:
+        lines += ["## Notes", "", *[f"- {n}" for n in result["notes"]], ""]
+    lines += ["## How this was produced", "", *provenance_section(result)]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
 
+def write_task_outputs(task_dir: str, result: Dict[str, Any]) -> None:
+    """results.json, results.md and one PNG per claim in ``task_dir``."""
+    with open(os.path.join(task_dir, "results.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    for c in result["claims"]:
+        plot_claim(os.path.join(task_dir, c["plot"]), c, result)
+    write_task_markdown(os.path.join(task_dir, "results.md"), result)
+
+
+CLAIM_FIELDS = ("task", "claim", "algorithms", "difference", "standard_error", "seeds", "verdict")
+
+
+def write_summary(out: str) -> List[Dict[str, Any]]:
+    """``<out>/claims.json`` and ``<out>/README.md`` over every task of ``TASKS`` with a
+    ``results.json`` in ``out`` (also those of earlier invocations); returns the claims."""
+    claims, tasks = [], []
+    for name in TASKS:
+        path = os.path.join(out, name, "results.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                result = json.load(f)
+            tasks.append(result)
+            claims += [{**{k: c[k] for k in CLAIM_FIELDS}, "metric": c["metric"], "kind": c["kind"],
+                        "detail": c["detail"], "plot": f"{name}/{c['plot']}"} for c in result["claims"]]
+    with open(os.path.join(out, "claims.json"), "w") as f:
+        json.dump(claims, f, indent=2)
+    lines = ["# Claims tested at small scale", "",
+             "Generated by `benchmarks/replicate.py`. Difference: in the claim's direction (positive = as claimed); "
+             "verdict: holds / does not hold beyond twice the standard error, else inconclusive.", "",
+             claims_table(claims, with_task=True), "", "## Tasks", ""]
+    for r in tasks:
+        lines.append(f"- [{r['task']}]({r['task']}/results.md): {r['label']}; seeds {r['seeds']}"
+                     + (" (smoke)" if r["smoke"] else "") + f"; commit `{r['git']['commit']}`; `{r['command']}`")
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return claims
+
+
 # ----------------------------------------------------------------------------- main
+def selects(word: str, run_name: str) -> bool:
+    """``--only`` word ``word`` names run ``run_name``: equal, or a prefix up to ``_`` (``dph_rl``)."""
+    return run_name == word or run_name.startswith(word + "_")
+
+
+def select_runs(task: Task, only: Optional[str]) -> List[RunSpec]:
+    """The task's runs named in ``only`` (comma-separated ``selects`` words); all with ``only`` None."""
+    if not only:
+        return list(task.runs)
+    wanted = [n.strip() for n in only.split(",") if n.strip()]
+    return [r for r in task.runs if any(selects(w, r.name) for w in wanted)]
+
+
+def parse_seeds(text: str) -> List[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds {text!r}: expected comma-separated integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds {text!r}: expected distinct integers")
+    return seeds
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: configs/grpo.yaml's "
-                   "trainer.max_steps; --smoke: 2)")
-    p.add_argument("--eval-every", type=int, default=None, help="evaluate every E steps (default: steps // 10, >= 1)")
-    p.add_argument("--eval-prompts", type=int, default=None,
-                   help="held-out prompts per evaluation (default: configs/grpo.yaml's trainer.eval_max_prompts)")
-    p.add_argument("--eval-n", type=int, default=16, help=f"samples per held-out prompt (>= {max(KS)})")
-    p.add_argument("--seed", type=int, default=0, help="trainer.seed of every run")
-    p.add_argument("--out", default=None, help="output directory (default: docs/replication; --smoke: a temp dir)")
-    p.add_argument("--smoke", action="store_true", help="2 steps, eval every step on 8 prompts, tiny batch sizes")
-    p.add_argument("--only", default=None, help=f"comma-separated runs: {', '.join(RUN_NAMES)} (dph_rl = both DPH-RL)")
+    p.add_argument("--tasks", default=None, help=f"comma-separated tasks (default all: {', '.join(TASKS)})")
+    p.add_argument("--only", default=None, help="comma-separated run names within the tasks (dph_rl = both DPH-RL)")
+    p.add_argument("--seeds", default=None, help="trainer.seed values (default 0,1,2; --smoke: 0)")
+    p.add_argument("--steps", type=int, default=None, help="trainer.max_steps of every run (default: the task's)")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate every E steps (default: the task's)")
+    p.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts per evaluation (default: the task's)")
+    p.add_argument("--out", default=None, help="output root (default: docs/replication; --smoke: a temp dir)")
+    p.add_argument("--smoke", action="store_true", help="one seed, 2 steps, eval every step on 8 prompts, tiny sizes")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="extra config override for every run (repeatable)")
-    p.add_argument("--reuse", action="store_true", help="keep runs in --out finished by the same command")
+                   help="extra config override for every run (repeatable; applied last)")
+    p.add_argument("--eval-seed", type=int, default=0, help="trainer.eval_seed of every run: the evaluations' "
+                   "sampling, the same whatever trainer.seed (default 0)")
+    p.add_argument("--fresh", action="store_true", help="run again even where a finished run of the same command exists")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints/ and *.pt files")
     args = p.parse_args(argv)
     for item in args.set:
         if "=" not in item:
             p.error(f"--set {item!r}: expected key=value")
+    args.tasks = [t.strip() for t in (args.tasks or ",".join(TASKS)).split(",") if t.strip()]
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        p.error(f"--tasks: unknown {unknown}; choose from {list(TASKS)}")
+    if args.only:
+        names = {r.name for t in args.tasks for r in TASKS[t].runs}
+        bad = [w for w in (x.strip() for x in args.only.split(",")) if w and not any(selects(w, n) for n in names)]
+        if bad:
+            p.error(f"--only: unknown run(s) {bad}; the selected tasks have {sorted(names)}")
+    args.seeds = parse_seeds(args.seeds or ("0" if args.smoke else "0,1,2"))
+    if args.eval_seed < 0:
+        p.error("--eval-seed must be >= 0")
     if args.smoke:
         args.steps = args.steps or SMOKE["steps"]
         args.eval_every = args.eval_every or SMOKE["eval_every"]
         args.eval_prompts = args.eval_prompts or SMOKE["eval_prompts"]
         args.out = args.out or tempfile.mkdtemp(prefix="rlplat-replicate-smoke-")
-    else:
-        if args.steps is None or args.eval_prompts is None:
-            from rlplat.config import load_config
-
-            base = load_config(os.path.join(ROOT, "configs/grpo.yaml"), validate=False).trainer
-            args.steps = args.steps or base.max_steps
-            args.eval_prompts = args.eval_prompts or base.eval_max_prompts
-        args.eval_every = args.eval_every or max(1, args.steps // 10)
-        args.out = args.out or os.path.join(ROOT, "docs", "replication")
-    if args.steps < 1 or args.eval_every < 1 or args.eval_prompts < 1:
-        p.error("--steps, --eval-every and --eval-prompts must be >= 1")
-    if args.eval_n < max(KS):
-        p.error(f"--eval-n {args.eval_n}: pass@{max(KS)} needs at least {max(KS)} samples per prompt")
-    args.out = os.path.abspath(args.out)
+    args.out = os.path.abspath(args.out or os.path.join(ROOT, "docs", "replication"))
+    for name in ("steps", "eval_every", "eval_prompts"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
 
 
-def analyze(args: argparse.Namespace, runs: List[RunSpec], records: Dict[str, Dict[str, Any]], command: str) -> Dict[str, Any]:
-    from rlplat.rewards import resolve_judge
-
-    labels = {r.name: r.label for r in runs}
-    configs = {name: read_run_config(rec["run_dir"]) for name, rec in records.items()}
-    spec = judge_spec(configs, args.set)
-    judge = resolve_judge(spec)
-    evals = {name: load_evals(rec["run_dir"]) for name, rec in records.items()}
-    curves = {name: curve_from_evals(ev, judge) for name, ev in evals.items()}
-    reference = "grpo" if "grpo" in records else runs[0].name
-    agreement = check_initial_agreement({n: ev[0] for n, ev in evals.items()}, reference)
-    initial = dict(curves[reference][0])
-    claims = evaluate_claims(initial, curves)
-    notes = []
-    for name in DPH_RUNS:
-        if name in records:
-            last = last_metrics_row(records[name]["run_dir"])
-            n_rehearsal = last.get("dph/rehearsal_prompts")
-            train_size = configs[name]["data"]["builtin_train_size"] if str(configs[name]["data"]["train_path"]).startswith("builtin:") else None
-            div = configs[name]["algorithm"]["divergences"][0]
-            notes.append(f"{labels[name]}: divergence `{div['divergence']}`, coef {coef_text(div['coef'])}; pi_0 split with "
-                         f"k = {configs[name]['algorithm']['dph_rl']['samples_per_prompt']}: {fmt(n_rehearsal, 0)} rehearsal "
-                         f"prompts" + (f" of {train_size}" if train_size else "")
-                         + f" (prepare {fmt(last.get('dph/prepare_seconds'), 1)} s)"
-                         + (" — **no rehearsal data, so this run is plain RL without any divergence**" if not n_rehearsal else ""))
-    if all(abs(p["win_rate"] - (0.5 + (p["pass@1"] - initial["pass@1"]) / 2)) < 1e-9
-           for c in curves.values() for p in c if p.get("pass@1") is not None):
-        notes.append("With this judge every win rate vs initial equals 0.5 + (pass@1 - initial pass@1) / 2 (a "
-                     "correct answer beats a wrong one, ties are 1/2): claim 4 is the same test as Nash-MP's pass@1 rising.")
-    first_cfg = configs[runs[0].name]
-    model = {"policy": model_facts(first_cfg["model"]["path"])}
-    if "kdrl" in configs:
-        model["teacher"] = model_facts(configs["kdrl"]["roles"]["teacher"]["path"])
-    paths = {c["model"]["path"] for c in configs.values()}
-    if len(paths) > 1:
-        notes.append(f"**the runs do not share one initial policy**: model.path {sorted(paths)}")
-    result = {
-        "args": {k: getattr(args, k) for k in ("steps", "eval_every", "eval_prompts", "eval_n", "seed", "smoke", "only",
-                                                  "set", "out")},
-        "command": command, "labels": labels, "judge": spec, "initial": initial, "initial_agreement": agreement,
-        "runs": {name: {**records[name], "config": runs_by_name()[name].config, "curve": curves[name],
-                        "final": final(curves[name])} for name in records},
-        "claims": [{**asdict(v), "status": v.status} for v in claims],
-        "notes": notes, "git": git_info(), "machine": machine_info(), "model": model,
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
+def run_task(name: str, args: argparse.Namespace, command: str) -> Dict[str, Any]:
+    """Train (or reuse) every selected run of task ``name`` for every seed, seed by seed, then
+    analyze them and write the task's outputs; returns its result."""
+    task = TASKS[name]
+    runs = select_runs(task, args.only)
+    records: Dict[str, Dict[int, Dict[str, Any]]] = {r.name: {} for r in runs}
+    for seed in args.seeds:
+        for run in runs:
+            records[run.name][seed] = execute(name, task, run, seed, args)
+    result = analyze_task(name, task, records, args, command)
+    write_task_outputs(os.path.join(args.out, name), result)
     return result
-
-
-def coef_text(coef: Dict[str, Any]) -> str:
-    if coef.get("kind") == "linear":
-        return f"max({coef['start']} - {coef['slope']} * step, {coef['floor']})"
-    return str(coef.get("value"))
-
-
-def runs_by_name() -> Dict[str, RunSpec]:
-    return {r.name: r for r in RUNS}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    runs = select_runs(args.only)
     command = shlex.join(["python", "benchmarks/replicate.py", *(sys.argv[1:] if argv is None else argv)])
     os.makedirs(args.out, exist_ok=True)
-    print(f"[replicate] {len(runs)} run(s) of {args.steps} steps into {args.out}", flush=True)
+    print(f"[replicate] tasks {', '.join(args.tasks)}, seeds {args.seeds}, into {args.out}", flush=True)
     t0 = time.time()
-    records = {}
-    try:
-        for run in runs:
-            records[run.name] = execute(run, args)
-    except RuntimeError as exc:
-        print(f"[replicate] FAILED: {exc}", file=sys.stderr, flush=True)
-        return 1
-    result = analyze(args, runs, records, command)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    title = (f"rlplat replication: {args.steps} steps, {args.eval_prompts} held-out prompts x n={args.eval_n}"
-             + (" (smoke)" if args.smoke else ""))
-    plot({n: r["curve"] for n, r in result["runs"].items()}, result["labels"], result["initial"],
-         os.path.join(args.out, "replication.png"), title)
-    write_markdown(os.path.join(args.out, "results.md"), result)
-    print(f"[replicate] done in {time.time() - t0:.0f} s; results in {args.out}/results.md", flush=True)
-    for v in result["claims"]:
-        print(f"[replicate] {v['claim']}: {v['status']} ({v['detail']})", flush=True)
+    for name in args.tasks:
+        try:
+            result = run_task(name, args, command)
+        except RuntimeError as exc:
+            print(f"[replicate] FAILED: {exc}", file=sys.stderr, flush=True)
+            return 1
+        for c in result["claims"]:
+            print(f"[replicate] {name}: {c['claim']}: {c['verdict']} ({c['detail']})", flush=True)
+    write_summary(args.out)
+    print(f"[replicate] done in {time.time() - t0:.0f} s; summary in {args.out}/README.md", flush=True)
     return 0
 
 
