@@ -411,40 +411,80 @@ class Task:
 
 
 ADDITION = Task(
-    label="GRPO, KDRL, DPH-RL and Nash-MP on 2-digit addition",
+    label="The easy case: GRPO on 2-digit addition",
     description=(
         "The built-in task: 2-digit addition (`38+45=` -> `83`) rewarded by an exact checker, from the built-in "
-        "tiny policy warm-started to drop the carries at random (README, docs/built_in_task.md). GRPO, KDRL (RL + "
-        "distillation from the built-in teacher), DPH-RL with forward KL and with JS to the initial policy, and "
-        "Nash-MP (Mirror Prox against a rule-based preference judge), each with its config file's hyperparameters, "
-        "compared on held-out pass@1 / pass@k and the win rate against the initial policy."),
-    runs=(
-        RunSpec("grpo", "GRPO", "configs/grpo.yaml"),
-        RunSpec("kdrl", "KDRL", "configs/kdrl.yaml"),
-        # The divergence is named: the claim is about forward KL whatever the config's default becomes.
-        RunSpec("dph_rl_forward_kl", "DPH-RL (forward KL)", "configs/dph_rl.yaml",
-                ("algorithm.divergences.0.divergence=forward_kl",)),
-        RunSpec("dph_rl_js", "DPH-RL (JS)", "configs/dph_rl.yaml", ("algorithm.divergences.0.divergence=js",)),
-        RunSpec("nash_mp", "Nash-MP", "configs/nash_mp.yaml"),
-    ),
+        "tiny policy warm-started to drop the carries at random (README, docs/built_in_task.md). Every error is "
+        "one RL can find and fix, and the initial pass@16 is already 0.98: pass@1 should rise and pass@k has "
+        "nothing to lose. The other algorithms' claims are tested on the tasks built for them; their one-seed "
+        "runs on this task are in addition_one_seed/."),
+    runs=(RunSpec("grpo", "GRPO", "configs/grpo.yaml"),),
     overrides=("trainer.max_steps=30", "trainer.eval_every=5", "trainer.eval_max_prompts=100", "trainer.eval_n=16",
                "trainer.eval_ks=[1,8,16]"),
-    metrics=("eval/pass@1", "eval/pass@8", "eval/pass@16", "eval/pass@1_greedy", "win_rate"),
+    metrics=("eval/pass@1", "eval/pass@8", "eval/pass@16", "eval/pass@1_greedy"),
     claims=(
         FinalVsInitial("grpo", "eval/pass@1", +1),
-        FinalVsInitial("grpo", "eval/pass@8", -1),
         FinalVsInitial("grpo", "eval/pass@16", -1),
-        FinalVsFinal("dph_rl_forward_kl", "grpo", "eval/pass@8", +1),
-        FinalVsFinal("dph_rl_js", "grpo", "eval/pass@8", +1),
-        FinalVsFinal("dph_rl_forward_kl", "grpo", "eval/pass@16", +1),
-        FinalVsFinal("dph_rl_js", "grpo", "eval/pass@16", +1),
-        StepsToReach("kdrl", "grpo", "eval/pass@1", FinalOf("grpo")),
-        FinalVsInitial("nash_mp", "win_rate", +1,
-                       text="Nash-MP's final win rate against the initial policy is above the initial 0.5"),
     ),
 )
 
-TASKS: Dict[str, Task] = {"addition": ADDITION}
+DIVERSITY = Task(
+    label="Diversity collapse: GRPO vs DPH-RL (forward KL, JS) on additions with a hidden convention",
+    description=(
+        "`builtin:carry_convention`: additions that carry, whose gold answer is the sum for 75% of the problems and "
+        "the sum without carries for the other 25%, chosen by a hash of the prompt that no model can learn. The "
+        "built-in policy writes either (its careless demonstrator drops the carries about half the time), so it solves "
+        "most problems within 64 samples, but the best pass@1 comes from always carrying, which loses the "
+        "dropped-carry problems at every k. The precondition is GRPO's: pass@1 rises while pass@64 falls below the "
+        "initial policy's. Then DPH-RL (its config: forward KL or JS to the initial policy's samples on the prompts "
+        "it solves in all 8 samples) is measured on the same task. `eval/dropped/*`: the dropped-carry problems."),
+    runs=(
+        RunSpec("grpo", "GRPO", "configs/grpo.yaml"),
+        RunSpec("dph_rl_forward_kl", "DPH-RL (forward KL)", "configs/dph_rl.yaml",
+                ("algorithm.divergences.0.divergence=forward_kl",)),
+        RunSpec("dph_rl_js", "DPH-RL (JS)", "configs/dph_rl.yaml", ("algorithm.divergences.0.divergence=js",)),
+    ),
+    overrides=("data.train_path=builtin:carry_convention", "trainer.eval_ks=[1,8,32,64]", "trainer.eval_n=64",
+               "trainer.eval_group_by=convention", "trainer.eval_max_prompts=100", "trainer.max_steps=40",
+               "trainer.eval_every=10"),
+    metrics=("eval/pass@1", "eval/pass@32", "eval/pass@64", "eval/dropped/pass@1", "eval/dropped/pass@64"),
+    claims=(
+        FinalVsInitial("grpo", "eval/pass@1", +1),
+        FinalVsInitial("grpo", "eval/pass@32", -1),
+        FinalVsInitial("grpo", "eval/pass@64", -1),
+        FinalVsFinal("dph_rl_forward_kl", "grpo", "eval/pass@64", +1),
+        FinalVsFinal("dph_rl_js", "grpo", "eval/pass@64", +1),
+        FinalVsFinal("dph_rl_forward_kl", "grpo", "eval/dropped/pass@64", +1),
+        FinalVsFinal("dph_rl_js", "grpo", "eval/dropped/pass@64", +1),
+    ),
+)
+
+TEACHER_ONLY = Task(
+    label="Exploration the student cannot do alone: GRPO vs KDRL with a teacher-only problem family",
+    description=(
+        "`builtin:arithmetic_bonus`: additions `a+b=` mixed half and half with `a#b=` problems whose answer is "
+        "a + b + 100. The teacher `builtin:tiny-teacher-bonus` was shown `#` in its warm start (greedy accuracy 0.77 "
+        "on held-out `#` problems, 0.95 on additions: its rlplat_build.json); the student `builtin:tiny-policy` never "
+        "was: it answers `#` problems with sums, so its pass@16 there is 0 and GRPO's reward on them is always 0. "
+        "KDRL (its config: reverse KL (k2) to the teacher on the incorrect responses, coefficient 5e-3 annealed to "
+        "1e-3) gets a teacher signal on them. `eval/bonus/*`: the `#` family; `eval/plus/*`: the additions."),
+    runs=(
+        RunSpec("grpo", "GRPO", "configs/grpo.yaml"),
+        RunSpec("kdrl", "KDRL", "configs/kdrl.yaml", ("roles.teacher.path=builtin:tiny-teacher-bonus",)),
+    ),
+    overrides=("data.train_path=builtin:arithmetic_bonus", "trainer.eval_ks=[1,8,16]", "trainer.eval_n=16",
+               "trainer.eval_group_by=family", "trainer.eval_max_prompts=100", "trainer.max_steps=40",
+               "trainer.eval_every=10"),
+    metrics=("eval/pass@1", "eval/bonus/pass@1", "eval/bonus/pass@16", "eval/plus/pass@1"),
+    claims=(
+        Precondition("eval/bonus/pass@16", "<=", 0.05, text="the student's pass@16 on the teacher-only family is about 0"),
+        FinalVsFinal("kdrl", "grpo", "eval/bonus/pass@1", +1),
+        StepsToReach("kdrl", "grpo", "eval/bonus/pass@1", 0.1),
+        FinalVsFinal("kdrl", "grpo", "eval/pass@1", +1),
+    ),
+)
+
+TASKS: Dict[str, Task] = {"addition": ADDITION, "diversity": DIVERSITY, "teacher_only": TEACHER_ONLY}
 
 
 def check_task(name: str, task: Task) -> None:

@@ -148,7 +148,7 @@ def test_check_task_refuses_unknown_runs_and_metrics():
         rep.check_task("t", rep.Task("t", "d", runs, (P1,), (rep.FinalVsInitial("a", P8),)))
     for name, task in rep.TASKS.items():
         rep.check_task(name, task)
-    assert len(rep.TASKS["addition"].claims) == 9
+    assert {"addition", "diversity", "teacher_only"} <= set(rep.TASKS)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -212,24 +212,24 @@ def test_parse_args_seeds_selection_and_smoke(tmp_path):
     for bad in (["--tasks", "nope"], ["--only", "ppo"], ["--seeds", "0,x"], ["--steps", "0"]):
         with pytest.raises(SystemExit):
             rep.parse_args(bad + ["--out", str(tmp_path)])
-    task = rep.TASKS["addition"]
+    task = rep.TASKS["diversity"]
     assert [r.name for r in rep.select_runs(task, "dph_rl,grpo")] == ["grpo", "dph_rl_forward_kl", "dph_rl_js"]
     assert [r.name for r in rep.select_runs(task, None)] == [r.name for r in task.runs]
 
 
 def test_train_command_layers_task_run_cli_and_set(tmp_path):
-    task = rep.TASKS["addition"]
+    task = rep.TASKS["diversity"]
     runs = {r.name: r for r in task.runs}
     args = rep.parse_args(["--steps", "4", "--out", str(tmp_path), "--set", "rollout.backend=hf"])
     cmd = rep.train_command(task, runs["dph_rl_js"], 2, str(tmp_path / "x"), args)
     assert cmd[1:5] == ["-m", "launch.train", "--config", "configs/dph_rl.yaml"]
     assert cmd[5:9] == [f"trainer.output_dir={tmp_path / 'x'}", "trainer.eval_before_train=true", "trainer.seed=2",
                         "trainer.eval_seed=0"]  # the evaluation draws do not follow trainer.seed
-    assert "trainer.eval_ks=[1,8,16]" in cmd and "trainer.eval_n=16" in cmd
-    assert cmd.index("trainer.max_steps=30") < cmd.index("trainer.max_steps=4")  # the CLI's --steps wins
+    assert "trainer.eval_ks=[1,8,32,64]" in cmd and "trainer.eval_n=64" in cmd
+    assert cmd.index("trainer.max_steps=40") < cmd.index("trainer.max_steps=4")  # the CLI's --steps wins
     assert cmd[-1] == "rollout.backend=hf"  # the user's --set wins over everything
     assert cmd.index("algorithm.divergences.0.divergence=js") < cmd.index("trainer.max_steps=4")
-    assert not any(c.startswith(("algorithm.group_size", "data.", "trainer.lr")) for c in cmd)  # configs decide
+    assert not any(c.startswith(("algorithm.group_size", "data.prompts", "trainer.lr")) for c in cmd)  # configs decide
     smoke = rep.parse_args(["--smoke", "--out", str(tmp_path)])
     assert set(task.smoke_overrides) <= set(rep.train_command(task, runs["grpo"], 0, str(tmp_path), smoke))
 
@@ -287,14 +287,39 @@ def synthetic_config(run):
             "algorithm": {"name": run}}
 
 
-def test_whole_analysis_on_synthetic_runs_writes_every_output(tmp_path, capsys):
+# Five runs and every claim kind but the precondition, on the addition task's settings.
+SYNTHETIC = rep.Task(
+    label="synthetic", description="five runs of fake evaluations",
+    runs=(rep.RunSpec("grpo", "GRPO", "configs/grpo.yaml"), rep.RunSpec("kdrl", "KDRL", "configs/kdrl.yaml"),
+          rep.RunSpec("dph_rl_forward_kl", "DPH-RL (forward KL)", "configs/dph_rl.yaml"),
+          rep.RunSpec("dph_rl_js", "DPH-RL (JS)", "configs/dph_rl.yaml"),
+          rep.RunSpec("nash_mp", "Nash-MP", "configs/nash_mp.yaml")),
+    overrides=rep.ADDITION.overrides,
+    metrics=("eval/pass@1", "eval/pass@8", "eval/pass@16", "eval/pass@1_greedy", "win_rate"),
+    claims=(
+        rep.FinalVsInitial("grpo", "eval/pass@1", +1),
+        rep.FinalVsInitial("grpo", "eval/pass@8", -1),
+        rep.FinalVsInitial("grpo", "eval/pass@16", -1),
+        rep.FinalVsFinal("dph_rl_forward_kl", "grpo", "eval/pass@8", +1),
+        rep.FinalVsFinal("dph_rl_js", "grpo", "eval/pass@8", +1),
+        rep.FinalVsFinal("dph_rl_forward_kl", "grpo", "eval/pass@16", +1),
+        rep.FinalVsFinal("dph_rl_js", "grpo", "eval/pass@16", +1),
+        rep.StepsToReach("kdrl", "grpo", "eval/pass@1", rep.FinalOf("grpo")),
+        rep.FinalVsInitial("nash_mp", "win_rate", +1,
+                           text="Nash-MP's final win rate against the initial policy is above the initial 0.5"),
+    ),
+)
+
+
+def test_whole_analysis_on_synthetic_runs_writes_every_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(rep.TASKS, "synthetic", SYNTHETIC)
     out = tmp_path / "rep"
-    argv = ["--tasks", "addition", "--seeds", "0,1,2", "--out", str(out)]
+    argv = ["--tasks", "synthetic", "--seeds", "0,1,2", "--out", str(out)]
     args = rep.parse_args(argv)
-    task = rep.TASKS["addition"]
+    task = rep.TASKS["synthetic"]
     for seed in args.seeds:
         for run in task.runs:
-            d = str(out / "addition" / run.name / f"seed{seed}")
+            d = str(out / "synthetic" / run.name / f"seed{seed}")
             write_run(d, rep.train_command(task, run, seed, d, args), synthetic_evals(run.name, seed),
                       synthetic_config(run.name))
     assert rep.main(argv) == 0  # every run reused: no training
@@ -315,10 +340,10 @@ def test_whole_analysis_on_synthetic_runs_writes_every_output(tmp_path, capsys):
     assert (nash["verdict"], nash["algorithms"]) == ("inconclusive at this noise", ["Nash-MP"])
     assert nash["difference"] == pytest.approx(1 / 32)
     assert nash["standard_error"] == pytest.approx(2 / 32 / math.sqrt(3))
-    md = (out / "addition" / "results.md").read_text()
+    md = (out / "synthetic" / "results.md").read_text()
     assert "## Claims" in md and "0.375" in md and "seed 2" in md and "All 15 step -1 evaluations" in md
     assert "(reused)" in md and "equals 0.5 + (pass@1 - initial pass@1) / 2" in md
-    assert "addition/results.md" in (out / "README.md").read_text()
+    assert "synthetic/results.md" in (out / "README.md").read_text()
 
 
 # ----------------------------------------------------------------------------- the whole script
