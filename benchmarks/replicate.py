@@ -55,7 +55,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/*.py, also when loaded by path
 from machine import machine_info  # noqa: E402
-from stats import ROOT, claim_difference, git_commit, git_dirty, machine_text, mean_std  # noqa: E402
+import stats  # noqa: E402
+from stats import ROOT, git_commit, git_dirty, machine_text, mean_std  # noqa: E402
 
 EVAL_SEED_NOTE = ("every evaluation of every run and seed samples the same draws (`trainer.eval_seed` fixed, the "
                   "same for all runs: `trainer.seed` changes only training), so the initial policy has no seed noise")
@@ -167,6 +168,16 @@ def metric_value(eval_json: Dict[str, Any], initial_eval_json: Dict[str, Any], m
 
 
 # ----------------------------------------------------------------------------- claims
+def claim_difference(a: Sequence[float], b: Union[Sequence[float], float], direction: int) -> Dict[str, Any]:
+    """``stats.claim_difference``, except that with no noise at all (standard error 0: every seed
+    gave the same values) a difference of exactly 0 "does not hold": the claimed effect is absent,
+    not hidden by noise (a KDRL family pass@1 of 0 in every seed, as GRPO's)."""
+    r = stats.claim_difference(a, b, direction)
+    if r["n"] >= 2 and r["standard_error"] == 0 and r["difference"] == 0:
+        r = {**r, "verdict": "does not hold"}
+    return r
+
+
 @dataclass(frozen=True)
 class FinalOf:
     """A ``StepsToReach`` target: ``run``'s final value of the claim's metric, in the same seed."""

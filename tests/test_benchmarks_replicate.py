@@ -37,6 +37,12 @@ def test_verdict_rule(difference, se, n, verdict):
     assert stats.verdict(difference, se, n) == verdict
 
 
+def test_a_claim_with_no_noise_and_no_difference_does_not_hold():
+    assert rep.claim_difference([0.0, 0.0, 0.0], [0.0, 0.0, 0.0], +1)["verdict"] == "does not hold"
+    assert rep.claim_difference([0.0, 0.1, 0.0], [0.0, 0.0, 0.0], +1)["verdict"] == "inconclusive at this noise"
+    assert rep.claim_difference([0.0], [0.0], +1)["verdict"] == "inconclusive (one seed)"
+
+
 def test_claim_difference_exact_numbers():
     # a: mean 0.4, std 0.1, se 0.1/sqrt(3); b: mean 0.2, std 0.
     out = stats.claim_difference([0.3, 0.4, 0.5], [0.2, 0.2, 0.2], +1)
@@ -121,7 +127,7 @@ def test_steps_to_reach_with_censoring():
     assert o.difference == pytest.approx((10 + 15 + 15 - 5 - 5 - 20) / 3)
     # a fixed target: the initial policy (x = 0) counts
     o = rep.StepsToReach("a", "b", P1, 0.2).evaluate({"a": fast, "b": b}, LABELS)
-    assert o.difference == 0 and o.verdict == "inconclusive at this noise"
+    assert o.difference == 0 and o.verdict == "does not hold"  # both at x = 0 in every seed: not fewer
     assert claim.describe({"a": "KDRL", "b": "GRPO"}) == "KDRL reaches GRPO's final pass@1 in fewer steps than GRPO"
     assert rep.steps_to_reach(curve((0, 0.1), (4, 0.2), (6, 0.3)), P1, 0.9) == (10, True)  # spacing 4, not 2
 
