@@ -1028,18 +1028,33 @@ def write_task_markdown(path: str, result: Dict[str, Any]) -> None:
               "per side, in quadrature. Verdict: holds beyond +2 standard errors, does not hold below -2, else "
               "inconclusive at this noise (one seed: no standard error).", ""]
     if any(c["kind"] == "precondition" for c in result["claims"]):
-        lines += ["Preconditions are measured on the initial policy alone: their only noise is the evaluation's "
-                  "sampling, whose seeds follow `trainer.seed` (above); with a fixed evaluation seed they would have "
-                  "none.", ""]
+        lines += ["Preconditions are measured on the initial policy alone, whose evaluation draws are the same in every "
+                  "seed (`trainer.eval_seed`): they have no seed noise.", ""]
     lines += [claims_table(result["claims"]), ""]
     for i, c in enumerate(result["claims"], 1):
         lines += [f"{i}. {c['claim']}: **{c['verdict']}**. {c['detail']}.", "", f"   ![claim {i}]({c['plot']})", ""]
     lines += ["## Curves", "", *curves_section(result)]
     if result["notes"]:
         lines += ["## Notes", "", *[f"- {n}" for n in result["notes"]], ""]
+    conclusions = read_conclusions(os.path.dirname(path))
+    if conclusions:
+        lines += ["## What we conclude", "", conclusions, ""]
     lines += ["## How this was produced", "", *provenance_section(result)]
     with open(path, "w") as f:
         f.write("\n".join(lines))
+
+
+def read_conclusions(task_dir: str) -> str:
+    """The hand-written ``conclusions.md`` of a task's output directory (what the numbers mean, why a
+    claim does not hold), "" when there is none: the script measures, a person concludes."""
+    path = os.path.join(task_dir, CONCLUSIONS_FILE)
+    if not os.path.isfile(path):
+        return ""
+    with open(path) as f:
+        return f.read().strip()
+
+
+CONCLUSIONS_FILE = "conclusions.md"
 
 
 def write_task_outputs(task_dir: str, result: Dict[str, Any]) -> None:
@@ -1075,6 +1090,10 @@ def write_summary(out: str) -> List[Dict[str, Any]]:
     for r in tasks:
         lines.append(f"- [{r['task']}]({r['task']}/results.md): {r['label']}; seeds {r['seeds']}"
                      + (" (smoke)" if r["smoke"] else "") + f"; commit `{r['git']['commit']}`; `{r['command']}`")
+    concluded = [(r["task"], read_conclusions(os.path.join(out, r["task"]))) for r in tasks]
+    if any(text for _, text in concluded):
+        lines += ["", "## What we conclude", ""]
+        lines += [f"### {name}\n\n{text}\n" for name, text in concluded if text]
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return claims

@@ -328,6 +328,7 @@ def test_whole_analysis_on_synthetic_runs_writes_every_output(tmp_path, capsys, 
             d = str(out / "synthetic" / run.name / f"seed{seed}")
             write_run(d, rep.train_command(task, run, seed, d, args), synthetic_evals(run.name, seed),
                       synthetic_config(run.name))
+    (out / "synthetic" / "conclusions.md").write_text("The fake KDRL is faster because we made it so.\n")
     assert rep.main(argv) == 0  # every run reused: no training
     assert capsys.readouterr().out.count("reusing the finished run") == 15
     claims = json.loads((out / "claims.json").read_text())
@@ -350,6 +351,8 @@ def test_whole_analysis_on_synthetic_runs_writes_every_output(tmp_path, capsys, 
     assert "## Claims" in md and "0.375" in md and "seed 2" in md and "All 15 step -1 evaluations" in md
     assert "(reused)" in md and "equals 0.5 + (pass@1 - initial pass@1) / 2" in md
     assert "synthetic/results.md" in (out / "README.md").read_text()
+    assert "## What we conclude\n\nThe fake KDRL is faster because we made it so." in md  # a person's words, kept
+    assert "### synthetic\n\nThe fake KDRL" in (out / "README.md").read_text()
 
 
 # ----------------------------------------------------------------------------- the whole script
