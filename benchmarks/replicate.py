@@ -426,7 +426,7 @@ ADDITION = Task(
     description=(
         "The built-in task: 2-digit addition (`38+45=` -> `83`) rewarded by an exact checker, from the built-in "
         "tiny policy warm-started to drop the carries at random (README, docs/built_in_task.md). Every error is "
-        "one RL can find and fix, and the initial pass@16 is already 0.98: pass@1 should rise and pass@k has "
+        "one RL can find and fix, and the initial pass@16 is already 0.94: pass@1 should rise and pass@k has "
         "nothing to lose. The other algorithms' claims are tested on the tasks built for them; their one-seed "
         "runs on this task are in addition_one_seed/."),
     runs=(RunSpec("grpo", "GRPO", "configs/grpo.yaml"),),
