@@ -168,3 +168,21 @@ def test_styled_demonstrator_writes_each_style_independently_of_the_problem():
     for outcome, styles in by_outcome.items():
         for s in STYLES:
             assert abs(styles.count(s) / len(styles) - DEMONSTRATOR[s]) < 0.05, (outcome, s)
+
+
+@pytest.mark.parametrize("r", [0.1, 0.5])
+def test_the_full_games_equilibrium_plays_the_style_equilibrium_among_correct_answers(r):
+    """The judge's whole game on one prompt (incorrect answers lumped: they tie with each other and
+    lose to every correct one), pi_ref = accuracy r with the demonstrator's styles: at the equilibrium,
+    correct answers have exactly the style game's equilibrium at beta / a* (a* its accuracy), whose
+    exploitability at beta is below 2e-4 (what style_exploitability leaves out)."""
+    rps = torch.tensor(preference_matrix(), dtype=torch.float64)
+    full = torch.full((4, 4), 0.5, dtype=torch.float64)
+    full[:3, :3], full[:3, 3], full[3, :3] = rps, 1.0, 0.0
+    ref = torch.tensor([*(r * p for p in REF), 1 - r], dtype=torch.float64)
+    star, _ = nash_tabular.equilibrium(ref, full, BETA)
+    a = float(star[:3].sum())
+    styles = (star[:3] / a).tolist()
+    assert a > 0.93
+    assert max(abs(x - y) for x, y in zip(styles, equilibrium(REF, BETA / a))) < 1e-9
+    assert exploitability(styles, REF, BETA) < 2e-4
