@@ -1,4 +1,4 @@
-"""The styles task (docs/algorithms.md#nash-mp-on-a-cyclic-judge-the-styles-task): answer styles, the
+"""The styles task (docs/algorithms.md#a-cyclic-judge-the-styles-task): answer styles, the
 cyclic judge ``style_rps``, the style game's exact equilibrium and exploitability, and the tabular
 claim the replication measures (Mirror Prox converges in the last iterate, one-step mirror descent
 with the same step size does not)."""

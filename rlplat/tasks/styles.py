@@ -13,7 +13,7 @@ rock-paper-scissors over their styles (``BEATS``): the preference is not transit
 regularised game's equilibrium ``pi*(s) ~ pi_ref(s) exp(P(s > pi*) / beta)`` is mixed.
 
 ``exploitability(pi, pi_ref, beta)`` measures how far a style distribution is from it
-(docs/algorithms.md#nash-mp-on-a-cyclic-judge-the-styles-task):
+(docs/algorithms.md#a-cyclic-judge-the-styles-task):
 
     e(pi) = max_pi' [P(pi' > pi) - beta KL(pi'||pi_ref)] - [P(pi > pi) - beta KL(pi||pi_ref)]
           = beta log sum_s pi_ref(s) exp(P(s > pi) / beta)  -  1/2  +  beta KL(pi||pi_ref)
