@@ -1,6 +1,6 @@
 """Pairwise preferences P(a > b | prompt) for Nash-MP, off the driver.
 
-Two sources: a rule-based judge ``module:function`` with signature
+Two sources: a rule-based judge (a name in ``rlplat.rewards.judges.JUDGES`` or ``module:function``) with signature
 ``judge(prompt, response_a, response_b, answer) -> float in [0, 1]``, or a Bradley-Terry reward
 model loaded as an HF sequence-classification model, for which ``P(a > b) = sigmoid(r(a) - r(b))``.
 A judge that raises or returns a non-number is counted (``preference/errors``) and its pair gets

@@ -11,7 +11,7 @@ from rlplat import algorithms
 from rlplat.config import ConfigError, RunConfig, load_config, save_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = [os.path.join(ROOT, "configs", f"{n}.yaml") for n in ("grpo", "kdrl", "dph_rl", "nash_mp")]
+CONFIGS = [os.path.join(ROOT, "configs", f"{n}.yaml") for n in ("grpo", "kdrl", "dph_rl", "nash_mp", "nash_omd")]
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +34,10 @@ def test_plans_declare_the_roles_each_algorithm_needs():
     assert plans["kdrl"].scorer_roles == {"teacher"}  # KDRL: no reference KL
     assert plans["dph_rl"].scorer_roles == frozenset() and plans["dph_rl"].initial_samples  # no reference actor
     assert plans["nash_mp"].scorer_roles == {"reference", "snapshot"} and plans["nash_mp"].opponents
+    # Nash-MP's one-step baseline: the same roles, advantage and loss, its own loop.
+    omd, mp = plans["nash_omd"], plans["nash_mp"]
+    assert (omd.loop, mp.loop) == ("mirror_descent", "mirror_prox")
+    assert (omd.scorer_roles, omd.preference, omd.advantage, omd.loss) == (mp.scorer_roles, mp.preference, mp.advantage, mp.loss)
     assert [t.name for t in plans["kdrl"].terms] == ["kd_teacher"]
     kd = plans["kdrl"].terms[0]
     assert (kd.divergence, kd.anchor, kd.mask) == ("k2", "teacher", "incorrect")
@@ -103,6 +107,12 @@ MISTAKES = [
     ("grpo", ["trainer.max_staleness=1", "algorithm.dynamic_sampling=true"], ["trainer.max_staleness", "dynamic_sampling"]),
     ("grpo", ["algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=0"], ["algorithm.max_sampling_rounds", ">= 1"]),
     ("nash_mp", ["algorithm.dynamic_sampling=true"], ["algorithm.dynamic_sampling", "nash_mp"]),
+    ("nash_mp", ["algorithm.nash_mp.judge=style"], ["algorithm.nash_mp.judge='style'", "checker, style_rps"]),
+    ("nash_omd", ["algorithm.nash_mp.eta=0"], ["algorithm.nash_mp.beta", "eta=0", "> 0"]),
+    ("nash_omd", ["algorithm.nash_mp.inner_steps=0"], ["algorithm.nash_mp.inner_steps", ">= 1"]),
+    ("nash_omd", ["algorithm.advantage=grpo"], ["algorithm.advantage", "nash_mp"]),
+    ("nash_omd", ["trainer.max_staleness=1"], ["trainer.max_staleness", "mirror_descent"]),
+    ("nash_omd", ["algorithm.fdpo.beta=0.3"], ["algorithm.fdpo", "nash_omd"]),
     ("grpo", ["trainer.log_level=verbose"], ["trainer.log_level", "verbose", "warning", "info", "debug"]),
 ]
 

@@ -175,6 +175,26 @@ def test_nash_mp_mirror_prox(tmp_path, tiny_models):
         assert "samples/reward/mean" in r and "samples/reward/pass_rate" not in r
 
 
+def test_nash_omd_takes_one_proximal_step_per_iteration(tmp_path, tiny_models):
+    """The one-step baseline on the styled policy with the cyclic judge: each iteration is the half
+    step alone (self-play: the mean win rate is exactly 1/2), the snapshot is refreshed once per
+    iteration, and the learning-rate schedule, planned for inner_steps updates per iteration, meets
+    exactly the updates the loop takes (linear decay to 0 over 2 x 2 updates: 1, 3/4 | 1/2, 1/4)."""
+    from rlplat.models.tiny import ensure_tiny_model
+
+    ensure_tiny_model("policy-styled")  # fine-tunes the cached policy build: about 2 minutes, once
+    _, rows, _ = train(tmp_path, "nash_omd", "rollout.backend=hf", "model.path=builtin:tiny-policy-styled",
+                       "algorithm.nash_mp.judge=style_rps", "algorithm.nash_mp.inner_steps=2",
+                       "trainer.lr_scheduler=linear", "trainer.lr=1e-4", steps=2)
+    assert_weights_arrived(rows)
+    for i, r in enumerate(rows):
+        assert r["nash/snapshot_version"] == i + 1
+        assert "half/loss/policy" in r and r["loss/policy"] == r["half/loss/policy"]
+        assert not [k for k in r if k.startswith("full/")] and "nash/half_full_param_l2" not in r
+        assert r["reward/mean"] == pytest.approx(0.5, abs=1e-6)  # P(y > y') + P(y' > y) = 1 over every ordered pair
+        assert r["half/trainer/lr"] == pytest.approx(1e-4 * (0.875 if i == 0 else 0.375))
+
+
 def test_grpo_rollout_correction_at_temperature(tmp_path, tiny_models):
     """vLLM reports log-probs at the sampling temperature, so in the synchronous loop (float32) the
     engine's log-probs equal the trainer's "old" ones and TIS weights are 1 to within numerics."""

@@ -76,6 +76,8 @@ def test_total_updates_per_algorithm():
     assert algorithms.get("nash_mp").total_updates(nash) == 4 * 2 * 3
     nash2 = load_config(config("nash_mp"), ["trainer.max_steps=4", "algorithm.nash_mp.inner_steps=3", "algorithm.ppo_epochs=2"])
     assert algorithms.get("nash_mp").total_updates(nash2) == 48
+    omd = load_config(config("nash_omd"), ["trainer.max_steps=4", "algorithm.nash_mp.inner_steps=3", "algorithm.ppo_epochs=2"])
+    assert algorithms.get("nash_omd").total_updates(omd) == 24  # one proximal step per iteration
 
 
 def test_schedule_from_config():

@@ -1,4 +1,5 @@
-"""Nash-MP: one outer Mirror-Prox iteration per step (docs/algorithms.md#nash-mp).
+"""Nash-MP: one outer Mirror-Prox iteration per step (docs/algorithms.md#nash-mp), and its
+one-step baseline, online mirror descent (``MirrorDescentLoop``: the half step alone).
 
 From pi_k (held by the trainer, the rollout engines and the snapshot scorer):
 1. sample y ~ pi_k, G per prompt; save pi_k's parameters AND optimizer state;
@@ -39,6 +40,10 @@ def _pairs(group_ids: torch.Tensor, other_group_ids: torch.Tensor, exclude_self:
 
 @LOOPS.register("mirror_prox")
 class MirrorProxLoop:
+    # Two proximal steps per iteration (the half step, then the full step against pi_{k+1/2});
+    # False: only the half step (MirrorDescentLoop).
+    extragradient = True
+
     def __init__(self, ctx: StepContext) -> None:
         self.ctx = ctx
         cfg = ctx.cfg
@@ -89,6 +94,13 @@ class MirrorProxLoop:
             batch.logprobs.update(ctx.score_roles(batch, ["reference", "snapshot"]))
         with timer.phase("reward"):
             win_half, metrics = self._win_rates(batch, batch, exclude_self=True)
+        if not self.extragradient:  # online mirror descent: the half step is the iteration
+            with timer.phase("train"):
+                metrics.update(self._proximal_step(batch, win_half, step, 0, "half"))
+            self._refresh_snapshot(metrics, timer)
+            metrics.update({"loss/policy": metrics["half/loss/policy"], "reward/mean": win_half.mean().item()})
+            metrics.update(ctx.batch_metrics(batch, prefix="samples/", pass_rate=False))
+            return ctx.finish_step(step, metrics, timer, batch)
         with timer.phase("train"):
             ctx.save_policy_state()
             metrics.update(self._proximal_step(batch, win_half, step, 0, "half"))
@@ -103,21 +115,26 @@ class MirrorProxLoop:
         with timer.phase("train"):
             ctx.restore_policy_state()
             metrics.update(self._proximal_step(batch, win_full, step, 1, "full"))
-        with timer.phase("sync"):
-            metrics.update(ctx.sync())
-            full_weights = ctx.policy_weights()
-            ctx.load_scorer_weights("snapshot", full_weights)
-            self.snapshot_version += 1
-        full_weights = dict(full_weights)
+        full_weights = dict(self._refresh_snapshot(metrics, timer))
         diff = sum(float((full_weights[n] - t).pow(2).sum()) for n, t in half_weights)
         metrics.update({
-            "nash/snapshot_version": float(self.snapshot_version),
             "nash/half_full_param_l2": diff ** 0.5,
             "loss/policy": metrics["full/loss/policy"],
             "reward/mean": win_full.mean().item(),
         })
         metrics.update(ctx.batch_metrics(batch, prefix="samples/", pass_rate=False))  # rewards are win probabilities
         return ctx.finish_step(step, metrics, timer, batch, opponents)
+
+    def _refresh_snapshot(self, metrics: Dict[str, float], timer: PhaseTimer) -> List[Tuple[str, torch.Tensor]]:
+        """End of an iteration: sync pi_{k+1} into the engines and load it into the snapshot scorer
+        (exactly once per iteration); returns its weights."""
+        with timer.phase("sync"):
+            metrics.update(self.ctx.sync())
+            weights = self.ctx.policy_weights()
+            self.ctx.load_scorer_weights("snapshot", weights)
+            self.snapshot_version += 1
+        metrics["nash/snapshot_version"] = float(self.snapshot_version)
+        return weights
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "snapshot_version": self.snapshot_version}
@@ -129,3 +146,15 @@ class MirrorProxLoop:
     def after_resume(self) -> None:
         """The snapshot is pi_k, the policy the restored checkpoint holds."""
         self.ctx.load_scorer_weights("snapshot", self.ctx.policy_weights())
+
+
+@LOOPS.register("mirror_descent")
+class MirrorDescentLoop(MirrorProxLoop):
+    """The one-step baseline with the same step size, online mirror descent (``nash_omd``): self-play
+    against the current policy. Each iteration is Mirror Prox's half step alone: from pi_k, sample
+    y ~ pi_k, win rates against the other samples of pi_k, ``inner_steps`` updates anchored at pi_k
+    give pi_{k+1}, which is synced and loaded into the snapshot. No state is saved or restored and
+    no opponents are sampled; the step's metrics are logged under ``half/`` (the same update as
+    Nash-MP's half step) and there is no ``full/`` or ``nash/half_full_param_l2``."""
+
+    extragradient = False

@@ -126,6 +126,21 @@ class NashMP(Algorithm):
 
 
 @register
+class NashOMD(NashMP):
+    """Nash-MP's one-step baseline, online mirror descent: self-play against the current policy,
+    each iteration the half step alone (``launch.loops.mirror_prox.MirrorDescentLoop``). The same
+    keys as Nash-MP (``algorithm.nash_mp``: beta, eta, inner_steps, judge) and the same advantage;
+    the step size eta is the same, the second (extragradient) step is what it lacks."""
+
+    name = "nash_omd"
+    loop = "mirror_descent"
+
+    def updates_per_step(self, cfg: RunConfig) -> int:
+        """One proximal step of ``inner_steps`` calls of ``StepContext.train`` per iteration."""
+        return cfg.algorithm.nash_mp.inner_steps * Algorithm.updates_per_step(self, cfg)
+
+
+@register
 class CTRL(Algorithm):
     """InfAlign-CTRL: KL-regularised RL on a calibrated-then-transformed reward. The reward of each
     sample is calibrated against ``algorithm.ctrl.reference_samples`` samples of pi_ref of the

@@ -153,7 +153,7 @@ class NashMPConfig:
     beta: float = 0.1  # regularisation towards pi_ref
     eta: float = 1.0  # mirror-prox step size
     inner_steps: int = 1  # gradient steps per proximal (half or full) step
-    judge: Optional[str] = None  # ``module:function`` rule-based judge; else roles.preference
+    judge: Optional[str] = None  # rule-based judge: a registered name (checker, style_rps) or ``module:function``; else roles.preference
 
 
 @dataclass

@@ -44,6 +44,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 from rlplat.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer, save_tokenizer, vocab_size
 from rlplat.registry import Registry
 from rlplat.tasks.arithmetic import ArithmeticBonus, ArithmeticTask, score, sum_without_carries
+from rlplat.tasks.styles import DEMONSTRATOR, write_style
 
 # Bump when the architecture, tokenizer or warm-start recipe changes: cached builds are keyed by it.
 CACHE_VERSION = "v3"
@@ -102,6 +103,14 @@ SIZES.register("teacher-bonus")(
     TinySpec(hidden_size=320, intermediate_size=960, num_layers=4, num_heads=10, num_kv_heads=5,
              warm_start_steps=400, lr=5e-4, warmup_steps=20, base="teacher", curriculum="bonus")
 )
+# The policy writing its answers in three styles (rlplat.tasks.styles), for Nash-MP's cyclic judge
+# style_rps: the policy's build fine-tuned on the careless demonstrator (its carry errors kept) whose
+# answers come in a style drawn independently of the problem, 0.6 / 0.3 / 0.1 plain / tenths / hundredths.
+SIZES.register("policy-styled")(
+    TinySpec(hidden_size=320, intermediate_size=960, num_layers=4, num_heads=10, num_kv_heads=5,
+             warm_start_steps=200, lr=5e-4, warmup_steps=20, careless_steps=200, careless_rate=0.5,
+             base="policy", curriculum="styled")
+)
 
 Rows = List[Dict[str, str]]
 
@@ -115,6 +124,8 @@ class Curriculum:
 
     rows: Callable[[TinySpec, int, int, int], Rows]
     heldout: Optional[Callable[[int], Rows]] = None
+    # measure(model, tokenizer): further figures of the finished build, recorded as ``curriculum_measures``.
+    measure: Optional[Callable[[LlamaForCausalLM, PreTrainedTokenizerFast], Dict[str, Any]]] = None
 
 
 CURRICULA: Registry[Curriculum] = Registry("tiny warm-start curriculum")
@@ -134,8 +145,51 @@ def bonus_rows(spec: TinySpec, step: int, steps: int, seed: int) -> Rows:
     return ArithmeticBonus().generate("train", spec.batch_size, seed=seed * 1_000_003 + step, unique=False)
 
 
+def styled_rows(spec: TinySpec, step: int, steps: int, seed: int) -> Rows:
+    """``addition_rows`` (the careless demonstrator included) with each answer written in a style
+    drawn independently of the problem from ``rlplat.tasks.styles.DEMONSTRATOR`` (``47``, ``47.0``, ``47.00``)."""
+    rng = random.Random(f"styles/{seed}/{step}")
+    names, weights = zip(*DEMONSTRATOR.items())
+    return [dict(row, answer=write_style(row["answer"], rng.choices(names, weights)[0]))
+            for row in addition_rows(spec, step, steps, seed)]
+
+
+@torch.no_grad()
+def sampled_styles(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, problems: int = EVAL_PROBLEMS,
+                   samples: int = 8, seed: int = 0) -> Dict[str, Any]:
+    """Style shares of ``samples`` sampled answers (temperature 1) to each of ``problems`` held-out
+    additions: over all answers (``style_shares``, ``None``: no style), over the correct ones
+    (``style_shares_correct``), the sampled accuracy and the accuracy of each style's answers."""
+    from rlplat.tasks.styles import STYLES, style_of
+
+    rows = WARM_START_TASK.generate("heldout", problems, seed=0)
+    model.eval()
+    enc = tokenizer([r["prompt"] for r in rows], padding=True, padding_side="left", return_tensors="pt")
+    torch.manual_seed(seed)
+    out = model.generate(**enc, max_new_tokens=8, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                         num_return_sequences=samples, pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID)
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    keys = [*STYLES, "none"]
+    n = {k: 0 for k in keys}
+    right = {k: 0 for k in keys}
+    for i, text in enumerate(texts):
+        k = style_of(text) or "none"
+        n[k] += 1
+        right[k] += int(score(text, rows[i // samples]["answer"]))
+    total, correct = len(texts), sum(right.values())
+    return {
+        "samples": total,
+        "sampled_accuracy": correct / total,
+        "style_shares": {k: n[k] / total for k in keys},
+        "style_shares_correct": {k: right[k] / max(correct, 1) for k in keys},
+        "style_accuracy": {k: (right[k] / n[k] if n[k] else None) for k in keys},
+    }
+
+
 CURRICULA.register("addition")(Curriculum(addition_rows))
 CURRICULA.register("bonus")(Curriculum(bonus_rows, lambda n: ArithmeticBonus().generate("heldout", n, seed=0)))
+# Nash-MP's cyclic judge (style_rps) needs a policy that writes its answers in several styles.
+CURRICULA.register("styled")(Curriculum(styled_rows, measure=sampled_styles))
 
 
 def tiny_config(size: str) -> LlamaConfig:
@@ -317,7 +371,8 @@ def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int 
     Returns the build info also written to ``out_dir/rlplat_build.json``: parameter count,
     warm-start seconds (wall) and final loss, held-out greedy accuracy on 200 addition problems and
     the share of them answered with the sum without carries, and, for a curriculum with held-out
-    rows, the greedy accuracy per family of 200 of them (``curriculum_accuracy``).
+    rows, the greedy accuracy per family of 200 of them (``curriculum_accuracy``), and for one
+    with a ``measure``, its figures (``curriculum_measures``).
     """
     spec = SIZES.get(size)
     curriculum = CURRICULA.get(spec.curriculum)
@@ -336,6 +391,7 @@ def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int 
         answers = greedy_answers(model, tokenizer, heldout)
         accuracy = answer_accuracy(answers, heldout)
         per_family = _family_accuracy(model, tokenizer, curriculum.heldout(EVAL_PROBLEMS)) if curriculum.heldout else None
+        measures = curriculum.measure(model, tokenizer) if curriculum.measure else None
     model.generation_config = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     model.save_pretrained(str(out))
     save_tokenizer(out)
@@ -351,6 +407,7 @@ def build_tiny_model(out_dir: Union[str, Path], size: str = "policy", seed: int 
         "heldout_accuracy": accuracy,
         "heldout_carry_free_rate": carry_free_rate(answers, heldout),
         "curriculum_accuracy": per_family,
+        "curriculum_measures": measures,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }

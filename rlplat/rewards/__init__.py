@@ -117,8 +117,11 @@ def select_columns(columns: Optional[FrozenSet[str]], extra: Optional[Dict[str, 
 
 
 def resolve_judge(spec: str, key: str = "algorithm.nash_mp.judge") -> Callable:
-    """A pairwise judge ``fn(prompt, response_a, response_b, answer) -> P(a > b)`` (``module:function``)."""
-    return resolve_callable(spec, key, ("prompt", "response_a", "response_b", "answer"))
+    """A pairwise judge ``fn(prompt, response_a, response_b, answer) -> P(a > b)``: a registered name
+    (``rlplat.rewards.judges.JUDGES``: ``checker``, ``style_rps``) or ``module:function``."""
+    from rlplat.rewards.judges import JUDGES
+
+    return resolve_callable(spec, key, ("prompt", "response_a", "response_b", "answer"), JUDGES)
 
 
 __all__ = ["REWARDS", "REWARD_ARGS", "RewardFn", "accepted_columns", "resolve_callable", "resolve_judge", "resolve_reward",
