@@ -140,6 +140,15 @@ class DerivedMetric:
         return float(fn(eval_json, initial_eval_json))
 
 
+STYLES_BETA = 0.1  # the styles task's algorithm.nash_mp.beta: the game whose exploitability is measured
+
+
+def style_exploitability(eval_json: Dict[str, Any], initial_eval_json: Dict[str, Any]) -> float:
+    from rlplat.tasks.styles import style_exploitability as exploitability
+
+    return exploitability(eval_json, initial_eval_json, STYLES_BETA)
+
+
 # Named derived metrics. Add one as DERIVED_METRICS["name"] = DerivedMetric(label, "module:function")
 # and list "name" in a Task's metrics.
 DERIVED_METRICS: Dict[str, DerivedMetric] = {
@@ -147,6 +156,11 @@ DERIVED_METRICS: Dict[str, DerivedMetric] = {
         "win rate vs initial", win_rate_vs_initial,
         "sample j of the policy vs sample j of the initial policy on the same prompt, judged by configs/nash_mp.yaml's "
         "`algorithm.nash_mp.judge`, averaged over all pairs (0.5 at x = 0 by construction)"),
+    "exploitability": DerivedMetric(
+        "style exploitability", style_exploitability,
+        "e(pi) in the regularised style game (beta 0.1, pi_ref = the initial policy's styles) of the style distribution "
+        "of the correct sampled answers, pooled over prompts (`rlplat.tasks.styles.style_exploitability`; "
+        "docs/algorithms.md#a-cyclic-judge-the-styles-task); 0 only at the equilibrium"),
 }
 
 
@@ -495,7 +509,37 @@ TEACHER_ONLY = Task(
     ),
 )
 
-TASKS: Dict[str, Task] = {"addition": ADDITION, "diversity": DIVERSITY, "teacher_only": TEACHER_ONLY}
+STYLES = Task(
+    label="Non-transitive preferences: Nash-MP vs one-step mirror descent on a cyclic style judge",
+    description=(
+        "`builtin:tiny-policy-styled` writes each answer in one of three styles that the checker reads as equal "
+        "(`47`, `47.0`, `47.00`; 0.6 / 0.3 / 0.1, independent of the problem). The judge `style_rps`: a correct "
+        "answer beats an incorrect one, and two correct ones play rock-paper-scissors over their styles. The "
+        "regularised equilibrium of the style game (beta 0.1, pi_ref = 0.6 / 0.3 / 0.1) is mixed, 0.296 / 0.444 / "
+        "0.260; in the tabular game Mirror Prox reaches it (exploitability 1e-5 after 10 iterations at eta 0.5) "
+        "while one-step mirror descent cycles (0.15). Nash-MP (`configs/nash_mp.yaml`) and its one-step baseline "
+        "(`configs/nash_omd.yaml`: self-play against the current policy, the same step size) run with the same "
+        "overrides; x = outer iterations, evaluated after every one."),
+    runs=(
+        RunSpec("nash_mp", "Nash-MP", "configs/nash_mp.yaml"),
+        RunSpec("nash_omd", "one-step mirror descent", "configs/nash_omd.yaml"),
+    ),
+    overrides=("model.path=builtin:tiny-policy-styled", "algorithm.nash_mp.judge=style_rps",
+               f"algorithm.nash_mp.beta={STYLES_BETA}", "algorithm.nash_mp.eta=0.5", "algorithm.nash_mp.inner_steps=8",
+               "trainer.lr=1e-4", "algorithm.eps_low=0.95", "algorithm.eps_high=20", "data.prompts_per_step=32",
+               "algorithm.group_size=8", "trainer.num_ranks=1", "trainer.max_steps=12", "trainer.eval_every=1",
+               "trainer.eval_max_prompts=64", "trainer.eval_n=8", "trainer.eval_ks=[1,8]"),
+    metrics=("exploitability", "eval/pass@1"),
+    claims=(
+        Precondition("exploitability", ">=", 0.1, text="the initial policy's style exploitability is well above 0 "
+                     "(>= 0.1)"),
+        FinalVsInitial("nash_mp", "exploitability", -1),
+        FinalVsFinal("nash_omd", "nash_mp", "exploitability", +1,
+                     text="Nash-MP's last iterate is less exploitable than the one-step baseline's"),
+    ),
+)
+
+TASKS: Dict[str, Task] = {"addition": ADDITION, "diversity": DIVERSITY, "teacher_only": TEACHER_ONLY, "styles": STYLES}
 
 
 def check_task(name: str, task: Task) -> None:

@@ -351,7 +351,8 @@ def _initial_model(size: str, seed: int, cache_dir: Union[str, Path, None]) -> L
     if tiny_config(spec.base).to_dict() != tiny_config(size).to_dict():
         raise ValueError(f"tiny '{size}' fine-tunes '{spec.base}' but their architectures differ")
     torch.manual_seed(seed)
-    return LlamaForCausalLM.from_pretrained(ensure_tiny_model(spec.base, cache_dir), dtype=torch.float32)
+    return LlamaForCausalLM.from_pretrained(ensure_tiny_model(spec.base, cache_dir), dtype=torch.float32,
+                                            trust_remote_code=False)  # our own build: no remote code
 
 
 def _family_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, rows: Rows) -> Dict[str, float]:
