@@ -526,8 +526,8 @@ STYLES = Task(
     ),
     overrides=("model.path=builtin:tiny-policy-styled", "algorithm.nash_mp.judge=style_rps",
                f"algorithm.nash_mp.beta={STYLES_BETA}", "algorithm.nash_mp.eta=0.5", "algorithm.nash_mp.inner_steps=8",
-               "trainer.lr=1e-4", "algorithm.eps_low=0.95", "algorithm.eps_high=20", "data.prompts_per_step=32",
-               "algorithm.group_size=8", "trainer.num_ranks=1", "trainer.max_steps=12", "trainer.eval_every=1",
+               "trainer.lr=1e-4", "algorithm.eps_low=0.95", "algorithm.eps_high=20", "data.prompts_per_step=16",
+               "algorithm.group_size=8", "trainer.num_ranks=1", "trainer.max_steps=10", "trainer.eval_every=1",
                "trainer.eval_max_prompts=64", "trainer.eval_n=8", "trainer.eval_ks=[1,8]"),
     metrics=("exploitability", "eval/pass@1"),
     claims=(
