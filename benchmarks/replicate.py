@@ -24,7 +24,8 @@ step s comes after s + 1 of them; the initial policy (step -1) is x = 0.
 Statistics (``benchmarks/stats.py``): per (run, x, metric) the mean and sample standard deviation
 over seeds; per claim the difference in the claim's direction (positive = as claimed), its standard
 error (sample std / sqrt(n) per side, in quadrature) and a verdict: "holds" beyond +2 standard
-errors, "does not hold" below -2, else "inconclusive at this noise"; one seed: "inconclusive (one seed)".
+errors, "does not hold" below -2 (and at exactly 0 with no noise at all: the effect is absent), else
+"inconclusive at this noise"; one seed: "inconclusive (one seed)".
 
 Evaluation seeds: every run gets ``trainer.eval_seed=<--eval-seed>`` (default 0), so every
 evaluation of every run and seed samples the same draws (``StepContext.eval_seed``; without it they
@@ -33,7 +34,8 @@ evaluated identically in every seed (the report checks it) and has no seed noise
 count the trained side's noise only, and preconditions none.
 
 Writes per task ``<out>/<task>/results.md``, ``results.json`` and one ``claim<i>_*.png`` per claim,
-and, over every task with results in ``--out``, ``<out>/claims.json`` and ``<out>/README.md``. After a
+and, over every task with results in ``--out``, ``<out>/claims.json`` and ``<out>/README.md``; a task's
+hand-written ``<out>/<task>/conclusions.md`` is copied into both. After a
 successful run its ``checkpoints/`` and ``*.pt`` files are deleted unless ``--keep-checkpoints``.
 """
 from __future__ import annotations
