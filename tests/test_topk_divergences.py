@@ -303,3 +303,20 @@ def test_bad_arguments_raise():
         K.topk_divergence("full_kl")
     with pytest.raises(ValueError, match="leading dims"):
         K.topk_divergence("full_jsd")(logits[0], teacher)
+
+
+def test_chunk_size_written_in_a_config_acts():
+    """Config params arrive as floats (``DivergenceTermConfig.params: Dict[str, float]``): 16 is 16.0.
+    It is taken as the integer 16, so the term is built and equals the unchunked one; 1.5 is refused."""
+    from rlplat.config import ConfigError
+    from rlplat.config.load import load_config
+    from rlplat.losses import DivergenceTerm
+
+    cfg = load_config("configs/kdrl_full.yaml", ["algorithm.divergences.0.params.chunk_size=3"])
+    assert cfg.algorithm.divergences[0].params == {"chunk_size": 3.0}
+    logits, anchor = _inputs(11, lead=(2, 5), vocab=40)
+    teacher = K.teacher_topk(anchor, 6)
+    got = DivergenceTerm.from_config(cfg.algorithm.divergences[0]).full_estimator()(logits, teacher)
+    _close(got, K.topk_divergence("full_reverse_kl", chunk_size=10)(logits, teacher), atol=1e-14, rtol=1e-13)
+    with pytest.raises(ConfigError, match="chunk_size must be a positive integer, got 1.5"):
+        load_config("configs/kdrl_full.yaml", ["algorithm.divergences.0.params.chunk_size=1.5"])

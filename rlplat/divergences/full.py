@@ -28,6 +28,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from rlplat.divergences import DivergenceFn, register
+from rlplat.divergences.checks import positive
 
 # Elements of one [chunk, V] buffer when chunk_size is not given: 4 Mi elements (16 MiB in
 # float32) is large enough for full-speed kernels and keeps the working set a few such buffers.
@@ -106,10 +107,8 @@ def make_full(value_fn: ValueFn, grad_fn: Optional[GradFn] = None, chunk_size: O
     differentiates ``value_fn`` with autograd, one chunk at a time.
     ``chunk_size``: positions per chunk (default: about ``AUTO_CHUNK_ELEMENTS / V``).
     """
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1
-    ):
-        raise ValueError(f"full divergence: param chunk_size must be a positive integer or None, got {chunk_size!r}")
+    if chunk_size is not None:
+        chunk_size = positive("full divergence", "chunk_size", chunk_size, integer=True)
 
     def full_divergence(logits: torch.Tensor, anchor_logits: torch.Tensor) -> torch.Tensor:
         shape = tuple(logits.shape)

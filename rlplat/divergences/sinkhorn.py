@@ -44,13 +44,13 @@ on the tail), and value i is ``n`` times row i's cost (mean over positions = ``<
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional
 
 import torch
 
 from rlplat.divergences import DivergenceFn, register
 from rlplat.divergences.full import _compute_dtype
+from rlplat.divergences.checks import positive
 from rlplat.divergences.topk import TopK, teacher_topk
 
 
@@ -146,17 +146,6 @@ def sinkhorn_term(epsilon: float = 0.1, iters: int = 20, temperature: float = 2.
     return fn
 
 
-def _positive(name: str, value: object, integer: bool = False):
-    # Config params arrive as floats (DivergenceTermConfig.params is Dict[str, float]): 20.0 is 20.
-    if integer and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Integral if integer else numbers.Real)
-    if not ok or not (value > 0 and math.isfinite(value)):
-        kind = "a positive integer" if integer else "a positive finite number"
-        raise ValueError(f"divergence 'sinkhorn': param {name} must be {kind}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
 @register("sinkhorn", samples="full")
 def sinkhorn(epsilon: float = 0.1, iters: int = 20, temperature: float = 2.0,
              top_k: Optional[int] = None) -> DivergenceFn:
@@ -164,9 +153,10 @@ def sinkhorn(epsilon: float = 0.1, iters: int = 20, temperature: float = 2.0,
     values summing to ``<P, W>`` (nats-free: W is an L1 distance between probabilities, in [0, 2]).
     Leading dims ``[..., V]`` are flattened to n positions, all transported together.
     ``top_k``: restrict the cost to each teacher position's top-k ids plus a tail bucket."""
-    eps, temp = _positive("epsilon", epsilon), _positive("temperature", temperature)
-    n_iters = _positive("iters", iters, True)
-    k = None if top_k is None else _positive("top_k", top_k, True)
+    owner = "divergence 'sinkhorn'"
+    eps, temp = positive(owner, "epsilon", epsilon), positive(owner, "temperature", temperature)
+    n_iters = positive(owner, "iters", iters, integer=True)
+    k = None if top_k is None else positive(owner, "top_k", top_k, integer=True)
 
     def fn(logits: torch.Tensor, anchor_logits: torch.Tensor) -> torch.Tensor:
         if logits.shape != anchor_logits.shape or logits.dim() == 0:

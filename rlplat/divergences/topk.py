@@ -47,6 +47,7 @@ from torch.autograd.function import once_differentiable
 
 import rlplat.divergences as D
 from rlplat.divergences.full import _compute_dtype, _resolve_chunk
+from rlplat.divergences.checks import positive
 
 SUPPORTS = ("tail", "renorm")
 _NEG_INF = float("-inf")
@@ -76,7 +77,7 @@ def teacher_topk(anchor_logits: torch.Tensor, k: int, temperature: float = 1.0,
     Chunked over positions: one ``chunk_size x V`` buffer at a time. Returns float32 for half
     inputs, the input dtype otherwise.
     """
-    _check_int("k", k)
+    k = positive("teacher_topk", "k", k, integer=True)
     if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool) and temperature > 0):
         raise ValueError(f"teacher_topk: temperature must be a positive number, got {temperature!r}")
     vocab = anchor_logits.shape[-1]
@@ -115,11 +116,6 @@ def topk_from_logprobs(logp: torch.Tensor, ids: torch.Tensor) -> TopK:
     resolved = total < -4 * logp.shape[-1] * torch.finfo(total.dtype).eps
     tail = torch.where(resolved, torch.log(-torch.expm1(total.clamp(max=-1e-30))), _NEG_INF)
     return TopK(logp, ids, tail)
-
-
-def _check_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"param {name} must be a positive integer, got {value!r}")
 
 
 # --- the reduced (k + 1)-outcome student -----------------------------------------------------
@@ -204,7 +200,7 @@ def topk_divergence(name: str, support: str = "tail", chunk_size: Optional[int] 
     if support not in SUPPORTS:
         raise ValueError(f"topk_divergence: param support must be one of {SUPPORTS}, got {support!r}")
     if chunk_size is not None:
-        _check_int("chunk_size", chunk_size)
+        chunk_size = positive("topk_divergence", "chunk_size", chunk_size, integer=True)
     if D.info(name) != "full":
         raise ValueError(f"topk_divergence: '{name}' is not a full-distribution divergence")
     full_fn = D.get(name, **params)
