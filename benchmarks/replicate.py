@@ -541,7 +541,84 @@ STYLES = Task(
     ),
 )
 
-TASKS: Dict[str, Task] = {"addition": ADDITION, "diversity": DIVERSITY, "teacher_only": TEACHER_ONLY, "styles": STYLES}
+# Distillation (issue 15): the same student and teacher, the divergence term swapped. The distill
+# runs replace configs/distill.yaml's term (GKD's full_jsd) by one term of each divergence at
+# coefficient 1 on every response position; sinkhorn keeps configs/sinkd.yaml (its params, and
+# micro-batches of 512 tokens: the batch-wise cost is n x n x k). k2 is the sampled-token estimate,
+# so its teacher sends no top-k. KDRL runs keep their configs' annealed coefficient on the incorrect
+# responses (configs/kdrl.yaml: k2; configs/kdrl_full.yaml: the full terms).
+DISTILL_DIVERGENCES = ("k2", "full_reverse_kl", "full_forward_kl", "full_jsd", "sinkhorn")
+SINKHORN_MICRO_BATCH = "trainer.micro_batch_tokens=512"
+
+
+def distill_run(divergence: str) -> RunSpec:
+    """On-policy distillation (algorithm ``distill``) with one ``divergence`` term to the teacher."""
+    label = f"distill ({divergence})"
+    if divergence == "sinkhorn":
+        return RunSpec("distill_sinkhorn", label, "configs/sinkd.yaml")
+    term = (f"algorithm.divergences=[{{name: distill, divergence: {divergence}, anchor: teacher, "
+            "coef: {kind: constant, value: 1.0}, mask: all}]")
+    top_k = ("roles.teacher.top_k_logits=0",) if divergence == "k2" else ()
+    return RunSpec(f"distill_{divergence}", label, "configs/distill.yaml", (term, *top_k))
+
+
+def kdrl_run(divergence: str) -> RunSpec:
+    """KDRL (GRPO + the teacher term on incorrect responses) with ``divergence`` as that term."""
+    label = f"KDRL ({divergence})"
+    if divergence == "k2":
+        return RunSpec("kdrl_k2", label, "configs/kdrl.yaml")
+    extra = (SINKHORN_MICRO_BATCH,) if divergence == "sinkhorn" else ()
+    return RunSpec(f"kdrl_{divergence}", label, "configs/kdrl_full.yaml",
+                   (f"algorithm.divergences.0.divergence={divergence}", *extra))
+
+
+DISTILL_SIZES = ("trainer.max_steps=30", "trainer.eval_every=10", "trainer.eval_max_prompts=100", "trainer.eval_n=16",
+                 "trainer.eval_ks=[1,8,16]")
+
+DISTILL_OVERLAP = Task(
+    label="Distillation where teacher and student overlap: five divergences, one student and teacher",
+    description=(
+        "The built-in task (2-digit addition) distilled on-policy (algorithm `distill`: no reward term) from "
+        "`builtin:tiny-teacher` (sampled pass@1 0.87 on held-out additions) into `builtin:tiny-policy` (0.51): the "
+        "student already writes the teacher's answers half the time, so their distributions overlap. One term per "
+        "run at coefficient 1 on every response position: the sampled-token reverse KL `k2`, the full reverse and "
+        "forward KL and the JSD (beta 0.5) on the teacher's top-32 + tail, and SinKD's batch-wise Sinkhorn distance "
+        "(`configs/sinkd.yaml`: epsilon 0.1, 20 iterations, temperature 2). The student's learning rate, 1e-4, is "
+        "the configs'."),
+    runs=tuple(distill_run(d) for d in DISTILL_DIVERGENCES),
+    overrides=DISTILL_SIZES,
+    metrics=("eval/pass@1", "eval/pass@16", "eval/pass@1_greedy"),
+    claims=(
+        *(FinalVsInitial(f"distill_{d}", "eval/pass@1", +1) for d in DISTILL_DIVERGENCES),
+        *(FinalVsFinal(f"distill_{d}", "distill_k2", "eval/pass@1", +1) for d in DISTILL_DIVERGENCES[1:]),
+        *(FinalVsFinal("distill_sinkhorn", f"distill_{d}", "eval/pass@1", +1) for d in DISTILL_DIVERGENCES[1:-1]),
+    ),
+)
+
+DISTILL_LOW_OVERLAP = Task(
+    label="Distillation where they overlap little: a problem family only the teacher knows",
+    description=(
+        "`builtin:arithmetic_bonus` (additions and `a#b` = a + b + 100, half and half) from `builtin:tiny-teacher-bonus` "
+        "(sampled pass@1 0.66 on held-out `#` problems, 0.87 on additions) into `builtin:tiny-policy`, whose pass@16 "
+        "on `#` is 0: on those prompts the student's samples and the teacher's barely share a token, where SinKD "
+        "claims its advantage over the KLs. Distillation with each of the five divergences (as in "
+        "distillation_overlap) and KDRL with each (its configs' coefficient, 5e-3 annealed to 1e-3, on incorrect "
+        "responses; sinkhorn with 512-token micro-batches). `eval/bonus/*`: the `#` family; `eval/plus/*`: the "
+        "additions, which the student shares with the teacher."),
+    runs=(*(distill_run(d) for d in DISTILL_DIVERGENCES), *(kdrl_run(d) for d in DISTILL_DIVERGENCES)),
+    overrides=("data.train_path=builtin:arithmetic_bonus", "roles.teacher.path=builtin:tiny-teacher-bonus",
+               "trainer.eval_group_by=family", *DISTILL_SIZES),
+    metrics=("eval/pass@1", "eval/bonus/pass@1", "eval/bonus/pass@16", "eval/plus/pass@1"),
+    claims=(
+        *(FinalVsInitial(f"distill_{d}", "eval/bonus/pass@1", +1) for d in DISTILL_DIVERGENCES),
+        *(FinalVsFinal("distill_sinkhorn", f"distill_{d}", "eval/bonus/pass@1", +1) for d in DISTILL_DIVERGENCES[:-1]),
+        *(FinalVsFinal("distill_sinkhorn", f"distill_{d}", "eval/plus/pass@1", +1) for d in DISTILL_DIVERGENCES[:-1]),
+        *(FinalVsFinal(f"kdrl_{d}", "kdrl_k2", "eval/bonus/pass@1", +1) for d in DISTILL_DIVERGENCES[1:]),
+    ),
+)
+
+TASKS: Dict[str, Task] = {"addition": ADDITION, "diversity": DIVERSITY, "teacher_only": TEACHER_ONLY, "styles": STYLES,
+                          "distillation_overlap": DISTILL_OVERLAP, "distillation_low_overlap": DISTILL_LOW_OVERLAP}
 
 
 def check_task(name: str, task: Task) -> None:

@@ -161,3 +161,29 @@ def test_scores_chained_on_pending_parts_equal_the_direct_scores_and_fall_back_a
         assert pool.recoveries == 0  # no scorer was lost: nothing to recover
     finally:
         pool.kill()
+
+
+def test_killed_topk_scorer_is_restarted_and_the_pool_returns_the_same_topk(ray_cluster, policy, batch):
+    """With ``top_k`` > 0 each actor's part is a (log-probs, TopK) pair: after an actor is killed
+    mid-call the pool's recovery still returns, row for row, one in-process scorer's pair."""
+    import ray
+
+    from actors.scorer import Scorer
+
+    k = 8
+    want_logp, want = Scorer("teacher", policy, micro_batch_tokens=48, top_k=k).score(batch)
+    pool = _pool("topk", policy, 2, top_k=k)
+    try:
+        pending = pool.score_async(batch)
+        ray.kill(pool.actors[1], no_restart=False)  # mid-call, as a crash would
+        logp, top = pending.result()
+        assert pool.recoveries == 1  # the kill lands while the part (several micro-batches) is scored
+        on = batch.response_mask.bool()
+        torch.testing.assert_close(logp, want_logp, atol=2e-5, rtol=0)
+        assert top.logp.shape == (len(batch), batch.response_ids.shape[1], k) and top.ids.dtype == torch.int32
+        torch.testing.assert_close(top.logp[on], want.logp[on], atol=2e-5, rtol=0)
+        assert torch.equal(top.ids[on], want.ids[on])
+        torch.testing.assert_close(top.tail_logp[on], want.tail_logp[on], atol=2e-5, rtol=0)
+        assert (top.logp[~on] == 0).all() and (top.ids[~on] == 0).all()
+    finally:
+        pool.kill()
