@@ -71,7 +71,20 @@ def equilibrium(pi_ref: torch.Tensor, pref: torch.Tensor, beta: float, tol: floa
 
 
 def kl(p: torch.Tensor, q: torch.Tensor) -> float:
-    return float((p * (p.log() - q.log())).sum())
+    """KL(p||q) in nats (0 log 0 = 0; inf where p > 0 = q)."""
+    return float((torch.xlogy(p, p) - torch.xlogy(p, q)).sum())
+
+
+def exploitability(pi: torch.Tensor, pi_ref: torch.Tensor, pref: torch.Tensor, beta: float) -> float:
+    """e(pi) of the regularised game: ``max_pi' [P(pi' > pi) - beta KL(pi'||pi_ref)] - [P(pi > pi) -
+    beta KL(pi||pi_ref)]``, the max being ``beta log sum_y pi_ref(y) exp(P(y > pi) / beta)`` (attained
+    by the Gibbs response ``pi'(y) ~ pi_ref(y) exp(P(y > pi) / beta)``). >= 0, and 0 only at the
+    equilibrium (rounding may leave it ~1e-16 below 0 there); inf when pi puts mass where pi_ref has none."""
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    w = win_prob(pref, pi)
+    best = beta * float(torch.logsumexp(pi_ref.log() + w / beta, dim=-1))
+    return best - (float(pi @ w) - beta * kl(pi, pi_ref))  # P(pi > pi) is 1/2 for an antisymmetric game
 
 
 def random_preference(num_responses: int, generator: torch.Generator) -> torch.Tensor:

@@ -27,6 +27,7 @@ Pure python: no torch at import (``equilibrium`` imports it).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -81,40 +82,18 @@ def _as_list(pi: Union[Mapping[str, float], Sequence[float]]) -> List[float]:
     return vals
 
 
-def kl(p: Sequence[float], q: Sequence[float]) -> float:
-    """KL(p||q) in nats (0 log 0 = 0; inf where p > 0 = q)."""
-    out = 0.0
-    for a, b in zip(p, q):
-        if a > 0:
-            out += math.inf if b <= 0 else a * math.log(a / b)
-    return out
-
-
-def win_probs(pi: Sequence[float], pref: Optional[Sequence[Sequence[float]]] = None) -> List[float]:
-    """``P(s > pi)`` for each style s."""
-    pref = preference_matrix() if pref is None else pref
-    return [sum(p_ij * q for p_ij, q in zip(row, pi)) for row in pref]
-
-
 def exploitability(pi: Union[Mapping[str, float], Sequence[float]], pi_ref: Union[Mapping[str, float], Sequence[float]],
                    beta: float, pref: Optional[Sequence[Sequence[float]]] = None) -> float:
-    """e(pi) of the regularised game with preference matrix ``pref`` (default the style game's):
-    ``max_pi' [P(pi' > pi) - beta KL(pi'||pi_ref)] - [P(pi > pi) - beta KL(pi||pi_ref)]``, where the
-    max is ``beta log sum_s pi_ref(s) exp(P(s > pi) / beta)`` (attained by the Gibbs response
-    ``pi'(s) ~ pi_ref(s) exp(P(s > pi)/beta)``). Exactly >= 0 and 0 only at the equilibrium
-    (rounding may leave it ~1e-16 below 0 there); inf when pi
-    puts mass where pi_ref has none. Distributions: a mapping style -> probability or a sequence
-    in ``STYLES`` order."""
-    if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
-    p, r = _as_list(pi), _as_list(pi_ref)
+    """e(pi) of the regularised game with preference matrix ``pref`` (default the style game's)
+    (``rlplat.algorithms.nash_tabular.exploitability``). Distributions: a mapping style ->
+    probability or a sequence in ``STYLES`` order."""
+    import torch
+
+    from rlplat.algorithms.nash_tabular import exploitability as tabular
+
     pref = preference_matrix() if pref is None else pref
-    w = win_probs(p, pref)
-    logits = [math.log(b) + x / beta for b, x in zip(r, w) if b > 0]
-    top = max(logits)
-    best = beta * (top + math.log(sum(math.exp(v - top) for v in logits)))
-    value = sum(a * x for a, x in zip(p, w))  # P(pi > pi): 1/2 for an antisymmetric game
-    return best - (value - beta * kl(p, r))
+    as_tensor = functools.partial(torch.tensor, dtype=torch.float64)
+    return tabular(as_tensor(_as_list(pi)), as_tensor(_as_list(pi_ref)), as_tensor(pref), beta)
 
 
 def equilibrium(pi_ref: Union[Mapping[str, float], Sequence[float]], beta: float,
@@ -172,5 +151,5 @@ def style_exploitability(eval_json: Union[str, Path, Mapping[str, Any]],
     return exploitability(style_distribution(_records(eval_json)), style_distribution(_records(initial_eval_json)), beta)
 
 
-__all__ = ["BEATS", "DEMONSTRATOR", "STYLES", "SUFFIX", "equilibrium", "exploitability", "kl", "preference_matrix",
-           "style_counts", "style_distribution", "style_exploitability", "style_of", "win_probs", "write_style"]
+__all__ = ["BEATS", "DEMONSTRATOR", "STYLES", "SUFFIX", "equilibrium", "exploitability", "preference_matrix",
+           "style_counts", "style_distribution", "style_exploitability", "style_of", "write_style"]
