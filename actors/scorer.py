@@ -16,7 +16,7 @@ from actors.rollout import check_weight_version
 from actors.trainer.oom import budget_on_oom
 from rlplat.batch import Batch
 from rlplat.divergences.topk import TopK, teacher_topk
-from rlplat.modeling import load_causal_lm, micro_batch_forward, response_logits, response_logprobs
+from rlplat.modeling import load_causal_lm, micro_batch_forward, response_logprobs
 
 # What ``Scorer.score`` returns: log-probs Float32 [B, R], or (log-probs, TopK) with top_k > 0.
 Scores = Union[torch.Tensor, Tuple[torch.Tensor, TopK]]
@@ -101,28 +101,6 @@ class Scorer:
         Float32 [end - start, R], R = the longest response of all parts (and the TopK with ``top_k``)."""
         batch = parts[0] if len(parts) == 1 else Batch.concat(parts, pad_id=0)  # padding is masked
         return self.score(batch.select(torch.arange(start, end)), weights_version)
-
-    @torch.no_grad()
-    def topk_logits(self, batch: Batch, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(values Float32 [B, R, k], indices Long [B, R, k]) of the k most likely next tokens at
-        each response position. Values are log-probabilities (``log_softmax`` of the
-        temperature-scaled logits over the FULL vocabulary: top-k raw logits could not be
-        renormalised afterwards). Padding positions hold 0 / 0."""
-        if k <= 0:
-            raise ValueError(f"scorer '{self.role}': k must be > 0, got {k}")
-        b, r = batch.response_ids.shape
-        values = torch.zeros((b, r, k), dtype=torch.float32)
-        indices = torch.zeros((b, r, k), dtype=torch.long)
-        for idx in batch.split_by_token_budget(self.micro_batch_tokens):
-            mb = batch.select(idx).trimmed().to(self.device)
-            logits = response_logits(self.model, mb).float() / self.temperature
-            logp = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
-            top = logp.topk(min(k, logp.shape[-1]), dim=-1)
-            keep = mb.response_mask[..., None].bool()
-            rr, kk = logp.shape[1], top.values.shape[-1]
-            values[idx, :rr, :kk] = torch.where(keep, top.values, 0.0).cpu()
-            indices[idx, :rr, :kk] = torch.where(keep, top.indices, 0).cpu()
-        return values, indices
 
     @torch.no_grad()
     def load_weights(self, named: Sequence[Tuple[str, torch.Tensor]], version: Optional[int] = None) -> int:

@@ -77,18 +77,12 @@ def test_teacher_topk_holds_the_largest_logprobs_and_the_exact_tail():
         K.teacher_topk(anchor, 3, 0.0)
 
 
-def test_tail_from_logprobs_alone_agrees_and_is_minus_inf_when_nothing_is_left():
-    _, anchor = _inputs(1, lead=(6,), vocab=30)
-    top = K.teacher_topk(anchor, 4)
-    again = K.topk_from_logprobs(top.logp, top.ids)
-    _close(again.tail_logp, top.tail_logp, atol=1e-12, rtol=1e-12)
-    full = K.topk_from_logprobs(torch.log_softmax(anchor, -1), torch.arange(30).expand(6, 30))
-    assert (full.tail_logp == float("-inf")).all()
-    # float32 cannot see a tail below ~1e-7 from the top-k alone; the exact path can.
+def test_the_tail_is_exact_where_one_minus_the_topk_sum_cannot_resolve_it():
+    # float32 cannot see a tail below ~1e-7 as 1 - sum(top-k); the log-sum-exp of the rest can.
     peaked = torch.tensor([[30.0, 0.0, 0.0, 0.0]])
-    from_logp = K.topk_from_logprobs(K.teacher_topk(peaked, 1).logp, torch.zeros(1, 1, dtype=torch.long))
-    assert from_logp.tail_logp.item() == float("-inf")
-    _close(K.teacher_topk(peaked, 1).tail_logp, torch.tensor([math.log(3.0) - 30.0]), atol=1e-5, rtol=0)
+    top = K.teacher_topk(peaked, 1)
+    assert 1 - top.logp.exp().sum().item() == 0.0
+    _close(top.tail_logp, torch.tensor([math.log(3.0) - 30.0]), atol=1e-5, rtol=0)
 
 
 # --- k = V: exact -------------------------------------------------------------------------------

@@ -251,22 +251,20 @@ def test_scorer_loaded_with_trainer_weights_scores_like_the_trainer(group, model
         scorer.load_weights(g.get_weights()[1:])
 
 
-def test_scorer_topk_is_normalised_and_contains_the_argmax(model_dir):
+def test_scorer_topk_at_k_equal_v_holds_the_sampled_tokens_logprob_at_its_id(model_dir):
+    """The top-k comes from the same positions as the sampled-token log-probs: at k = V the
+    sampled token's log-prob appears at its own id, and the k log-probs sum to 1."""
     from actors.scorer import Scorer
 
-    scorer = Scorer("teacher", model_dir, micro_batch_tokens=20)
     batch = make_batch(seed=7)
-    vocab = scorer.info()["vocab_size"]
-    values, indices = scorer.topk_logits(batch, vocab)
+    probe = Scorer("teacher", model_dir, micro_batch_tokens=20)
+    vocab = probe.info()["vocab_size"]
+    logp, top = Scorer("teacher", model_dir, micro_batch_tokens=20, top_k=vocab).score(batch)
     on = batch.response_mask.bool()
-    torch.testing.assert_close(values.exp().sum(-1)[on], torch.ones(int(on.sum())), atol=1e-5, rtol=0)
-    assert (values[~on] == 0).all() and (indices[~on] == 0).all()
-    # The sampled token's log-prob appears among all-vocab top-k values at its own index.
-    score = scorer.score(batch)
-    at_token = values.gather(-1, indices.argsort(-1).gather(-1, batch.response_ids[..., None])).squeeze(-1)
-    torch.testing.assert_close(at_token[on], score[on], atol=1e-5, rtol=0)
-    top3, _ = scorer.topk_logits(batch, 3)
-    torch.testing.assert_close(top3, values[..., :3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(top.logp.exp().sum(-1)[on], torch.ones(int(on.sum())), atol=1e-5, rtol=0)
+    at_token = top.logp.gather(-1, top.ids.long().argsort(-1).gather(-1, batch.response_ids[..., None])).squeeze(-1)
+    torch.testing.assert_close(at_token[on], logp[on], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logp, probe.score(batch), atol=1e-6, rtol=0)
 
 
 @pytest.mark.runtime

@@ -101,23 +101,6 @@ def teacher_topk(anchor_logits: torch.Tensor, k: int, temperature: float = 1.0,
     return TopK(logp.reshape(*lead, k), ids.reshape(*lead, k), tail.reshape(lead))
 
 
-def topk_from_logprobs(logp: torch.Tensor, ids: torch.Tensor) -> TopK:
-    """``TopK`` from top-k log-probs and ids alone (e.g. ``Scorer.topk_logits``), tail = ``1 - sum``.
-
-    Less precise than ``teacher_topk``: a tail mass the sum cannot resolve from 1 (below
-    ``4 k`` ulps: about 5e-7 k in float32, 1e-15 k in float64) is taken as 0 (``-inf``; this is
-    also what makes k = V exact), and then any student mass in the tail makes the reverse KL
-    infinite. Prefer sending the exact ``tail_logp`` with the top-k. Padding positions (all
-    zeros) must be masked out before: their "probabilities" sum to k.
-    """
-    total = torch.logsumexp(logp, -1)
-    # Why a threshold: the rounding error of a k-term log-sum-exp is a few k ulps, so a smaller
-    # "tail" is noise (k = V would otherwise leave a spurious tail of about e^-36 in float64).
-    resolved = total < -4 * logp.shape[-1] * torch.finfo(total.dtype).eps
-    tail = torch.where(resolved, torch.log(-torch.expm1(total.clamp(max=-1e-30))), _NEG_INF)
-    return TopK(logp, ids, tail)
-
-
 # --- the reduced (k + 1)-outcome student -----------------------------------------------------
 
 
