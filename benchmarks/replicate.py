@@ -579,7 +579,8 @@ DISTILL_OVERLAP = Task(
     label="Distillation where teacher and student overlap: five divergences, one student and teacher",
     description=(
         "The built-in task (2-digit addition) distilled on-policy (algorithm `distill`: no reward term) from "
-        "`builtin:tiny-teacher` (sampled pass@1 0.87 on held-out additions) into `builtin:tiny-policy` (0.51): the "
+        "`builtin:tiny-teacher` (sampled pass@1 0.85, greedy 0.93 on the same 100 held-out problems: `launch.evaluate`, "
+        "n = 16, seed 0) into `builtin:tiny-policy` (0.51): the "
         "student already writes the teacher's answers half the time, so their distributions overlap. One term per "
         "run at coefficient 1 on every response position: the sampled-token reverse KL `k2`, the full reverse and "
         "forward KL and the JSD (beta 0.5) on the teacher's top-32 + tail, and SinKD's batch-wise Sinkhorn distance "
@@ -599,7 +600,8 @@ DISTILL_LOW_OVERLAP = Task(
     label="Distillation where they overlap little: a problem family only the teacher knows",
     description=(
         "`builtin:arithmetic_bonus` (additions and `a#b` = a + b + 100, half and half) from `builtin:tiny-teacher-bonus` "
-        "(sampled pass@1 0.66 on held-out `#` problems, 0.87 on additions) into `builtin:tiny-policy`, whose pass@16 "
+        "(sampled pass@1 0.66 on the held-out `#` problems, 0.87 on the additions: `launch.evaluate --group-by family`, "
+        "the same 100 problems, n = 16, seed 0) into `builtin:tiny-policy`, whose pass@16 "
         "on `#` is 0: on those prompts the student's samples and the teacher's barely share a token, where SinKD "
         "claims its advantage over the KLs. Distillation with each of the five divergences (as in "
         "distillation_overlap) and KDRL with each (its configs' coefficient, 5e-3 annealed to 1e-3, on incorrect "
@@ -617,8 +619,33 @@ DISTILL_LOW_OVERLAP = Task(
     ),
 )
 
+DISTILL_LONG = ("full_reverse_kl", "full_forward_kl", "sinkhorn")
+
+DISTILL_LOW_OVERLAP_LONG = Task(
+    label="Distillation where they overlap little, at five times the learning rate and twice the steps",
+    description=(
+        "distillation_low_overlap's distillation runs for the full reverse KL, the full forward KL and SinKD at "
+        "lr 5e-4 (the teacher's own warm-start rate) for 60 steps, evaluated every 20: does a larger budget "
+        "let a term teach the `#` family, and at what cost to the additions? A one-seed exploration before "
+        "this task saw the forward KL start on `#` (pass@16 0.15) while losing most additions, and SinKD "
+        "lose everything."),
+    runs=tuple(distill_run(d) for d in DISTILL_LONG),
+    overrides=("data.train_path=builtin:arithmetic_bonus", "roles.teacher.path=builtin:tiny-teacher-bonus",
+               "trainer.eval_group_by=family", "trainer.lr=5e-4", "trainer.max_steps=60", "trainer.eval_every=20",
+               "trainer.eval_max_prompts=100", "trainer.eval_n=16", "trainer.eval_ks=[1,8,16]"),
+    metrics=("eval/pass@1", "eval/bonus/pass@1", "eval/bonus/pass@16", "eval/plus/pass@1"),
+    claims=(
+        *(FinalVsInitial(f"distill_{d}", "eval/bonus/pass@16", +1) for d in DISTILL_LONG),
+        *(FinalVsFinal("distill_sinkhorn", f"distill_{d}", "eval/bonus/pass@16", +1) for d in DISTILL_LONG[:-1]),
+        *(FinalVsInitial(f"distill_{d}", "eval/plus/pass@1", -1,
+                         text=f"distill ({d}) loses the additions: its final plus pass@1 is below the initial policy's")
+          for d in DISTILL_LONG),
+    ),
+)
+
 TASKS: Dict[str, Task] = {"addition": ADDITION, "diversity": DIVERSITY, "teacher_only": TEACHER_ONLY, "styles": STYLES,
-                          "distillation_overlap": DISTILL_OVERLAP, "distillation_low_overlap": DISTILL_LOW_OVERLAP}
+                          "distillation_overlap": DISTILL_OVERLAP, "distillation_low_overlap": DISTILL_LOW_OVERLAP,
+                          "distillation_low_overlap_long": DISTILL_LOW_OVERLAP_LONG}
 
 
 def check_task(name: str, task: Task) -> None:

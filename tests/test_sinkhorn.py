@@ -289,3 +289,18 @@ def test_sinkhorn_term_with_padding_zeros_and_half_precision_logits_stays_finite
     (grad,) = torch.autograd.grad(loss.float(), half)
     assert math.isfinite(loss.item()) and math.isfinite(metrics["div/kd"]) and 0 < metrics["div/kd"] <= 2
     assert torch.isfinite(grad.float()).all() and (grad[batch.response_mask == 0] == 0).all()
+
+
+def test_the_batchwise_distance_does_not_pin_a_position_to_its_own_teacher_position():
+    """Uniform marginals: permuting the student's n positions permutes the plan's rows, so the
+    distance <P, W> is unchanged (it matches the student's set of distributions to the teacher's
+    set, not position i to position i), while a per-position divergence changes. Why SinKD can
+    move a position's distribution towards another position's teacher (docs/algorithms.md)."""
+    logits, anchor = _inputs(21, n=7, vocab=12)
+    perm = torch.tensor([3, 0, 6, 1, 5, 2, 4])
+    fn = D.get("sinkhorn", iters=50)
+    same = fn(logits[perm], anchor).sum()
+    torch.testing.assert_close(same, fn(logits, anchor).sum(), atol=1e-12, rtol=0)
+    torch.testing.assert_close(fn(anchor[perm], anchor).sum(), fn(anchor, anchor).sum(), atol=1e-12, rtol=0)
+    kl = D.get("full_reverse_kl")
+    assert (kl(logits[perm], anchor).sum() - kl(logits, anchor).sum()).abs() > 0.1

@@ -23,7 +23,7 @@ regularised game's equilibrium ``pi*(s) ~ pi_ref(s) exp(P(s > pi*) / beta)`` is 
 of a held-out evaluation (``eval/step_<s>.json``) and ``pi_ref`` as that of the initial policy's
 (``eval/step_-1.json``).
 
-Pure python: no torch at import (``equilibrium`` imports it).
+Pure python: no torch at import (``equilibrium`` and ``exploitability`` import it).
 """
 from __future__ import annotations
 
