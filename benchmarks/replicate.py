@@ -574,6 +574,10 @@ def kdrl_run(divergence: str) -> RunSpec:
 
 DISTILL_SIZES = ("trainer.max_steps=30", "trainer.eval_every=10", "trainer.eval_max_prompts=100", "trainer.eval_n=16",
                  "trainer.eval_ks=[1,8,16]")
+# The low-overlap setting: the `#` family only the teacher knows, evaluated per family.
+LOW_OVERLAP = ("data.train_path=builtin:arithmetic_bonus", "roles.teacher.path=builtin:tiny-teacher-bonus",
+               "trainer.eval_group_by=family")
+LOW_OVERLAP_METRICS = ("eval/pass@1", "eval/bonus/pass@1", "eval/bonus/pass@16", "eval/plus/pass@1")
 
 DISTILL_OVERLAP = Task(
     label="Distillation where teacher and student overlap: five divergences, one student and teacher",
@@ -608,9 +612,8 @@ DISTILL_LOW_OVERLAP = Task(
         "responses; sinkhorn with 512-token micro-batches). `eval/bonus/*`: the `#` family; `eval/plus/*`: the "
         "additions, which the student shares with the teacher."),
     runs=(*(distill_run(d) for d in DISTILL_DIVERGENCES), *(kdrl_run(d) for d in DISTILL_DIVERGENCES)),
-    overrides=("data.train_path=builtin:arithmetic_bonus", "roles.teacher.path=builtin:tiny-teacher-bonus",
-               "trainer.eval_group_by=family", *DISTILL_SIZES),
-    metrics=("eval/pass@1", "eval/bonus/pass@1", "eval/bonus/pass@16", "eval/plus/pass@1"),
+    overrides=(*LOW_OVERLAP, *DISTILL_SIZES),
+    metrics=LOW_OVERLAP_METRICS,
     claims=(
         *(FinalVsInitial(f"distill_{d}", "eval/bonus/pass@1", +1) for d in DISTILL_DIVERGENCES),
         *(FinalVsFinal("distill_sinkhorn", f"distill_{d}", "eval/bonus/pass@1", +1) for d in DISTILL_DIVERGENCES[:-1]),
@@ -630,10 +633,9 @@ DISTILL_LOW_OVERLAP_LONG = Task(
         "this task saw the forward KL start on `#` (pass@16 0.15) while losing most additions, and SinKD "
         "lose everything."),
     runs=tuple(distill_run(d) for d in DISTILL_LONG),
-    overrides=("data.train_path=builtin:arithmetic_bonus", "roles.teacher.path=builtin:tiny-teacher-bonus",
-               "trainer.eval_group_by=family", "trainer.lr=5e-4", "trainer.max_steps=60", "trainer.eval_every=20",
+    overrides=(*LOW_OVERLAP, "trainer.lr=5e-4", "trainer.max_steps=60", "trainer.eval_every=20",
                "trainer.eval_max_prompts=100", "trainer.eval_n=16", "trainer.eval_ks=[1,8,16]"),
-    metrics=("eval/pass@1", "eval/bonus/pass@1", "eval/bonus/pass@16", "eval/plus/pass@1"),
+    metrics=LOW_OVERLAP_METRICS,
     claims=(
         *(FinalVsInitial(f"distill_{d}", "eval/bonus/pass@16", +1) for d in DISTILL_LONG),
         *(FinalVsFinal("distill_sinkhorn", f"distill_{d}", "eval/bonus/pass@16", +1) for d in DISTILL_LONG[:-1]),
