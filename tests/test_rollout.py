@@ -228,6 +228,25 @@ def test_hf_engine_samples_by_stream_seed(tiny_model):
     assert torch.equal(top[0].response_ids, top[1].response_ids)
 
 
+
+def test_an_engine_whose_load_failed_refuses_to_sample_until_loaded_again(tiny_model):
+    """A load that breaks half-way leaves the engine at ``LOADING``: a versioned generate raises
+    ``StaleWeightsError`` (what the engine pool recovers from) instead of sampling from
+    half-loaded weights; a whole load makes it sample again."""
+    from actors.rollout import LOADING, StaleWeightsError
+
+    engine = make_engine("hf", model_path=str(tiny_model), tokenizer_path=str(tiny_model),
+                         rollout=RolloutConfig(backend="hf", max_new_tokens=4), dtype="float32", seed=0)
+    good = [(n, t.detach().clone()) for n, t in engine.model.state_dict().items()]
+    broken = [good[0], (good[1][0], torch.zeros(3, 3))]  # the second tensor has the wrong shape
+    with pytest.raises(ValueError, match=good[1][0]):
+        engine.update_weights(broken, version=1)
+    assert engine.weight_version == LOADING
+    with pytest.raises(StaleWeightsError, match="version -1"):
+        engine.generate([[BOS_ID, 5]], 2, 0, PAD_ID, weight_version=1)
+    engine.update_weights(good, version=1)
+    assert engine.generate([[BOS_ID, 5]], 2, 0, PAD_ID, weight_version=1).meta["weight_version"] == [1, 1]
+
 BACKENDS = ("hf", "vllm")
 MAX_NEW_TOKENS = 12
 

@@ -130,6 +130,43 @@ def test_transfer_group_refuses_a_rank_outside_the_group():
         TransferGroup(GroupAddress("127.0.0.1", 1, world_size=2), 2, torch.device("cpu"), "127.0.0.1")
 
 
+# ============================================================================ in-place updates
+def test_in_place_refusal_names_what_needs_vllms_layerwise_reload():
+    """Unquantized layers with their weights kept load in place; anything else (quantization, an
+    fp8 KV cache, a quantized layer, a weight freed after packing, a model-level post-load step)
+    takes vLLM's layerwise reload, and the refusal names why."""
+    from types import SimpleNamespace
+
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    from actors.rollout.vllm_transfer import in_place_refusal
+
+    def layer(method, weight_shape=(4, 4)):
+        m = torch.nn.Module()
+        m.weight = torch.nn.Parameter(torch.zeros(weight_shape), requires_grad=False)
+        m.quant_method = method
+        return m
+
+    def model(**layers):
+        root = torch.nn.Module()
+        for name, m in layers.items():
+            root.add_module(name, m)
+        root.add_module("norm", torch.nn.LayerNorm(4))  # no quant_method: never a reason
+        return root
+
+    plain, cache = SimpleNamespace(quantization=None), SimpleNamespace(cache_dtype="auto")
+    good = model(qkv=layer(UnquantizedLinearMethod()), lm_head=layer(UnquantizedEmbeddingMethod()))
+    assert in_place_refusal(good, plain, cache) is None
+    assert in_place_refusal(good, SimpleNamespace(quantization="fp8"), cache) == "quantization=fp8"
+    assert in_place_refusal(good, plain, SimpleNamespace(cache_dtype="fp8")) == "kv_cache_dtype=fp8"
+    assert in_place_refusal(model(qkv=layer(object())), plain, cache) == "qkv: object"
+    freed = model(qkv=layer(UnquantizedLinearMethod(), weight_shape=(0,)))
+    assert in_place_refusal(freed, plain, cache) == "qkv: its weight was not kept after loading"
+    good.process_weights_after_loading = lambda: None
+    assert "model-level post-load step" in in_place_refusal(good, plain, cache)
+
+
 # ============================================================================ config
 def test_weight_sync_keys_are_validated():
     from rlplat.config import load_config
@@ -229,7 +266,9 @@ def test_collective_sync_after_a_training_step_matches_the_trainer_without_the_d
         (after,) = _probe_logprobs(ctx)
         assert (after - trainer_lp).abs().max() < 1e-3
         assert (after - before[0]).abs().max() > 1e-2, "the engine still holds the initial weights"
-        assert ray.get(engines.engines[0].info.remote())["weight_version"] == ctx.weight_version == 1
+        info = ray.get(engines.engines[0].info.remote())
+        assert info["weight_version"] == ctx.weight_version == 1
+        assert info["weight_update"] == "in place"  # CPU linear weights kept, re-packed after loading
         assert spy.seen == []
 
         from actors.rollout.weight_sync import ObjectStoreSync

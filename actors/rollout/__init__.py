@@ -83,6 +83,13 @@ class IdleClock:
         return idle
 
 
+LOADING = -1
+"""``weight_version`` of an engine while it loads weights, and after a load that failed: every
+call that names a version (``generate(weight_version=...)``) then raises ``StaleWeightsError``,
+so the engine pool recovers it (pushes the weights again) instead of sampling from half-loaded
+weights. Matters when the pool does not wait for a load (``EnginePool.sync`` with overlap)."""
+
+
 def check_weight_version(have: int, want: Optional[int]) -> None:
     """Refuse to sample from weights other than the caller's ``want`` (None: no check)."""
     if want is not None and have != want:

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from actors import quiet
-from actors.rollout import IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version
+from actors.rollout import LOADING, IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version
 from actors.rollout.weights import as_named_tensors
 from rlplat.batch import Batch
 
@@ -178,11 +178,12 @@ class HFRolloutEngine:
         (see ``actors.rollout.IdleClock``)."""
         idle = self.idle.weights_arrived()
         t0 = time.perf_counter()
+        previous, self.weight_version = self.weight_version, LOADING  # until loaded (a failure leaves it)
         weights = as_named_tensors(named_tensors)
         targets = self._targets("update_weights", [(n, tuple(t.shape)) for n, t in weights])
         for name, tensor in weights:
             targets[name].copy_(tensor)
-        self.weight_version = self.weight_version + 1 if version is None else version
+        self.weight_version = previous + 1 if version is None else version
         return {"seconds": time.perf_counter() - t0, "idle_s": idle}
 
     def _targets(self, caller: str, shapes: List[Tuple[str, Tuple[int, ...]]]) -> Dict[str, torch.Tensor]:
@@ -216,11 +217,12 @@ class HFRolloutEngine:
             raise StaleWeightsError("this engine is in no weight-transfer group (restarted?)")
         idle = self.idle.weights_arrived()
         t0 = time.perf_counter()
+        previous, self.weight_version = self.weight_version, LOADING  # until loaded (a failure leaves it)
         targets = self.model.state_dict()
         for _, named in self._group.receive(self._weight_plan):
             for name, tensor in named:
                 targets[name].copy_(tensor)
-        self.weight_version = self.weight_version + 1 if version is None else version
+        self.weight_version = previous + 1 if version is None else version
         return {"seconds": time.perf_counter() - t0, "idle_s": idle}
 
     def weight_group_address(self) -> Any:

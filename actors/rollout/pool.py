@@ -118,7 +118,8 @@ class EnginePool:
 
             def get() -> Batch:
                 refs = [e.generate.remote(prompt_ids[a:b], group_size, a, self.pad_id, {k: v[a:b] for k, v in meta.items()},
-                                          None if seed is None else seed + a * group_size, greedy=greedy, ignore_eos=False)
+                                          None if seed is None else seed + a * group_size, greedy=greedy, ignore_eos=False,
+                                          weight_version=self.weight_version)
                         for e, a, b in zip(self.engines, bounds, bounds[1:]) if a < b]
                 return Batch.concat(ray.get(refs), pad_id=self.pad_id)
 
@@ -131,20 +132,29 @@ class EnginePool:
         """The trainer's weights into every engine (``rollout.weight_sync``), as version
         ``weight_version + 1``, then the probe check (on the first sync, after every recovery and
         every ``trainer.sync_check_every`` syncs). Metrics: ``sync/seconds``, ``sync/gbytes_per_s``,
-        ``sync/buckets``, ``async/idle_s`` (engines waiting for these weights), with
-        ``trainer.max_staleness`` >= 1 ``async/drain_s`` (waiting for queued generations, not
-        transfer time) and, when checked, ``sync/logprob_max_abs_diff``."""
+        ``sync/buckets``, ``sync/engine_load_s`` and ``async/idle_s`` (engines waiting for these
+        weights), with ``trainer.max_staleness`` >= 1 ``async/drain_s`` (waiting for queued
+        generations, not transfer time) and, when checked, ``sync/logprob_max_abs_diff``.
+
+        With ``trainer.max_staleness`` >= 1 and no check due, the push returns once the weights
+        are sent and the engines load them while the trainer trains the next batch
+        (``push(wait=False)``); ``sync/engine_load_s`` and ``async/idle_s`` are then the previous
+        push's, and absent when that one was waited for."""
         out: Dict[str, float] = {}
-        if self.cfg.trainer.max_staleness:
+        overlap = self.cfg.trainer.max_staleness >= 1
+        if overlap:
             t0 = time.perf_counter()
             self.recoverable(lambda: ray.get([e.ready.remote() for e in self.engines]))
             out["async/drain_s"] = time.perf_counter() - t0
+        check = self.check_due or (self.syncs + 1) % self.cfg.trainer.sync_check_every == 0
         t0 = time.perf_counter()
         self.weight_version += 1
-        sent = self.recoverable(lambda: self.weight_sync.push(self.weight_version))
+        # With overlap the engines load while the trainer goes on to its next batch (a probe check
+        # needs the load done); their next calls queue behind it.
+        sent = self.recoverable(lambda: self.weight_sync.push(self.weight_version, wait=not overlap or check))
         out.update(sent.metrics(time.perf_counter() - t0))
         self.syncs += 1
-        if self.check_due or self.syncs % self.cfg.trainer.sync_check_every == 0:
+        if check:
             out["sync/logprob_max_abs_diff"] = self.check()
             self.check_due = False
         return out

@@ -50,7 +50,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from actors import quiet
-from actors.rollout import IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version
+from actors.rollout import LOADING, IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version
 from actors.rollout.transfer_group import node_ip
 from actors.rollout.weights import as_named_tensors
 from rlplat.batch import Batch
@@ -228,6 +228,7 @@ class VLLMRolloutEngine:
         """
         idle = self.idle.weights_arrived()
         t0 = time.perf_counter()
+        previous, self.weight_version = self.weight_version, LOADING  # until loaded (a failure leaves it)
         weights = as_named_tensors(named_tensors)
         if not weights:
             raise ValueError("update_weights got no tensors")
@@ -236,7 +237,7 @@ class VLLMRolloutEngine:
         )
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
-        self.weight_version = self.weight_version + 1 if version is None else version
+        self.weight_version = previous + 1 if version is None else version
         return {"seconds": time.perf_counter() - t0, "idle_s": idle}
 
     def join_weight_group(self, address: Any, rank_offset: int, plan: List[Any]) -> None:
@@ -256,12 +257,13 @@ class VLLMRolloutEngine:
             raise StaleWeightsError("this engine is in no weight-transfer group (restarted?)")
         idle = self.idle.weights_arrived()
         t0 = time.perf_counter()
+        previous, self.weight_version = self.weight_version, LOADING  # until loaded (a failure leaves it)
         self.llm.start_weight_update()
         self.llm.update_weights({"update_info": {"buckets": self._weight_plan}})
         self.llm.finish_weight_update()
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
-        self.weight_version = self.weight_version + 1 if version is None else version
+        self.weight_version = previous + 1 if version is None else version
         return {"seconds": time.perf_counter() - t0, "idle_s": idle}
 
     def weight_group_address(self) -> Any:
@@ -288,8 +290,16 @@ class VLLMRolloutEngine:
             "vllm_version": self.vllm_version,
             "start_seconds": self.start_seconds,
             "weight_version": self.weight_version,
+            "weight_update": self._weight_update(),
             "last_generate": dict(self.last_generate),
         }
+
+    def _weight_update(self) -> str:
+        """How weight syncs load into the model: ``"reload_weights"`` (object store), else each
+        worker's ``vllm_transfer`` answer (``"in place"`` or why not)."""
+        if self.rollout.weight_sync != "collective":
+            return "reload_weights"
+        return ", ".join(sorted(set(self.llm.collective_rpc("rlplat_weight_update"))))
 
 
 def _to_sample(completion: Any) -> Sample:

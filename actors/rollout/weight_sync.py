@@ -4,6 +4,7 @@ Both kinds share one interface, so the engine pool (``actors.rollout.pool``) hol
 
     sync = WEIGHT_SYNCS.get(cfg.rollout.weight_sync)(trainer_group, engines, cfg.rollout)
     stats = sync.push(version)   # every engine now holds the trainer's weights, labelled version
+    stats = sync.push(version, wait=False)   # sent; the engines load them before their next call
     ref = sync.weights_ref(version)   # ObjectRef of PackedWeights, for loops that need full weights
 
 ``collective`` (default): the trainer's rank 0 and every engine worker form a torch.distributed
@@ -17,6 +18,15 @@ receives small control messages.
 
 ``object_store``: rank 0 gathers the full state dict, the driver ``pack``s it and ``ray.put``s it
 once, every engine reads it from the object store (the fallback; the driver holds the weights).
+
+``push(version, wait=False)`` returns as soon as the trainer side has sent (collective) or the
+driver has put (object store) the weights: the engines finish loading while the caller goes on
+(``trainer.max_staleness`` >= 1: while the trainer trains the next batch). Engines run their calls
+in order, so whatever the caller asks of an engine next runs on the new weights; an engine whose
+load failed is left at ``actors.rollout.LOADING`` and refuses the next versioned call
+(``StaleWeightsError``), which the engine pool recovers from by pushing again. Such a push's
+engine figures (``engine_load_s``, ``engine_idle_s``) are those of the loads it waited for: the
+previous push's, if that one did not wait.
 
 A member that dies mid-push makes the push raise: ``RayActorError`` if an engine died (the
 engine pool's recovery waits for Ray's restart and pushes again, which re-forms the group), else
@@ -53,12 +63,14 @@ class SyncStats:
 
     def metrics(self, seconds: float) -> Dict[str, float]:
         """``sync/seconds`` (the whole sync, as the caller timed it), ``sync/gbytes_per_s`` =
-        bytes / seconds / 1e9, ``sync/buckets``, ``sync/engine_load_s`` (slowest engine) and
-        ``async/idle_s`` (mean over engines)."""
-        idle = sum(self.engine_idle_s) / len(self.engine_idle_s) if self.engine_idle_s else 0.0
-        return {"sync/seconds": seconds, "sync/gbytes_per_s": self.bytes / 1e9 / max(seconds, 1e-9),
-                "sync/buckets": float(self.buckets), "sync/engine_load_s": max(self.engine_load_s, default=0.0),
-                "async/idle_s": idle}
+        bytes / seconds / 1e9, ``sync/buckets``, and when engine figures came with the push,
+        ``sync/engine_load_s`` (slowest engine) and ``async/idle_s`` (mean over engines)."""
+        out = {"sync/seconds": seconds, "sync/gbytes_per_s": self.bytes / 1e9 / max(seconds, 1e-9),
+               "sync/buckets": float(self.buckets)}
+        if self.engine_load_s:
+            out["sync/engine_load_s"] = max(self.engine_load_s)
+            out["async/idle_s"] = sum(self.engine_idle_s) / len(self.engine_idle_s)
+        return out
 
 
 def _outcomes(refs: Sequence[Any]) -> List[Tuple[Any, Optional[BaseException]]]:
@@ -70,6 +82,22 @@ def _outcomes(refs: Sequence[Any]) -> List[Tuple[Any, Optional[BaseException]]]:
         except Exception as exc:  # noqa: BLE001 - sorted by the caller
             out.append((None, exc))
     return out
+
+
+class PendingLoads:
+    """The engines' load calls of a push that did not wait for them."""
+
+    def __init__(self) -> None:
+        self.refs: List[Any] = []
+
+    def settle(self) -> Tuple[List[float], List[float], bool]:
+        """Wait for them: ``(idle_s, load_s, failed)``, the figures of the loads that finished and
+        whether any failed. A failure is not raised here: the engine is left at ``LOADING`` (or
+        is lost) and its next versioned call raises what the engine pool recovers from."""
+        refs, self.refs = self.refs, []
+        outcomes = _outcomes(refs)
+        done = [got for got, exc in outcomes if exc is None]
+        return [g["idle_s"] for g in done], [g["seconds"] for g in done], len(done) < len(outcomes)
 
 
 def _raise_first(engine_errors: List[BaseException], trainer_errors: List[str], what: str) -> None:
@@ -102,6 +130,7 @@ class CollectiveSync:
         self.address: Optional[GroupAddress] = None  # the group every member is in; None: re-form
         self.generation = 0  # groups formed so far (1 + re-formations)
         self._ref: Tuple[Optional[int], Any] = (None, None)
+        self.pending = PendingLoads()
         self.form()
 
     def form(self) -> None:
@@ -118,16 +147,25 @@ class CollectiveSync:
         self.address = address
         self.generation += 1
 
-    def push(self, version: int) -> SyncStats:
+    def push(self, version: int, wait: bool = True) -> SyncStats:
+        idle, load, failed = self.pending.settle()
+        if failed:
+            self.address = None  # a load broke mid-broadcast: its group may be too
         # A restarted engine reports no group (an engine being restarted raises ACTOR_LOST here).
         members = ray.get([e.weight_group_address.remote() for e in self.engines])
         if self.address is None or any(m != self.address for m in members):
             self.form()
         trainer_refs = self.trainer.start_broadcast_weights()
         engine_refs = [e.receive_weights.remote(version) for e in self.engines]
+        if not wait:
+            # Rank 0 is done once its buffers are on the wire; the engines finish receiving and loading.
+            sent = self.trainer.wait(trainer_refs)[0]
+            if not sent["error"]:
+                self.pending.refs = engine_refs
+                return SyncStats(bytes=sent["bytes"], buckets=sent["buckets"], engine_idle_s=idle, engine_load_s=load)
         outcomes = _outcomes(engine_refs)
         engine_errors = [exc for _, exc in outcomes if exc is not None]
-        sent = self.trainer.wait(trainer_refs)[0]  # rank 0's report
+        sent = self.trainer.wait(trainer_refs)[0]
         if engine_errors or sent["error"]:
             self.address = None  # whatever broke, the next push starts from a fresh group
             _raise_first(engine_errors, [sent["error"]] if sent["error"] else [], f"push of version {version}")
@@ -151,6 +189,7 @@ class ObjectStoreSync:
         self.trainer, self.engines = trainer, list(engines)
         self._ref: Tuple[Optional[int], Any] = (None, None)
         self._bytes = 0
+        self.pending = PendingLoads()
 
     def _put(self, version: int) -> Any:
         if self._ref[0] != version:
@@ -158,9 +197,14 @@ class ObjectStoreSync:
             self._ref, self._bytes = (version, ray.put(packed)), packed.nbytes
         return self._ref[1]
 
-    def push(self, version: int) -> SyncStats:
+    def push(self, version: int, wait: bool = True) -> SyncStats:
+        idle, load, _ = self.pending.settle()
         ref = self._put(version)
-        got = ray.get([e.update_weights.remote(ref, version) for e in self.engines])
+        refs = [e.update_weights.remote(ref, version) for e in self.engines]
+        if not wait:
+            self.pending.refs = refs
+            return SyncStats(bytes=self._bytes, buckets=1, engine_idle_s=idle, engine_load_s=load)
+        got = ray.get(refs)
         return SyncStats(bytes=self._bytes, buckets=1, engine_idle_s=[g["idle_s"] for g in got],
                          engine_load_s=[g["seconds"] for g in got])
 
