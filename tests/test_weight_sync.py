@@ -7,6 +7,8 @@ import multiprocessing as mp
 import socket
 import time
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -165,6 +167,86 @@ def test_in_place_refusal_names_what_needs_vllms_layerwise_reload():
     assert in_place_refusal(freed, plain, cache) == "qkv: its weight was not kept after loading"
     good.process_weights_after_loading = lambda: None
     assert "model-level post-load step" in in_place_refusal(good, plain, cache)
+
+
+_TIED_SCRIPT = r"""
+import json, os, sys
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+import torch
+path, mode = sys.argv[1], sys.argv[2]
+if mode == "in place":
+    from actors.rollout import vllm_transfer  # keeps CPU linear weights: before the model loads
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+from vllm import LLM, SamplingParams
+
+llm = LLM(model=path, dtype="float32", enforce_eager=True, seed=0, max_model_len=64, kv_cache_memory_bytes=16 << 20)
+worker = llm.llm_engine.model_executor.driver_worker.worker
+model = worker.model_runner.model
+torch.manual_seed(0)
+new = [(k, v + 0.05 * torch.randn_like(v)) for k, v in load_file(os.path.join(path, "model.safetensors")).items()]
+seq = [1, 5, 7, 9, 11, 13]
+params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+
+def engine_logprobs():
+    plp = llm.generate([{"prompt_token_ids": seq}], params, use_tqdm=False)[0].prompt_logprobs
+    return torch.tensor([plp[k][seq[k]].logprob for k in range(1, len(seq))])
+
+out = {}
+if mode == "in place":
+    from actors.rollout.vllm_layers import process_layers
+    out["refusal"] = vllm_transfer.in_place_refusal(model, worker.model_config, worker.cache_config)
+    process_layers(model, model.load_weights(new))
+else:
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(new), "is_checkpoint_format": True})
+    reload_only = engine_logprobs()
+    from actors.rollout.vllm_layers import reprocess_tied_layers
+    llm.collective_rpc(reprocess_tied_layers)
+got = engine_logprobs()
+hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+hf.load_state_dict(dict(new), strict=False)
+with torch.no_grad():
+    lp = hf(torch.tensor([seq])).logits[0].log_softmax(-1)
+truth = torch.stack([lp[k - 1, seq[k]] for k in range(1, len(seq))])
+out["diff"] = (got - truth).abs().max().item()
+if mode != "in place":
+    out["reload_only_diff"] = (reload_only - truth).abs().max().item()
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize("mode", ["in place", "reload_weights"])
+def test_a_tied_lm_head_follows_the_embedding_after_an_update(mode, tiny_models, tmp_path):
+    """vLLM on CPU packs the LM head's weight apart from the embedding it is tied to. After new
+    weights arrive, in place (the collective path: ``process_layers`` over what ``load_weights``
+    wrote) or through ``reload_weights`` (the object-store path, whose layerwise reload misses the
+    tied head, then ``reprocess_tied_layers``), the engine's log-probs equal HF's with the same
+    weights. Without the re-pack the reload is off by more than 0.1 (the test can fail)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    tied = tmp_path / "tied"
+    shutil.copytree(tiny_models["policy"], tied)
+    config = json.loads((tied / "config.json").read_text())
+    (tied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    weights = load_file(str(tied / "model.safetensors"))
+    del weights["lm_head.weight"]  # vLLM unties a checkpoint that has its own head
+    save_file(weights, str(tied / "model.safetensors"), metadata={"format": "pt"})
+    proc = subprocess.run([sys.executable, "-c", _TIED_SCRIPT, str(tied), mode], capture_output=True, text=True,
+                          timeout=600, cwd=str(Path(__file__).resolve().parents[1]))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["diff"] < 1e-4, out
+    if mode == "in place":
+        assert out["refusal"] is None
+    else:
+        assert out["reload_only_diff"] > 0.1, out
 
 
 # ============================================================================ config

@@ -220,7 +220,8 @@ class VLLMRolloutEngine:
         ``load_weights`` (HF names -> fused qkv/gate_up params) in the layerwise reload
         lifecycle (``initialize_layerwise_reload`` / ``finalize_layerwise_reload``), so
         weights that vLLM repacked after loading (the CPU backend's oneDNN layouts) are
-        re-processed; a bare ``model.load_weights`` on the live model fails there. Then
+        re-processed; a bare ``model.load_weights`` on the live model fails there. That reload
+        misses a tied LM head, so ``vllm_layers.reprocess_tied_layers`` re-packs it. Then
         ``LLM.reset_prefix_cache()`` drops KV blocks computed with the old weights.
 
         This is the ``rollout.weight_sync=object_store`` path; the default, ``collective``,
@@ -235,6 +236,9 @@ class VLLMRolloutEngine:
         self.llm.collective_rpc(
             "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
         )
+        from actors.rollout.vllm_layers import reprocess_tied_layers
+
+        self.llm.collective_rpc(reprocess_tied_layers)  # a tied LM head, which the reload misses
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
         self.weight_version = previous + 1 if version is None else version

@@ -37,7 +37,7 @@ Import this module only after ``vllm_engine._prepare_environment()`` (it imports
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from vllm.distributed.weight_transfer.base import (
@@ -49,6 +49,7 @@ from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
 from actors.rollout.buckets import Bucket
 from actors.rollout.transfer_group import GroupAddress, TransferGroup
+from actors.rollout.vllm_layers import process_layers
 
 BACKEND = "rlplat_collective"
 EXTENSION = "actors.rollout.vllm_transfer.WeightSyncWorkerExtension"
@@ -153,29 +154,15 @@ class CollectiveWeightTransferEngine(WeightTransferEngine[CollectiveInitInfo, Co
                     if self.refusal is None:
                         # While the next bucket is on the wire. A layer whose weights span two
                         # buckets is processed twice; the second time is after its last weight.
-                        self._process_layers(loaded)
+                        process_layers(self.model, loaded)
         except BaseException:
             # vLLM's worker forgets the update on an error; finish here so no layer is left on
             # the meta device or unpacked. The next full sync (recovery re-sends everything)
             # repairs the values.
             if self.refusal is None:
-                self._process_layers(None)
+                process_layers(self.model)
             self.finish_weight_update()
             raise
-
-    def _process_layers(self, param_names: Optional[Iterable[str]]) -> None:
-        """In place: re-run the post-load step of the layers holding ``param_names`` (vLLM
-        parameter names, as ``load_weights`` returns them), of every layer if None (also what a
-        model whose ``load_weights`` returns nothing gets)."""
-        if param_names is None:
-            modules: Iterable[torch.nn.Module] = self.model.modules()
-        else:
-            modules = {name.rpartition(".")[0] for name in param_names}
-            modules = [self.model.get_submodule(name) for name in sorted(modules)]
-        for module in modules:
-            method = getattr(module, "quant_method", None)
-            if method is not None:
-                method.process_weights_after_loading(module)
 
     def finish_weight_update(self) -> None:
         if self._updating and self.refusal is not None:
