@@ -194,9 +194,9 @@ def engine_logprobs():
 
 out = {}
 if mode == "in place":
-    from actors.rollout.vllm_layers import process_layers
+    from actors.rollout.vllm_layers import PostLoadLayers
     out["refusal"] = vllm_transfer.in_place_refusal(model, worker.model_config, worker.cache_config)
-    process_layers(model, model.load_weights(new))
+    PostLoadLayers(model).process(model.load_weights(new))
 else:
     llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(new), "is_checkpoint_format": True})
     reload_only = engine_logprobs()
@@ -219,7 +219,7 @@ print("RESULT " + json.dumps(out))
 @pytest.mark.parametrize("mode", ["in place", "reload_weights"])
 def test_a_tied_lm_head_follows_the_embedding_after_an_update(mode, tiny_models, tmp_path):
     """vLLM on CPU packs the LM head's weight apart from the embedding it is tied to. After new
-    weights arrive, in place (the collective path: ``process_layers`` over what ``load_weights``
+    weights arrive, in place (the collective path: ``PostLoadLayers.process`` over what ``load_weights``
     wrote) or through ``reload_weights`` (the object-store path, whose layerwise reload misses the
     tied head, then ``reprocess_tied_layers``), the engine's log-probs equal HF's with the same
     weights. Without the re-pack the reload is off by more than 0.1 (the test can fail)."""

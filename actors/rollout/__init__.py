@@ -40,8 +40,9 @@ constructor (after setting the environment variables vLLM reads at import time).
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
@@ -88,6 +89,21 @@ LOADING = -1
 call that names a version (``generate(weight_version=...)``) then raises ``StaleWeightsError``,
 so the engine pool recovers it (pushes the weights again) instead of sampling from half-loaded
 weights. Matters when the pool does not wait for a load (``EnginePool.sync`` with overlap)."""
+
+
+@contextmanager
+def weight_load(engine: Any, version: Optional[int]) -> Iterator[Dict[str, float]]:
+    """The bookkeeping of one weight load into ``engine`` (which has ``weight_version`` and an
+    ``IdleClock`` as ``idle``): the engine is at ``LOADING`` inside the block; when the block ends
+    without raising it holds ``version`` (None: one past its previous version), and the yielded
+    dict, which the load method returns, has ``seconds`` (the load) and ``idle_s``. A block that
+    raises leaves the engine at ``LOADING``."""
+    figures = {"idle_s": engine.idle.weights_arrived()}
+    t0 = time.perf_counter()
+    previous, engine.weight_version = engine.weight_version, LOADING
+    yield figures
+    engine.weight_version = previous + 1 if version is None else version
+    figures["seconds"] = time.perf_counter() - t0
 
 
 def check_weight_version(have: int, want: Optional[int]) -> None:

@@ -14,14 +14,13 @@ kept tokens. ``sequence_logprobs`` stays raw (temperature 1, untruncated).
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from actors import quiet
-from actors.rollout import LOADING, IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version
+from actors.rollout import IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version, weight_load
 from actors.rollout.weights import as_named_tensors
 from rlplat.batch import Batch
 
@@ -176,15 +175,12 @@ class HFRolloutEngine:
         """Copy HF-named tensors (``PackedWeights``, dict or ``(name, tensor)`` list; a subset of
         the state dict is allowed) into the model in place. Returns ``{"seconds", "idle_s"}``
         (see ``actors.rollout.IdleClock``)."""
-        idle = self.idle.weights_arrived()
-        t0 = time.perf_counter()
-        previous, self.weight_version = self.weight_version, LOADING  # until loaded (a failure leaves it)
-        weights = as_named_tensors(named_tensors)
-        targets = self._targets("update_weights", [(n, tuple(t.shape)) for n, t in weights])
-        for name, tensor in weights:
-            targets[name].copy_(tensor)
-        self.weight_version = previous + 1 if version is None else version
-        return {"seconds": time.perf_counter() - t0, "idle_s": idle}
+        with weight_load(self, version) as figures:  # LOADING until loaded; a failure leaves it
+            weights = as_named_tensors(named_tensors)
+            targets = self._targets("update_weights", [(n, tuple(t.shape)) for n, t in weights])
+            for name, tensor in weights:
+                targets[name].copy_(tensor)
+        return figures
 
     def _targets(self, caller: str, shapes: List[Tuple[str, Tuple[int, ...]]]) -> Dict[str, torch.Tensor]:
         """The model's state dict (tensors sharing storage with the parameters), after checking
@@ -215,15 +211,12 @@ class HFRolloutEngine:
         same time) straight into the parameters. Returns ``{"seconds", "idle_s"}``."""
         if self._group is None:
             raise StaleWeightsError("this engine is in no weight-transfer group (restarted?)")
-        idle = self.idle.weights_arrived()
-        t0 = time.perf_counter()
-        previous, self.weight_version = self.weight_version, LOADING  # until loaded (a failure leaves it)
-        targets = self.model.state_dict()
-        for _, named in self._group.receive(self._weight_plan):
-            for name, tensor in named:
-                targets[name].copy_(tensor)
-        self.weight_version = previous + 1 if version is None else version
-        return {"seconds": time.perf_counter() - t0, "idle_s": idle}
+        with weight_load(self, version) as figures:  # LOADING until loaded; a failure leaves it
+            targets = self.model.state_dict()
+            for _, named in self._group.receive(self._weight_plan):
+                for name, tensor in named:
+                    targets[name].copy_(tensor)
+        return figures
 
     def weight_group_address(self) -> Any:
         """The ``GroupAddress`` this engine is in, None if none (a restarted engine)."""

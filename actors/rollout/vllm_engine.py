@@ -50,8 +50,9 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from actors import quiet
-from actors.rollout import LOADING, IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version
+from actors.rollout import IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version, weight_load
 from actors.rollout.transfer_group import node_ip
+from actors.rollout.vllm_layers import reprocess_tied_layers
 from actors.rollout.weights import as_named_tensors
 from rlplat.batch import Batch
 
@@ -227,22 +228,17 @@ class VLLMRolloutEngine:
         This is the ``rollout.weight_sync=object_store`` path; the default, ``collective``,
         is ``join_weight_group`` + ``receive_weights`` (no tensor passes through Ray).
         """
-        idle = self.idle.weights_arrived()
-        t0 = time.perf_counter()
-        previous, self.weight_version = self.weight_version, LOADING  # until loaded (a failure leaves it)
-        weights = as_named_tensors(named_tensors)
-        if not weights:
-            raise ValueError("update_weights got no tensors")
-        self.llm.collective_rpc(
-            "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
-        )
-        from actors.rollout.vllm_layers import reprocess_tied_layers
-
-        self.llm.collective_rpc(reprocess_tied_layers)  # a tied LM head, which the reload misses
-        if not self.llm.reset_prefix_cache():
-            raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
-        self.weight_version = previous + 1 if version is None else version
-        return {"seconds": time.perf_counter() - t0, "idle_s": idle}
+        with weight_load(self, version) as figures:  # LOADING until loaded; a failure leaves it
+            weights = as_named_tensors(named_tensors)
+            if not weights:
+                raise ValueError("update_weights got no tensors")
+            self.llm.collective_rpc(
+                "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
+            )
+            self.llm.collective_rpc(reprocess_tied_layers)  # a tied LM head, which the reload misses
+            if not self.llm.reset_prefix_cache():
+                raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
+        return figures
 
     def join_weight_group(self, address: Any, rank_offset: int, plan: List[Any]) -> None:
         """Join the collective weight-transfer group at ``address`` (``rollout.weight_sync=collective``):
@@ -259,16 +255,13 @@ class VLLMRolloutEngine:
         ``actors.rollout.vllm_transfer``. Returns ``{"seconds", "idle_s"}``."""
         if self._weight_plan is None:
             raise StaleWeightsError("this engine is in no weight-transfer group (restarted?)")
-        idle = self.idle.weights_arrived()
-        t0 = time.perf_counter()
-        previous, self.weight_version = self.weight_version, LOADING  # until loaded (a failure leaves it)
-        self.llm.start_weight_update()
-        self.llm.update_weights({"update_info": {"buckets": self._weight_plan}})
-        self.llm.finish_weight_update()
-        if not self.llm.reset_prefix_cache():
-            raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
-        self.weight_version = previous + 1 if version is None else version
-        return {"seconds": time.perf_counter() - t0, "idle_s": idle}
+        with weight_load(self, version) as figures:  # LOADING until loaded; a failure leaves it
+            self.llm.start_weight_update()
+            self.llm.update_weights({"update_info": {"buckets": self._weight_plan}})
+            self.llm.finish_weight_update()
+            if not self.llm.reset_prefix_cache():
+                raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
+        return figures
 
     def weight_group_address(self) -> Any:
         """The ``GroupAddress`` this engine joined last, None if none (a restarted engine)."""

@@ -8,23 +8,43 @@ side effects on import (unlike ``vllm_transfer``), so the object-store path uses
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
 
-def process_layers(model: torch.nn.Module, param_names: Optional[Iterable[str]] = None) -> None:
-    """Re-run the post-load step (``quant_method.process_weights_after_loading``) of every layer
-    holding one of ``param_names`` (vLLM parameter names, as ``load_weights`` returns them; None:
-    every layer). A tied parameter counts for every layer holding it: a tied LM head keeps its own
-    packed copy of the embedding on CPU, which a copy into the embedding does not reach."""
-    layers = [m for m in model.modules() if getattr(m, "quant_method", None) is not None]
-    if param_names is not None:
-        params = dict(model.named_parameters(remove_duplicate=False))
-        touched = {id(params[name]) for name in param_names}
-        layers = [m for m in layers if any(id(p) in touched for p in m.parameters(recurse=False))]
-    for layer in layers:
-        layer.quant_method.process_weights_after_loading(layer)
+class PostLoadLayers:
+    """The layers of ``model`` that have a post-load step, indexed by the vLLM parameter names
+    (as ``load_weights`` returns them) each one holds. A tied parameter counts for every layer
+    holding it: a tied LM head keeps its own packed copy of the embedding on CPU, which a copy
+    into the embedding does not reach. Built once per model; the index holds modules and names,
+    which a post-load step does not replace."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.layers: List[torch.nn.Module] = [
+            m for m in model.modules() if getattr(m, "quant_method", None) is not None
+        ]
+        holders: Dict[int, List[torch.nn.Module]] = {}
+        for layer in self.layers:
+            for param in layer.parameters(recurse=False):
+                holders.setdefault(id(param), []).append(layer)
+        self.by_name: Dict[str, List[torch.nn.Module]] = {
+            name: holders[id(param)]
+            for name, param in model.named_parameters(remove_duplicate=False)
+            if id(param) in holders
+        }
+        self.tied_names: List[str] = [name for name, layers in self.by_name.items() if len(layers) > 1]
+
+    def process(self, param_names: Optional[Iterable[str]] = None) -> None:
+        """Re-run the post-load step of every layer holding one of ``param_names`` (None: every
+        layer), once each, in model order."""
+        if param_names is None:
+            layers = self.layers
+        else:
+            touched = {id(layer) for name in param_names for layer in self.by_name.get(name, ())}
+            layers = [layer for layer in self.layers if id(layer) in touched]
+        for layer in layers:
+            layer.quant_method.process_weights_after_loading(layer)
 
 
 def reprocess_tied_layers(worker: Any) -> None:
@@ -33,10 +53,6 @@ def reprocess_tied_layers(worker: Any) -> None:
     sampling from the old embedding; re-process every layer whose parameter another layer shares."""
     if worker.model_config.quantization is not None:  # post-load steps that are not idempotent
         return
-    model = worker.model_runner.model
-    seen: Dict[int, int] = {}
-    for _, param in model.named_parameters(remove_duplicate=False):
-        seen[id(param)] = seen.get(id(param), 0) + 1
-    names = [name for name, param in model.named_parameters(remove_duplicate=False) if seen[id(param)] > 1]
-    if names:
-        process_layers(model, names)
+    layers = PostLoadLayers(worker.model_runner.model)
+    if layers.tied_names:
+        layers.process(layers.tied_names)

@@ -49,7 +49,7 @@ from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
 from actors.rollout.buckets import Bucket
 from actors.rollout.transfer_group import GroupAddress, TransferGroup
-from actors.rollout.vllm_layers import process_layers
+from actors.rollout.vllm_layers import PostLoadLayers
 
 BACKEND = "rlplat_collective"
 EXTENSION = "actors.rollout.vllm_transfer.WeightSyncWorkerExtension"
@@ -74,11 +74,12 @@ class CollectiveUpdateInfo(WeightTransferUpdateInfo):
 
 def _keep_cpu_linear_weights() -> None:
     """Make vLLM's CPU linear layers keep their weight after packing it (see the module
-    docstring). Must run before the engine loads its model; idempotent."""
+    docstring). Must run before the engine loads its model; idempotent. A vLLM without that
+    function is left alone: its weights are then not kept, and ``in_place_refusal`` says so."""
     from vllm.model_executor.layers import utils
 
-    dispatch = utils.dispatch_cpu_unquantized_gemm
-    if getattr(dispatch, "rlplat_keeps_weight", False):
+    dispatch = getattr(utils, "dispatch_cpu_unquantized_gemm", None)
+    if dispatch is None or getattr(dispatch, "rlplat_keeps_weight", False):
         return
 
     def keeping(layer: torch.nn.Module, remove_weight: bool) -> None:
@@ -122,6 +123,7 @@ class CollectiveWeightTransferEngine(WeightTransferEngine[CollectiveInitInfo, Co
         super().__init__(config, vllm_config, device, model)
         self.group: TransferGroup | None = None
         self.refusal = in_place_refusal(model, vllm_config.model_config, vllm_config.cache_config)
+        self.layers = PostLoadLayers(model) if self.refusal is None else None
         self._updating = False
 
     def init_transfer_engine(self, init_info: CollectiveInitInfo) -> None:
@@ -151,16 +153,16 @@ class CollectiveWeightTransferEngine(WeightTransferEngine[CollectiveInitInfo, Co
             with disable_mtp_completeness_check():  # weights arrive in several load_weights calls
                 for _, named in self.group.receive(update_info.buckets):
                     loaded = self.model.load_weights(named)
-                    if self.refusal is None:
+                    if self.layers is not None:
                         # While the next bucket is on the wire. A layer whose weights span two
                         # buckets is processed twice; the second time is after its last weight.
-                        process_layers(self.model, loaded)
+                        self.layers.process(loaded)
         except BaseException:
             # vLLM's worker forgets the update on an error; finish here so no layer is left on
             # the meta device or unpacked. The next full sync (recovery re-sends everything)
             # repairs the values.
-            if self.refusal is None:
-                process_layers(self.model)
+            if self.layers is not None:
+                self.layers.process()
             self.finish_weight_update()
             raise
 

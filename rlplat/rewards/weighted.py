@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 from rlplat.rewards.runner import RewardCall, RewardOutcome, RewardRunner
 from rlplat.rewards.spec import RewardSpec
