@@ -73,8 +73,9 @@ def test_teacher_topk_holds_the_largest_logprobs_and_the_exact_tail():
     assert (every.tail_logp == float("-inf")).all()
     with pytest.raises(ValueError, match="k=51"):
         K.teacher_topk(anchor, 51)
-    with pytest.raises(ValueError, match="temperature"):
-        K.teacher_topk(anchor, 3, 0.0)
+    for bad in (0.0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match=f"param temperature must be a positive finite number, got {bad!r}"):
+            K.teacher_topk(anchor, 3, bad)
 
 
 def test_the_tail_is_exact_where_one_minus_the_topk_sum_cannot_resolve_it():

@@ -39,7 +39,6 @@ memory is a few ``chunk_size x V`` buffers. Half-precision logits are computed i
 """
 from __future__ import annotations
 
-import numbers
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -78,8 +77,7 @@ def teacher_topk(anchor_logits: torch.Tensor, k: int, temperature: float = 1.0,
     inputs, the input dtype otherwise.
     """
     k = positive("teacher_topk", "k", k, integer=True)
-    if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool) and temperature > 0):
-        raise ValueError(f"teacher_topk: temperature must be a positive number, got {temperature!r}")
+    temperature = positive("teacher_topk", "temperature", temperature)
     vocab = anchor_logits.shape[-1]
     if k > vocab:
         raise ValueError(f"teacher_topk: k={k} exceeds the vocabulary size {vocab}")
