@@ -65,6 +65,23 @@ def test_overrides_apply_with_types():
     assert cfg.trainer.lr == 0.5 and cfg.rollout.backend == "hf"
 
 
+def test_a_mapping_override_replaces_a_free_form_dict_and_merges_into_a_section():
+    """``params={}`` empties a divergence's params (it used to merge, changing nothing);
+    ``params.key=v`` sets one entry; a mapping given to a schema section keeps its other fields."""
+    def term(*overrides):
+        return load_config(os.path.join(ROOT, "configs", "sinkd.yaml"), list(overrides), validate=False).algorithm.divergences[0]
+
+    assert term().params == {"epsilon": 0.1, "iters": 20.0, "temperature": 2.0}
+    assert term("algorithm.divergences.0.params={}").params == {}
+    assert term("algorithm.divergences.0.params={epsilon: 0.2}").params == {"epsilon": 0.2}
+    assert term("algorithm.divergences.0.params.epsilon=0.3").params == {"epsilon": 0.3, "iters": 20.0, "temperature": 2.0}
+    coef = term("algorithm.divergences.0.coef={value: 0.5}").coef
+    assert (coef.kind, coef.value) == (term().coef.kind, 0.5)
+    with_ds = load_config(CONFIGS[0], ["trainer.deepspeed={gradient_clipping: 2.0}"], validate=False)
+    assert load_config(CONFIGS[0], ["trainer.deepspeed={gradient_clipping: 2.0}", "trainer.deepspeed={}"],
+                       validate=False).trainer.deepspeed == {} != with_ds.trainer.deepspeed
+
+
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(CONFIGS[1], ["trainer.seed=7"])
     out = tmp_path / "config.yaml"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from rlplat.config.errors import ConfigError
@@ -32,6 +32,18 @@ def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
     if isinstance(exc, ValidationError):
         return ConfigError(f"{source}: bad value for '{key}': {msg}")
     return ConfigError(f"{source}: invalid config at '{key}': {msg}")
+
+
+def _is_free_form(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` names a free-form mapping (a ``Dict[...]`` field such as a divergence's
+    ``params`` or ``trainer.deepspeed``). An override gives such a key its whole value
+    (``params={}`` empties it; ``params.alpha=0.2`` sets one entry), while a mapping given to a
+    schema section merges into it (``coef={kind: linear}`` keeps the other ``coef`` fields)."""
+    try:
+        node = OmegaConf.select(cfg, key, throw_on_missing=False)
+    except OmegaConfBaseException:
+        return False  # update() names the bad key
+    return isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
 
 
 def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), validate: bool = True) -> RunConfig:
@@ -62,7 +74,7 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (), valid
         try:
             value = OmegaConf.from_dotlist([f"v={text}"]).v  # YAML typing: 3 -> int, null -> None
             # update() walks list indices too: algorithm.divergences.0.coef.value=0.01
-            OmegaConf.update(merged, key, value, merge=True, force_add=False)
+            OmegaConf.update(merged, key, value, merge=not _is_free_form(merged, key), force_add=False)
         except OmegaConfBaseException as exc:
             raise _explain(exc, "command line") from None
     try:
