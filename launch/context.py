@@ -34,12 +34,13 @@ from actors.scorer_pool import PendingRowScores, ScorerPool
 from actors.trainer.group import TrainerGroup
 from launch.metrics import PhaseTimer
 from launch.placement import colocated_group
+from launch.preflight import RunData
 from launch.rollout_log import RolloutLog
 from rlplat import advantages, seeds
 from rlplat.algorithms import AlgorithmPlan
 from rlplat.batch import Batch, minibatch_seed
 from rlplat.config.schema import RunConfig
-from rlplat.data import PromptRow, load_prompts, render_prompts
+from rlplat.data import PromptRow
 from rlplat.rewards.runner import RewardOutcome
 
 
@@ -57,15 +58,18 @@ class StepContext:
 
     Read-only for loops: ``cfg``, ``plan``, ``paths``, ``run_dir``, ``tok`` (the policy's tokenizer),
     ``rows`` (the training prompts, or preference pairs when ``plan.pairs``), ``prompt_ids`` (row
-    index -> rendered token ids), ``pad_id``, ``weight_version``.
+    index -> rendered token ids), ``eval_rows`` / ``eval_ids`` (the held-out rows and their ids, in
+    order; empty without evaluation), ``pad_id``, ``weight_version``. ``data`` is what
+    ``launch.preflight`` read and rendered, every row of it, before Ray started.
     """
 
-    def __init__(self, cfg: RunConfig, plan: AlgorithmPlan, paths: Dict[str, str], run_dir: str, tokenizer) -> None:
+    def __init__(self, cfg: RunConfig, plan: AlgorithmPlan, paths: Dict[str, str], run_dir: str, tokenizer,
+                 data: RunData) -> None:
         self.cfg, self.plan, self.paths, self.run_dir, self.tok = cfg, plan, paths, run_dir, tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.rows = load_prompts(cfg.data, "train", pairs=plan.pairs)  # the data must not change with trainer.seed
-        # Rendering every prompt up front makes an over-long prompt fail now, not at step 500.
-        self.prompt_ids = dict(zip((r.index for r in self.rows), render_prompts(self.rows, tokenizer, cfg.data)))
+        self.rows = data.rows
+        self.prompt_ids = dict(zip((r.index for r in self.rows), data.prompt_ids))
+        self.eval_rows, self.eval_ids = data.eval_rows, data.eval_ids
         res = cfg.resources
         self.engines = EnginePool(cfg, paths["policy"], paths["tokenizer"], self.prompt_ids, self.pad_id)
         roles = sorted(plan.scorer_roles)

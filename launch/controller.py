@@ -22,22 +22,20 @@ from launch.faults import kill_actors
 from launch.loops import LOOPS
 from launch.metrics import MetricsWriter, eval_line, progress_line, truncate_metrics
 from launch.monitoring import MetricsExporter
+from launch.preflight import RunData
 from launch.rollout_log import FILENAME as ROLLOUTS_FILE
 from rlplat.algorithms import AlgorithmPlan
 from rlplat.config.schema import RunConfig, to_container
-from rlplat.data import load_prompts, render_prompts
 
 
 class Controller:
     """``model_paths`` maps role ("policy", "tokenizer", "reference", "teacher", ...) to a path or hub id.
     ``ctx`` is the ``StepContext`` (the actors), ``loop`` the step program built on it."""
 
-    def __init__(self, cfg: RunConfig, plan: AlgorithmPlan, model_paths: Dict[str, str], run_dir: str, tokenizer) -> None:
+    def __init__(self, cfg: RunConfig, plan: AlgorithmPlan, model_paths: Dict[str, str], run_dir: str, tokenizer,
+                 data: RunData) -> None:
         self.cfg, self.run_dir = cfg, run_dir
-        self.ctx = StepContext(cfg, plan, model_paths, run_dir, tokenizer)
-        if cfg.trainer.eval_every:  # held-out prompts render now: an over-long one fails at startup
-            self.eval_rows = load_prompts(cfg.data, "eval")[: cfg.trainer.eval_max_prompts]
-            self.eval_ids = render_prompts(self.eval_rows, tokenizer, cfg.data)
+        self.ctx = StepContext(cfg, plan, model_paths, run_dir, tokenizer, data)
         self.loop = LOOPS.get(plan.loop)(self.ctx)
         self._write_actor_list()
 
@@ -57,7 +55,7 @@ class Controller:
         t = self.cfg.trainer
         ctx = self.ctx
         ctx.sync_if_behind()
-        result = evaluate(ctx.engines.generate_fn(), self.eval_rows, self.eval_ids, ctx.score_texts,
+        result = evaluate(ctx.engines.generate_fn(), ctx.eval_rows, ctx.eval_ids, ctx.score_texts,
                           n=t.eval_n, ks=list(t.eval_ks), greedy_fn=ctx.engines.generate_fn(greedy=True),
                           correct_threshold=self.cfg.reward.correct_threshold, keep_samples=True,
                           seed=ctx.eval_seed(), group_by=t.eval_group_by)

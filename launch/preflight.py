@@ -4,7 +4,8 @@ directory. Everything here fails before Ray or any actor starts."""
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Tuple
 
 from rlplat.algorithms import AlgorithmPlan
 from rlplat.config.errors import ConfigError
@@ -94,15 +95,29 @@ def check_same_tokenizer(policy_tok, other_path: str, key: str, trust_remote_cod
             raise ConfigError(f"{key}='{other_path}': {name} is {getattr(other, name)}, the policy's is {getattr(policy_tok, name)}")
 
 
-def check_data(cfg: RunConfig, plan: AlgorithmPlan, tokenizer) -> None:
+@dataclass
+class RunData:
+    """What a run reads, loaded and rendered once: ``rows`` (``PromptRow``s, or ``PairRow``s when
+    ``plan.pairs``) with ``prompt_ids`` (each row's rendered prompt token ids, in row order), and
+    the first ``trainer.eval_max_prompts`` held-out rows with theirs (empty when
+    ``trainer.eval_every`` is 0)."""
+
+    rows: List[Any]
+    prompt_ids: List[List[int]]
+    eval_rows: List[Any] = field(default_factory=list)
+    eval_ids: List[List[int]] = field(default_factory=list)
+
+
+def check_data(cfg: RunConfig, plan: AlgorithmPlan, tokenizer) -> RunData:
     """Read and render what the run will read: every training row (prompts or preference pairs)
-    and, when evaluating, the first ``trainer.eval_max_prompts`` held-out rows (as the controller
-    and the pairs loop take them), so that a bad row, a mistyped key or an over-long prompt is a
-    ``ConfigError`` naming the file, the row and the key before Ray starts."""
+    and, when evaluating, the first ``trainer.eval_max_prompts`` held-out rows, so that a bad
+    row, a mistyped key or an over-long prompt is a ``ConfigError`` naming the file, the row and
+    the key before Ray starts. The run then uses what was read here."""
     from launch.evaluate import group_of
     from rlplat.data import PromptSampler, load_prompts, render_prompts, source_for
 
     splits = [("train", None)] + ([("eval", cfg.trainer.eval_max_prompts)] if cfg.trainer.eval_every else [])
+    read: Dict[str, Tuple[List[Any], List[List[int]]]] = {}
     for split, limit in splits:
         try:
             path, key = source_for(cfg.data, split)
@@ -110,7 +125,7 @@ def check_data(cfg: RunConfig, plan: AlgorithmPlan, tokenizer) -> None:
         except ValueError as exc:  # these name the file, the row (line) and the key
             raise ConfigError(f"{split} data: {exc}") from None
         try:
-            render_prompts(rows, tokenizer, cfg.data)
+            read[split] = rows, render_prompts(rows, tokenizer, cfg.data)
             if split == "train":
                 PromptSampler(rows, cfg.data.prompts_per_step)  # every step's batch fits in the data
             elif cfg.trainer.eval_group_by is not None:
@@ -118,13 +133,14 @@ def check_data(cfg: RunConfig, plan: AlgorithmPlan, tokenizer) -> None:
                     group_of(row, cfg.trainer.eval_group_by)
         except ValueError as exc:  # these name rows only: add the file
             raise ConfigError(f"{split} data, {key}='{path}': {exc}") from None
+    return RunData(*read["train"], *read.get("eval", ([], [])))
 
 
-def preflight(cfg: RunConfig, plan: AlgorithmPlan, build: bool = True) -> Tuple[Dict[str, str], Any]:
+def preflight(cfg: RunConfig, plan: AlgorithmPlan, build: bool = True) -> Tuple[Dict[str, str], Any, RunData]:
     """Everything that can fail before actors start, except the run directory: resolve the model
     paths (building built-in models unless ``build=False``), load the policy's tokenizer, compare
     the scorer roles' tokenizers with it, load the preference model's, and read and render the
-    train and eval data. Returns (paths, tokenizer); raises ``ConfigError`` naming the key."""
+    train and eval data. Returns (paths, tokenizer, data); raises ``ConfigError`` naming the key."""
     trust = cfg.model.trust_remote_code
     paths = resolve_paths(cfg, plan, build)
     unbuilt = sorted({p for p in paths.values() if p.startswith("builtin:")})
@@ -136,8 +152,7 @@ def preflight(cfg: RunConfig, plan: AlgorithmPlan, build: bool = True) -> Tuple[
         check_same_tokenizer(tokenizer, paths[role], f"roles.{role}.path", trust)
     if plan.preference and not cfg.algorithm.nash_mp.judge and "preference" in paths:
         load_tokenizer(paths["preference"], "roles.preference.path", trust)  # a text judge: its own tokenizer
-    check_data(cfg, plan, tokenizer)
-    return paths, tokenizer
+    return paths, tokenizer, check_data(cfg, plan, tokenizer)
 
 
 def prepare_run_dir(cfg: RunConfig) -> str:

@@ -44,9 +44,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         for warning in ignored_options(cfg.ray):
             print(f"rlplat: warning: {warning}", flush=True)
         # Without building the built-in models first: a mistake fails in seconds, not after the build.
-        paths, tokenizer = preflight(cfg, plan, build=False)
+        paths, tokenizer, data = preflight(cfg, plan, build=False)
         if not args.check and any(p.startswith("builtin:") for p in paths.values()):
-            paths, tokenizer = preflight(cfg, plan, build=True)  # build them, then load what was built
+            paths, tokenizer, data = preflight(cfg, plan, build=True)  # build them, then load what was built
     except ConfigError as exc:
         print(f"rlplat: config error: {exc}", file=sys.stderr)
         return 2
@@ -68,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"rlplat: {plan.name} on a {cluster.mode} Ray cluster; run directory {run_dir}", flush=True)
     if cluster.dashboard_url:  # jobs, named actors and their logs: README "Watching a run"
         print(f"rlplat: dashboard {cluster.dashboard_url}", flush=True)
-    controller = Controller(cfg, plan, paths, run_dir, tokenizer)
+    controller = Controller(cfg, plan, paths, run_dir, tokenizer, data)
     try:
         controller.run()
     finally:

@@ -320,7 +320,7 @@ def test_collective_sync_after_a_training_step_matches_the_trainer_without_the_d
     import ray
 
     from launch.controller import Controller
-    from launch.preflight import load_tokenizer, prepare_run_dir, resolve_paths
+    from launch.preflight import preflight, prepare_run_dir
     from rlplat import algorithms
     from rlplat.config import load_config
     from tests.test_e2e import SMALL
@@ -329,11 +329,11 @@ def test_collective_sync_after_a_training_step_matches_the_trainer_without_the_d
                                             "trainer.lr=1e-2", "rollout.weight_sync_bucket_mb=1"])
     assert cfg.rollout.weight_sync == "collective" and cfg.rollout.backend == "vllm" and cfg.trainer.zero_stage == 2
     plan = algorithms.get(cfg.algorithm.name).plan(cfg)
-    paths = resolve_paths(cfg, plan)
+    paths, tokenizer, data = preflight(cfg, plan)
     spy = DriverSpy(ray, limit=64 << 10)
     monkeypatch.setattr(ray, "put", spy.put)
     monkeypatch.setattr(ray, "get", spy.get)
-    ctrl = Controller(cfg, plan, paths, prepare_run_dir(cfg), load_tokenizer(paths["tokenizer"], "model.path"))
+    ctrl = Controller(cfg, plan, paths, prepare_run_dir(cfg), tokenizer, data)
     try:
         ctx, engines = ctrl.ctx, ctrl.ctx.engines
         assert engines.weight_sync.generation == 1  # formed at start

@@ -25,7 +25,7 @@ from launch.loops import LOOPS
 from launch.loops.store import load_store, save_store
 from launch.metrics import PhaseTimer
 from rlplat.batch import Batch
-from rlplat.data import PromptSampler, load_prompts, render_prompts
+from rlplat.data import PromptSampler
 from rlplat.pairs import pair_batch, pair_calibration
 
 STORE_VERSION = 1
@@ -55,8 +55,7 @@ class PairLoop:
         t0 = time.perf_counter()
         batches = {"train": self._pairs(ctx.rows, [ctx.prompt_ids[r.index] for r in ctx.rows])}
         if cfg.trainer.eval_every:
-            rows = load_prompts(cfg.data, "eval", pairs=True)[: cfg.trainer.eval_max_prompts]
-            batches["eval"] = self._pairs(rows, render_prompts(rows, ctx.tok, cfg.data))
+            batches["eval"] = self._pairs(ctx.eval_rows, ctx.eval_ids)
         self.store = self._load_or_score(batches)
         self.prepare_seconds = time.perf_counter() - t0
         self.sampler = PromptSampler(list(range(len(ctx.rows))), cfg.data.prompts_per_step,
