@@ -97,10 +97,10 @@ def check_same_tokenizer(policy_tok, other_path: str, key: str, trust_remote_cod
 
 @dataclass
 class RunData:
-    """What a run reads, loaded and rendered once: ``rows`` (``PromptRow``s, or ``PairRow``s when
-    ``plan.pairs``) with ``prompt_ids`` (each row's rendered prompt token ids, in row order), and
-    the first ``trainer.eval_max_prompts`` held-out rows with theirs (empty when
-    ``trainer.eval_every`` is 0)."""
+    """What a run reads, loaded and rendered once: ``rows`` (``PromptRow``s; preference pairs, with
+    ``extra["chosen"]`` / ``extra["rejected"]``, when ``plan.pairs``) with ``prompt_ids`` (each
+    row's rendered prompt token ids, in row order), and the first ``trainer.eval_max_prompts``
+    held-out rows with theirs (empty when ``trainer.eval_every`` is 0)."""
 
     rows: List[Any]
     prompt_ids: List[List[int]]
