@@ -108,7 +108,7 @@ class RunData:
     eval_ids: List[List[int]] = field(default_factory=list)
 
 
-def check_data(cfg: RunConfig, plan: AlgorithmPlan, tokenizer) -> RunData:
+def read_data(cfg: RunConfig, plan: AlgorithmPlan, tokenizer) -> RunData:
     """Read and render what the run will read: every training row (prompts or preference pairs)
     and, when evaluating, the first ``trainer.eval_max_prompts`` held-out rows, so that a bad
     row, a mistyped key or an over-long prompt is a ``ConfigError`` naming the file, the row and
@@ -152,7 +152,7 @@ def preflight(cfg: RunConfig, plan: AlgorithmPlan, build: bool = True) -> Tuple[
         check_same_tokenizer(tokenizer, paths[role], f"roles.{role}.path", trust)
     if plan.preference and not cfg.algorithm.nash_mp.judge and "preference" in paths:
         load_tokenizer(paths["preference"], "roles.preference.path", trust)  # a text judge: its own tokenizer
-    return paths, tokenizer, check_data(cfg, plan, tokenizer)
+    return paths, tokenizer, read_data(cfg, plan, tokenizer)
 
 
 def prepare_run_dir(cfg: RunConfig) -> str:
