@@ -33,7 +33,7 @@ from actors.rollout.weights import unpack
 from actors.scorer_pool import PendingRowScores, ScorerPool
 from actors.trainer.group import TrainerGroup
 from launch.metrics import PhaseTimer
-from launch.placement import colocated_group
+from launch.placement import colocated_group, scorer_counts
 from launch.preflight import RunData
 from launch.rollout_log import RolloutLog
 from rlplat import advantages, seeds
@@ -72,8 +72,8 @@ class StepContext:
         self.eval_rows, self.eval_ids = data.eval_rows, data.eval_ids
         res = cfg.resources
         self.engines = EnginePool(cfg, paths["policy"], paths["tokenizer"], self.prompt_ids, self.pad_id)
-        roles = sorted(plan.scorer_roles)
-        counts = {role: self._num_scorers(role) for role in roles}
+        counts = scorer_counts(cfg, plan)
+        roles = list(counts)
         self.placement = colocated_group(res, cfg.trainer.num_ranks, [r for r in roles for _ in range(counts[r])])
         self.trainer = TrainerGroup(cfg, paths["policy"], cfg.trainer.num_ranks, res, placement_group=self.placement)
         firsts = itertools.accumulate([0] + [counts[r] for r in roles])  # a pool's first actor's global index
@@ -90,11 +90,6 @@ class StepContext:
         self.rollout_log = RolloutLog(run_dir, cfg.trainer.log_samples, cfg.trainer.seed, tokenizer)  # rollouts.jsonl
 
     # ------------------------------------------------------------------ actors
-    def _num_scorers(self, role: str) -> int:
-        """``roles.<role>.num_actors``; the snapshot role (the policy, no RoleModelConfig) has one."""
-        role_cfg = getattr(self.cfg.roles, role, None)
-        return role_cfg.num_actors if role_cfg is not None else 1
-
     def _start_scorer(self, role: str, num_actors: int, first: int) -> ScorerPool:
         """Scorers ``scorer-<role>-0..num_actors-1``; global scorer j shares bundle j % num_ranks."""
         res = self.cfg.resources

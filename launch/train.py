@@ -65,6 +65,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     from launch.controller import Controller  # imports ray
 
     cluster = start_ray(cfg.ray, cfg.trainer.log_level)
+    from launch.placement import check_fits
+
+    try:
+        check_fits(cfg, plan, joined=cluster.mode == "joined")
+    except ConfigError as exc:
+        print(f"rlplat: config error: {exc}", file=sys.stderr)
+        return 2
     print(f"rlplat: {plan.name} on a {cluster.mode} Ray cluster; run directory {run_dir}", flush=True)
     if cluster.dashboard_url:  # jobs, named actors and their logs: README "Watching a run"
         print(f"rlplat: dashboard {cluster.dashboard_url}", flush=True)
