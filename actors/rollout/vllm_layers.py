@@ -41,6 +41,8 @@ class PostLoadLayers:
         if param_names is None:
             layers = self.layers
         else:
+            # A name outside the index (a norm's weight, a buffer some model's load_weights
+            # reports) belongs to no layer with a post-load step: nothing to re-run for it.
             touched = {id(layer) for name in param_names for layer in self.by_name.get(name, ())}
             layers = [layer for layer in self.layers if id(layer) in touched]
         for layer in layers:
