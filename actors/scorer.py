@@ -40,6 +40,7 @@ class Scorer:
         trust_remote_code: bool = False,
         temperature: float = 1.0,
         top_k: int = 0,
+        attn_implementation: Optional[str] = None,
     ):
         quiet.apply()  # third-party log noise off (trainer.log_level, via RLPLAT_LOG_LEVEL)
         if micro_batch_tokens <= 0:
@@ -52,7 +53,7 @@ class Scorer:
         self.top_k = top_k
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.weights_version = 0  # 0: the weights at model_path; a restarted actor is back at 0
-        self.model = load_causal_lm(model_path, dtype, trust_remote_code).to(self.device).eval()
+        self.model = load_causal_lm(model_path, dtype, trust_remote_code, attn_implementation).to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -131,6 +132,7 @@ class Scorer:
             "vocab_size": int(self.model.get_output_embeddings().weight.shape[0]),
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device),
+            "attn_implementation": self.model.config._attn_implementation,
             "weights_version": self.weights_version,
             "pid": os.getpid(),  # changes when Ray restarts the actor
         }
@@ -145,6 +147,7 @@ def create_scorer_actor(
     trust_remote_code: bool = False,
     temperature: float = 1.0,
     top_k: int = 0,
+    attn_implementation: Optional[str] = None,
     num_cpus: float = 0.25,
     num_gpus: float = 0.0,
     name: Optional[str] = None,
@@ -164,5 +167,5 @@ def create_scorer_actor(
             placement_group=placement_group, placement_group_bundle_index=bundle_index
         )
     return ray.remote(Scorer).options(**opts).remote(
-        role, model_path, dtype, micro_batch_tokens, trust_remote_code, temperature, top_k
+        role, model_path, dtype, micro_batch_tokens, trust_remote_code, temperature, top_k, attn_implementation
     )

@@ -49,6 +49,7 @@ class ScorerPool:
         trust_remote_code: bool = False,
         temperature: float = 1.0,
         top_k: int = 0,
+        attn_implementation: Optional[str] = None,
         num_cpus: float = 0.25,
         num_gpus: float = 0.0,
         placement_group: Any = None,
@@ -67,7 +68,8 @@ class ScorerPool:
         self.actors = [
             create_scorer_actor(
                 role, model_path, dtype=dtype, micro_batch_tokens=micro_batch_tokens,
-                trust_remote_code=trust_remote_code, temperature=temperature, top_k=top_k, num_cpus=num_cpus,
+                trust_remote_code=trust_remote_code, temperature=temperature, top_k=top_k,
+                attn_implementation=attn_implementation, num_cpus=num_cpus,
                 num_gpus=num_gpus, name=name, placement_group=placement_group, bundle_index=bundle,
                 max_restarts=max_restarts)
             for name, bundle in zip(self.names, bundle_indices)

@@ -124,7 +124,8 @@ RLPLAT_SETTINGS: List[str] = ["rollout.backend=vllm", "rollout.num_engines=1", "
                               "trainer.zero_stage=2", "trainer.max_staleness=1"]
 # Resolved config keys the report states (a key this checkout's schema lacks reads "n/a").
 REPORTED_SETTINGS = ("rollout.backend", "rollout.num_engines", "rollout.ignore_eos", "rollout.weight_sync",
-                     "trainer.num_ranks", "trainer.zero_stage", "trainer.max_staleness", "model.dtype")
+                     "trainer.num_ranks", "trainer.zero_stage", "trainer.max_staleness", "model.dtype",
+                     "model.attn_implementation")
 SMOKE = {"steps": 3, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 8}
 DEFAULTS = {"steps": 10, "prompts_per_step": 8, "group_size": 8, "max_new_tokens": 8}
 TOKENS_DEFINITION = ("tokens = prompt + completion tokens of every sample of the step (prompt counted once per "
@@ -215,6 +216,7 @@ def build_job(args: argparse.Namespace, overrides: List[str], model_path: str) -
     batches = [[{"prompt": r.prompt, "answer": r.answer} for r in sampler.next_batch()] for _ in range(tr.max_steps)]
     return {
         "model": args.model, "model_path": model_path, "dtype": cfg.model.dtype,
+        "attn_implementation": getattr(cfg.model, "attn_implementation", None),
         "steps": tr.max_steps, "prompts_per_step": cfg.data.prompts_per_step, "group_size": alg.group_size,
         "max_new_tokens": roll.max_new_tokens, "temperature": roll.temperature, "top_p": roll.top_p,
         "top_k": max(roll.top_k, 0), "lr": tr.lr, "weight_decay": tr.weight_decay, "adam_betas": list(tr.adam_betas),
@@ -224,6 +226,15 @@ def build_job(args: argparse.Namespace, overrides: List[str], model_path: str) -
         "rlplat_settings": {key: _setting(cfg, key) for key in REPORTED_SETTINGS},
         "rlplat_overrides": list(overrides), "batches": batches,
     }
+
+
+def _model_init_kwargs(job: Dict[str, Any]) -> Dict[str, Any]:
+    """TRL's ``from_pretrained`` arguments: rlplat's model dtype and, when set, the attention its
+    trainer and scorers use."""
+    kwargs: Dict[str, Any] = {"dtype": job["dtype"]}
+    if job.get("attn_implementation") is not None:
+        kwargs["attn_implementation"] = job["attn_implementation"]
+    return kwargs
 
 
 def _setting(cfg: Any, key: str) -> Any:
@@ -249,7 +260,7 @@ def trl_config_kwargs(job: Dict[str, Any], out_dir: str) -> Dict[str, Any]:
         temperature=job["temperature"], top_p=job["top_p"], top_k=job["top_k"],
         beta=job["beta"], epsilon=job["eps_low"], epsilon_high=job["eps_high"], loss_type=job["loss_type"],
         scale_rewards=job["scale_rewards"], mask_truncated_completions=False,
-        shuffle_dataset=False, seed=job["seed"], model_init_kwargs={"dtype": job["dtype"]},
+        shuffle_dataset=False, seed=job["seed"], model_init_kwargs=_model_init_kwargs(job),
         report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
     )
     if job["ignore_eos"]:

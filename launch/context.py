@@ -99,6 +99,7 @@ class StepContext:
         return ScorerPool(
             role, self.paths[role], num_actors, dtype=self.cfg.model.dtype, micro_batch_tokens=micro,
             trust_remote_code=self.cfg.model.trust_remote_code, temperature=self.cfg.rollout.temperature, top_k=top_k,
+            attn_implementation=self.cfg.model.attn_implementation,
             num_cpus=res.scorer_cpus, num_gpus=res.scorer_gpus, placement_group=self.placement,
             bundle_indices=[(first + i) % self.cfg.trainer.num_ranks for i in range(num_actors)],
             max_restarts=res.max_actor_restarts)

@@ -32,13 +32,17 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False) -> torch.nn.Module:
-    """``AutoModelForCausalLM.from_pretrained(path)`` in ``dtype``; errors name ``path``."""
+def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                   attn_implementation: Optional[str] = None) -> torch.nn.Module:
+    """``AutoModelForCausalLM.from_pretrained(path)`` in ``dtype``, with ``attn_implementation``
+    (None: transformers' default); errors name ``path``."""
     from transformers import AutoModelForCausalLM
 
     torch_type = torch_dtype(dtype)
+    attention = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_type, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_type, trust_remote_code=trust_remote_code,
+                                                    **attention)
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... depending on the cause
         raise RuntimeError(f"could not load a causal LM from '{path}' (dtype={dtype}): {exc}") from exc
 

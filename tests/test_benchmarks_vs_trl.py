@@ -72,6 +72,16 @@ def test_max_staleness_option_wins_over_the_default_setting(tmp_path, model_dir)
     assert job["rlplat_settings"]["trainer.max_staleness"] == 0
 
 
+def test_trl_loads_the_model_in_rlplats_dtype_and_attention(tmp_path, model_dir):
+    _, job = _job([], tmp_path, model_dir)
+    assert vs_trl.trl_config_kwargs(job, str(tmp_path / "trl"))["model_init_kwargs"] == {"dtype": "float32"}
+    _, job = _job(["--rlplat-override", "model.dtype=bfloat16", "--rlplat-override", "model.attn_implementation=eager"],
+                  tmp_path, model_dir)
+    kwargs = vs_trl.trl_config_kwargs(job, str(tmp_path / "trl"))
+    assert kwargs["model_init_kwargs"] == {"dtype": "bfloat16", "attn_implementation": "eager"}
+    assert "model.attn_implementation=eager" in vs_trl.settings_line(job)
+
+
 @pytest.mark.runtime
 def test_vs_trl_smoke(tmp_path, tiny_models):
     json_out, md_out = tmp_path / "vs_trl.json", tmp_path / "vs_trl.md"

@@ -99,6 +99,7 @@ MISTAKES = [
     ("grpo", ["algorithm.group_size=1"], ["algorithm.group_size", ">= 2"]),
     ("kdrl", ["roles.teacher.path=null"], ["kdrl", "roles.teacher.path"]),
     ("grpo", ["model.path=/no/such/model"], ["model.path", "/no/such/model", "does not exist"]),
+    ("grpo", ["model.attn_implementation=fast"], ["model.attn_implementation", "'fast'", "eager", "sdpa"]),
     ("grpo", ["data.train_path=/no/such/prompts.jsonl"], ["data.train_path", "/no/such/prompts.jsonl"]),
     ("grpo", ["rollout.backend=sglang"], ["rollout.backend", "sglang", "vllm", "hf"]),
     ("grpo", ["algorithm.divergences.0.divergence=k9"], ["algorithm.divergences[0].divergence", "k9", "k3"]),

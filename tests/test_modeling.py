@@ -130,3 +130,18 @@ def test_load_causal_lm_round_trip_and_dtype(model, tmp_path):
     assert next(loaded.parameters()).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="float8"):
         load_causal_lm(str(tmp_path), dtype="float8")
+
+
+def test_model_attn_implementation_reaches_the_trainer_and_the_scorers(tiny_models):
+    """``model.attn_implementation`` sets the attention of every HF model that computes log-probs
+    (the trainer's policy, each scorer); unset, transformers' default (sdpa) stays."""
+    from actors.scorer import Scorer
+    from actors.trainer.rank import TrainerRank
+    from rlplat.config import ModelConfig
+
+    path = tiny_models["policy"]
+    for attention, expected in (("eager", "eager"), (None, "sdpa")):
+        rank = TrainerRank.__new__(TrainerRank)  # no DeepSpeed: only the model loading is under test
+        rank.model_path, rank.model_cfg = path, ModelConfig(attn_implementation=attention)
+        assert rank._load_model().config._attn_implementation == expected
+        assert Scorer("reference", path, attn_implementation=attention).info()["attn_implementation"] == expected

@@ -216,10 +216,7 @@ class TrainerRank:
 
         t0 = time.perf_counter()
         torch.manual_seed(self.trainer_cfg.seed)
-        model = load_causal_lm(self.model_path, self.model_cfg.dtype, self.model_cfg.trust_remote_code)
-        if self.model_cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.config.use_cache = False
+        model = self._load_model()
         times["load_model_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -507,6 +504,16 @@ class TrainerRank:
         transfer, self._transfer = self._transfer, None
         if transfer is not None:
             transfer.close()
+
+    def _load_model(self) -> torch.nn.Module:
+        """The policy at ``model_path`` as ``model.*`` says: dtype, attention implementation,
+        remote code, gradient checkpointing."""
+        m = self.model_cfg
+        model = load_causal_lm(self.model_path, m.dtype, m.trust_remote_code, m.attn_implementation)
+        if m.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        return model
 
     # ------------------------------------------------------------- checkpoints
     def save_checkpoint(self, ckpt_dir: str, tag: Optional[str] = None, client_state: Optional[Dict] = None) -> str:

@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional
 
 
 LOG_LEVELS = ("debug", "info", "warning")  # trainer.log_level (actors.quiet acts on it)
+# transformers' attention implementations that need no extra package name (model.attn_implementation)
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 @dataclass
@@ -20,6 +22,10 @@ class ModelConfig:
     path: str = "builtin:tiny-policy"
     tokenizer: Optional[str] = None  # defaults to ``path``
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    # Attention of the HF models that compute log-probs (trainer ranks, scorers): None = transformers'
+    # default (sdpa). On CPU in bfloat16, eager trains ~2x faster than sdpa, whose flash-attention
+    # backward is slow there (docs/vs_trl.md). Rollout engines pick their own (vLLM: its backend).
+    attn_implementation: Optional[str] = None  # None | one of ATTN_IMPLEMENTATIONS
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
 

@@ -5,7 +5,7 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from rlplat.config.errors import ConfigError
-from rlplat.config.schema import LOG_LEVELS, RunConfig
+from rlplat.config.schema import ATTN_IMPLEMENTATIONS, LOG_LEVELS, RunConfig
 from rlplat.hub_ids import is_hub_dataset, looks_like_hub_dataset, looks_like_hub_id
 
 # Keys the schema holds for capabilities that are not built yet: any non-default value is refused.
@@ -254,6 +254,8 @@ def validate_config(cfg: RunConfig) -> None:
             raise ConfigError("trainer.eval_win_ns compares each evaluation with the initial policy's: it needs "
                               "trainer.eval_before_train=true")
     _one_of("model.dtype", cfg.model.dtype, ["float32", "bfloat16", "float16"])
+    if cfg.model.attn_implementation is not None:
+        _one_of("model.attn_implementation", cfg.model.attn_implementation, list(ATTN_IMPLEMENTATIONS))
     _one_of("rollout.backend", r.backend, ["vllm", "hf"])
     _at_least("rollout.num_engines", r.num_engines, 1)
     _at_least("rollout.tensor_parallel_size", r.tensor_parallel_size, 1)
