@@ -90,12 +90,17 @@ def shortfalls(wanted: Sequence[Demand], nodes: Sequence[Mapping[str, float]]) -
     return problems
 
 
-def check_fits(cfg: RunConfig, plan: AlgorithmPlan, joined: bool) -> None:
-    """Refuse (``ConfigError``) a run whose actors the embedded cluster cannot place. On a joined
-    cluster an autoscaler may still add nodes, so a shortfall is printed as a warning instead."""
+def cluster_nodes() -> List[Dict[str, float]]:
+    """The total resources of each live node of the connected Ray cluster."""
     import ray
 
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def check_fits(cfg: RunConfig, plan: AlgorithmPlan, nodes: Sequence[Mapping[str, float]], joined: bool) -> None:
+    """Refuse (``ConfigError``) a run whose actors the embedded cluster's ``nodes``
+    (``cluster_nodes()``) cannot hold. On a joined cluster an autoscaler may still add nodes, so a
+    shortfall is printed as a warning instead."""
     problems = shortfalls(demands(cfg, plan), nodes)
     if not problems:
         return

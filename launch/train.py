@@ -65,10 +65,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from launch.controller import Controller  # imports ray
 
     cluster = start_ray(cfg.ray, cfg.trainer.log_level)
-    from launch.placement import check_fits
+    from launch.placement import check_fits, cluster_nodes
 
     try:
-        check_fits(cfg, plan, joined=cluster.mode == "joined")
+        check_fits(cfg, plan, cluster_nodes(), joined=cluster.mode == "joined")
     except ConfigError as exc:
         print(f"rlplat: config error: {exc}", file=sys.stderr)
         return 2
