@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 from actors import quiet
 from rlplat.config.schema import RayConfig
 
 ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false"}
 _LOOPBACK = ("127.0.0.1", "localhost")
+# Set by Ray in the environment of a `ray job submit` entrypoint (ray._private.runtime_env.constants).
+RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 # Options of an embedded cluster: a driver joining a running one cannot change how it was started.
@@ -53,9 +55,27 @@ def pin_to_loopback(cfg: RayConfig) -> None:
 
     Ray replaces a loopback ``_node_ip_address`` by the machine's outward address unless its
     "local-only cluster" switch is set, which Ray reads once at import: call this before anything
-    imports ray. A driver joining a cluster is left alone (the other nodes must reach it)."""
-    if cfg.host in _LOOPBACK and not joining_address(cfg):
+    imports ray. A driver joining a cluster by a loopback address (a cluster on this machine bound
+    to 127.0.0.1) is pinned too: without the switch Ray would look for that cluster's GCS at the
+    machine's outward address. A driver joining any other address is left alone (the other nodes
+    must reach it)."""
+    address = joining_address(cfg)
+    if (address is None and cfg.host in _LOOPBACK) or (address is not None and _address_host(address) in _LOOPBACK):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def _address_host(address: str) -> str:
+    """The host of a Ray address: ``127.0.0.1:6379``, ``ray://localhost:10001``, ``http://127.0.0.1:8265``."""
+    return address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+
+
+def actor_environment(log_level: str) -> Dict[str, str]:
+    """Environment variables of the run's actors: tokenizer threads off, ``actors.quiet``'s level,
+    and the driver's working directory on PYTHONPATH, so that user code given as module:function
+    (rewards, judges) imports in actors as on the driver."""
+    env = {**ACTOR_ENV, **quiet.environment(log_level)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+    return env
 
 
 def start_ray(cfg: RayConfig, log_level: str = quiet.DEFAULT) -> Cluster:
@@ -74,16 +94,17 @@ def start_ray(cfg: RayConfig, log_level: str = quiet.DEFAULT) -> Cluster:
     # "Started a local Ray instance." and the like are Ray's INFO lines.
     ray_level = logging.WARNING if quiet.is_quiet(log_level) else logging.INFO
     address = joining_address(cfg)
-    if address:  # under `ray job submit` the job's working_dir already puts user code on the path
-        # No runtime_env here: a submitted job's own one would win anyway (Ray warns); the actors
-        # quiet themselves (actors.quiet.apply in each __init__).
-        context = ray.init(address=address, namespace=cfg.namespace, log_to_driver=True, logging_level=ray_level)
+    runtime_env = {"env_vars": actor_environment(log_level)}
+    if address:
+        # Under `ray job submit` the job's own runtime_env (working_dir) puts user code on the path
+        # and wins over a driver's (Ray merges and refuses conflicts): pass none there. A driver
+        # joining by address (`ray.address`, RAY_ADDRESS) gives its actors what an embedded run does.
+        submitted = RAY_JOB_CONFIG_ENV in os.environ
+        context = ray.init(address=address, namespace=cfg.namespace, log_to_driver=True, logging_level=ray_level,
+                           runtime_env=None if submitted else runtime_env)
         return Cluster("joined", _dashboard_url(context))
-    env = {**ACTOR_ENV, **quiet.environment(log_level)}
-    # User code given as module:function (rewards, judges) must import in actors as on the driver.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
-    runtime_env = {"env_vars": env}
     context = ray.init(
+        address="local",  # a new cluster: never one that `ray start` left running (/tmp/ray/ray_current_cluster)
         num_cpus=cfg.num_cpus,
         include_dashboard=cfg.include_dashboard,
         dashboard_host=cfg.host,

@@ -29,7 +29,8 @@ def test_claims_compare_the_transformation_with_calibration_and_raw():
 @pytest.mark.runtime
 def test_ctrl_benchmark_smoke(tmp_path, tiny_models):
     out = tmp_path / "ctrl"
-    cmd = [sys.executable, "benchmarks/ctrl_bon.py", "--smoke", "--out", str(out), "--variants", "raw,bon"]
+    cmd = [sys.executable, "benchmarks/ctrl_bon.py", "--smoke", "--out", str(out), "--variants", "raw,bon",
+           "--set", "rollout.backend=hf", "--set", "trainer.num_ranks=1"]  # the cheapest actors: the smoke checks the harness
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())

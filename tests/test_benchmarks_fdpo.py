@@ -44,7 +44,8 @@ def test_claims_compare_each_divergence_with_reverse_kl():
 def test_fdpo_benchmark_smoke(tmp_path, tiny_models):
     out = tmp_path / "fdpo"
     cmd = [sys.executable, "benchmarks/fdpo_divergences.py", "--smoke", "--out", str(out), "--divergences",
-           "reverse_kl,forward_kl", "--keep-store"]
+           "reverse_kl,forward_kl", "--keep-store",
+           "--set", "rollout.backend=hf", "--set", "trainer.num_ranks=1"]  # the cheapest actors: the smoke checks the harness
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())

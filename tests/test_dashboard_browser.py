@@ -26,6 +26,7 @@ import urllib.request
 
 import pytest
 
+from tests.conftest import own_cluster_env
 from tests.test_e2e import ROOT, SMALL
 from tests.test_ray_job import BIN
 
@@ -53,8 +54,8 @@ class LiveRun:
         self.out = out
         cmd = [sys.executable, "-m", "launch.train", "--config", "configs/grpo.yaml", f"trainer.output_dir={out}",
                "trainer.max_steps=10000", "trainer.save_every=0", "rollout.backend=hf", *SMALL]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=own_cluster_env(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self.lines = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
         self._reader.start()

@@ -19,8 +19,18 @@ def one(response, answer, prompt):
     return 1.0
 
 
-def test_only_groups_with_unequal_rewards_are_trained(tmp_path, tiny_models):
-    _, rows, _ = train(tmp_path, "grpo", *DYNAMIC, "algorithm.max_sampling_rounds=4")
+@pytest.fixture(scope="module")
+def dynamic_reference(tiny_models, ray_cluster, tmp_path_factory):
+    """One uninterrupted 4-step dynamic-sampling GRPO run (HF engine, at most 4 rounds, a checkpoint
+    every step): the trained-groups test reads its metrics, the resume test compares with them."""
+    out = tmp_path_factory.mktemp("dynamic-reference") / "run"
+    code, log = run(out, "algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=4")
+    assert code == 0, log[-5000:]
+    return metrics(out)
+
+
+def test_only_groups_with_unequal_rewards_are_trained(dynamic_reference):
+    rows = dynamic_reference
     assert any(r["sampling/dropped_groups"] > 0 for r in rows), "the policy should solve some prompts in all 4 samples"
     for r in rows:
         assert 1 <= r["sampling/rounds"] <= 4
@@ -56,15 +66,13 @@ def test_no_informative_group_skips_the_update_without_nan(tmp_path, tiny_models
     assert log.count("no informative group: the update is skipped") == 2
 
 
-def test_resumed_dynamic_sampling_run_logs_each_step_once_and_samples_the_same(tmp_path, tiny_models):
-    ref_dir, crash_dir = tmp_path / "reference", tmp_path / "crashed"
-    code, log = run(ref_dir, "algorithm.dynamic_sampling=true")
-    assert code == 0, log[-5000:]
+def test_resumed_dynamic_sampling_run_logs_each_step_once_and_samples_the_same(tmp_path, dynamic_reference):
+    crash_dir = tmp_path / "crashed"
     code, log = run(crash_dir, "algorithm.dynamic_sampling=true", fault="after_generate:2")
     assert code == 3, log[-5000:]
     code, log = run(crash_dir, "algorithm.dynamic_sampling=true", "trainer.resume=auto")
     assert code == 0, log[-5000:]
-    resumed, reference = metrics(crash_dir), metrics(ref_dir)
+    resumed, reference = metrics(crash_dir), dynamic_reference
     assert [r["step"] for r in resumed] == [0, 1, 2, 3]
     assert sum(r["sampling/rounds"] for r in reference) > 4, "some step should need a second round"
     for a, b in zip(resumed, reference):

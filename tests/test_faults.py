@@ -40,21 +40,20 @@ def test_trainer_rank_failure_stops_with_a_clear_message_and_checkpoint_intact(t
     assert (out / "checkpoints" / "step_000001" / "hf" / "config.json").is_file()
 
 
-def test_two_reference_scorers_match_one_and_survive_a_kill(tmp_path, tiny_models):
+def test_two_reference_scorers_match_one_and_survive_a_kill(tmp_path, grpo_reference_run):
     """``roles.reference.num_actors=2``: two named scorers share each step's rows, one of them is
     killed at step 1, and every step's reference log-probs (through ``div/kl_ref`` and the loss)
-    equal a one-scorer run's."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    proc = run(one, "")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    equal a one-scorer run's (the shared reference run: the same config, checkpoints aside)."""
+    two = tmp_path / "two"
     proc = run(two, "kill:scorer-reference-1:1", "roles.reference.num_actors=2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "injected fault: killing actor scorer-reference-1 at step 1" in proc.stdout
     assert {"scorer-reference-0", "scorer-reference-1"} <= set(json.loads((two / "actors.json").read_text()))
-    rows = {d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two)}
-    assert [r["step"] for r in rows[two]] == [0, 1, 2, 3] and all(r["samples"] == 16 for r in rows[two])
-    assert rows[two][0]["div/kl_ref"] < 1e-6  # step 0: the reshuffled reference rows equal the trainer's
-    for a, b in zip(rows[one], rows[two]):
+    one_rows = grpo_reference_run[1]
+    two_rows = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in two_rows] == [0, 1, 2, 3] and all(r["samples"] == 16 for r in two_rows)
+    assert two_rows[0]["div/kl_ref"] < 1e-6  # step 0: the reshuffled reference rows equal the trainer's
+    for a, b in zip(one_rows, two_rows):
         for key in ("div/kl_ref", "loss/policy", "reward/mean"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key, a[key], b[key])
-    assert rows[one][-1]["div/kl_ref"] > 0  # the policy moved: the comparison is not of zeros
+    assert one_rows[-1]["div/kl_ref"] > 0  # the policy moved: the comparison is not of zeros

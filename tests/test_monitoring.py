@@ -10,6 +10,7 @@ import time
 import pytest
 
 from launch.monitoring import MetricsExporter, prometheus_name
+from tests.conftest import own_cluster_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALID = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -111,7 +112,7 @@ def _series(lines, name):
 def test_ray_gauges_reach_prometheus():
     # Ray 2.60 turns _node_ip_address="127.0.0.1" into the machine's outward IP (and its metrics
     # server then listens on 0.0.0.0) unless this variable is 0: with it, every port is on loopback.
-    env = dict(os.environ, RAY_metrics_report_interval_ms="500", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=ROOT)
+    env = own_cluster_env(RAY_metrics_report_interval_ms="500", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, "-c", _RAY_SCRIPT], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,6 +8,7 @@ from pytest import approx
 from launch.placement import Demand, bundles, check_fits, demands, shortfalls
 from rlplat import algorithms
 from rlplat.config import ConfigError, ResourcesConfig, load_config
+from tests.conftest import own_cluster_env
 
 
 def test_scorers_share_bundles_round_robin():
@@ -78,13 +79,14 @@ def test_the_embedded_cluster_refuses_what_it_cannot_place_and_a_joined_one_warn
     check_fits(*_run("grpo"), two_cpus, joined=False)  # the default fits
 
 
+@pytest.mark.runtime  # an embedded Ray of its own (own_cluster_env): the refusal is the embedded cluster's
 def test_the_cli_stops_with_a_config_error_instead_of_waiting(tiny_models, tmp_path):
     import os
     import subprocess
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = own_cluster_env()
     proc = subprocess.run([sys.executable, "-m", "launch.train", "--config", os.path.join(root, "configs", "grpo.yaml"),
                            "ray.num_cpus=2", "ray.include_dashboard=false", "resources.rollout_cpus=3",
                            f"trainer.output_dir={tmp_path / 'run'}"],

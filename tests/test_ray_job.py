@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tests.conftest import own_cluster_env
 from tests.test_e2e import ROOT, SMALL
 
 pytestmark = pytest.mark.runtime
@@ -28,10 +29,11 @@ def ray_head():
     """A head node started with ``ray start --head --block`` in its own process group."""
     port, dash = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="rj-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    env = own_cluster_env(RAY_AUTH_MODE="token", PATH=f"{BIN}:{os.environ.get('PATH', '')}")
     head = subprocess.Popen(
         [f"{BIN}/ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2", "--disable-usage-stats",
+         "--dashboard-agent-listen-port", str(free_port()),
          "--temp-dir", temp_dir],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"

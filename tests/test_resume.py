@@ -40,11 +40,8 @@ def metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_killed_run_resumes_exactly(tmp_path, tiny_models):
-    ref_dir, crash_dir = tmp_path / "reference", tmp_path / "crashed"
-    code, log = run(ref_dir)
-    assert code == 0, log[-5000:]
-
+def test_killed_run_resumes_exactly(tmp_path, grpo_reference_run):
+    crash_dir = tmp_path / "crashed"
     code, log = run(crash_dir, fault="after_generate:2")
     assert code == 3, log[-5000:]
     assert [r["step"] for r in metrics(crash_dir)] == [0, 1]
@@ -54,7 +51,7 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_models):
     code, log = run(crash_dir, "trainer.resume=auto")
     assert code == 0, log[-5000:]
     assert "resumed from" in log and "continuing at step 3" in log
-    resumed, reference = metrics(crash_dir), metrics(ref_dir)
+    resumed, reference = metrics(crash_dir), grpo_reference_run[1]
     assert [r["step"] for r in resumed] == [0, 1, 2, 3]
     walls = [r["time/wall"] for r in resumed]  # the resumed run's clock continues the checkpoint's
     assert walls == sorted(walls)
@@ -64,10 +61,8 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_models):
     assert sorted(os.listdir(crash_dir / "checkpoints")) == ["step_000002", "step_000003"]
 
 
-def test_fresh_run_refuses_to_overwrite_and_resume_without_checkpoint_starts_at_zero(tmp_path, tiny_models):
-    out = tmp_path / "run"
-    code, log = run(out, "trainer.max_steps=1")
-    assert code == 0, log[-5000:]
-    code, log = run(out, "trainer.max_steps=1")
+def test_fresh_run_refuses_to_overwrite_a_finished_run(grpo_reference_run):
+    out, rows = grpo_reference_run
+    code, log = run(out)  # the same run again, without trainer.resume=auto
     assert code == 2 and "trainer.resume=auto" in log
-    assert [r["step"] for r in metrics(out)] == [0]
+    assert metrics(out) == rows  # nothing written over

@@ -245,24 +245,23 @@ def test_reward_worker_plain():
         RewardWorker({"fn": "arithmetic", "timeout": 5})
 
 
-def test_reward_worker_under_ray(reward_module):
-    ray = pytest.importorskip("ray")
+@pytest.mark.runtime
+def test_reward_worker_under_ray(reward_module, ray_cluster):
     from actors.reward_worker import RewardWorker
 
+    ray = ray_cluster
     pythonpath = os.pathsep.join([str(REPO), str(reward_module)])
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, log_to_driver=False)
+    # The actor takes the config as the controller sends it: a plain dict.
+    cfg = {"fn": "rl_test_rewards:flaky", "timeout_s": 5.0, "num_workers": 1}
+    worker = ray.remote(num_cpus=0.1, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})(RewardWorker).remote(cfg)
     try:
-        # The actor takes the config as the controller sends it: a plain dict.
-        cfg = {"fn": "rl_test_rewards:flaky", "timeout_s": 5.0, "num_workers": 1}
-        worker = ray.remote(num_cpus=0.1)(RewardWorker).remote(cfg)
         assert ray.get(worker.ready.remote())
         outcome = ray.get(worker.score.remote(["ok", "boom", "ok"], [None, None, None], ["a", "b", "c"]))
         assert outcome.valid.tolist() == [True, False, True]
         assert outcome.errors == 1 and "ZeroDivisionError" in outcome.failures[0].message
         assert outcome.rewards[0].item() == 0.5
     finally:
-        ray.shutdown()
+        ray.kill(worker)
 
 
 def test_memory_limit_turns_a_runaway_reward_into_a_counted_error(reward_module):

@@ -101,14 +101,6 @@ def tiny_model(tmp_path_factory):
     return _build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def _hf_logprobs(model, prompt, response, temperature=1.0, top_k=-1, top_p=1.0):
     """Float [len(response)]: log mu(response[t] | prompt, response[:t]) from one HF forward, where
     mu is the sampling distribution: softmax(logits / temperature) restricted to the top_k most

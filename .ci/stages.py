@@ -1,0 +1,43 @@
+"""``python3 .ci/stages.py "<command>"``: print a bash script that runs the command's top-level
+`` && `` parts one after another in one shell (so ``. .venv/bin/activate`` and ``export`` carry on),
+times each, and at exit, pass or fail, prints the wall seconds of every stage that ran and the total.
+
+The README's test command is one line of ``&&``-joined stages (venv, install, model builds, tests);
+``.ci/run`` executes what this prints, so CI shows where its budget goes (issue 29).
+"""
+import re
+import sys
+
+HEADER = """set -euo pipefail
+stage_log=$(mktemp)
+t_all=$(date +%s)
+report() {
+  rc=$?
+  echo
+  echo "== CI stages: wall seconds =="
+  cat "$stage_log"
+  echo "$(( $(date +%s) - t_all ))s  total (exit $rc)"
+  exit $rc
+}
+trap report EXIT"""
+
+
+def stages(command: str) -> list:
+    """The top-level `` && `` parts of a one-line command (no quoting of ``&&`` inside a part)."""
+    return [part.strip() for part in command.strip().split(" && ") if part.strip()]
+
+
+def script(command: str) -> str:
+    lines = [HEADER]
+    for part in stages(command):
+        label = re.sub(r"[^A-Za-z0-9 ._/=:,\[\]-]", "", part).strip()[:100]  # safe inside double quotes
+        if part.startswith("{") and part.endswith("& }"):
+            label = f"{label} (started in the background)"
+        elif part.startswith("wait"):
+            label = "waiting for the background stage"
+        lines.append(f't0=$(date +%s)\n{part}\necho "$(( $(date +%s) - t0 ))s  {label}" >> "$stage_log"')
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(script(sys.argv[1]))
