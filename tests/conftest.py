@@ -68,23 +68,28 @@ def ray_cluster():
 
     temp_dir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     address = f"127.0.0.1:{free_port()}"
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    # The head and every driver authenticate with ~/.ray/auth_token: made here on a machine without one.
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=120)
     head = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+        [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1",
          "--port", address.rsplit(":", 1)[1], "--num-cpus", str(SESSION_CPUS), "--include-dashboard", "false",
          "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", "--temp-dir", temp_dir],
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True)  # its process group: the head's processes stay in it
-    log, _ = head.communicate(timeout=180)
-    assert head.returncode == 0, log
-    os.environ["RAY_ADDRESS"] = address
-    ray.init(address=address, namespace="rlplat-tests", log_to_driver=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-    yield ray
-    ray.shutdown()
-    os.environ.pop("RAY_ADDRESS", None)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(head.pid, signal.SIGKILL)  # `ray start` has exited; its group is the head's processes
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    try:
+        log, _ = head.communicate(timeout=180)
+        assert head.returncode == 0, log
+        os.environ["RAY_ADDRESS"] = address
+        ray.init(address=address, namespace="rlplat-tests", log_to_driver=False,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+        yield ray
+    finally:  # also when the head or the join failed: no Ray process outlives the session
+        ray.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)  # `ray start` has exited; its group is the head's processes
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
