@@ -3,7 +3,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -11,17 +10,11 @@ import time
 
 import pytest
 
-from tests.conftest import own_cluster_env
+from tests.conftest import free_port, own_cluster_env
 from tests.test_e2e import ROOT, SMALL
 
 pytestmark = pytest.mark.runtime
 BIN = os.path.dirname(sys.executable)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ that engines end up holding the trainer's weights while the driver never holds t
 from __future__ import annotations
 
 import multiprocessing as mp
-import socket
 import time
 
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from actors.rollout.buckets import ParamSpec, pack_bucket, plan_buckets, unpack_bucket
 from actors.rollout.transfer_group import GroupAddress, TransferGroup
 from rlplat.config import ConfigError
+from tests.conftest import free_port
 
 MB = 1 << 20
 
@@ -84,12 +84,6 @@ def test_pack_bucket_refuses_tensors_that_disagree_with_the_plan():
 
 
 # ============================================================================ the gloo group
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _receiver(address, rank, plan, queue):
     group = TransferGroup(address, rank, torch.device("cpu"), "127.0.0.1")
     got = {name: t.clone() for _, named in group.receive(plan) for name, t in named}
@@ -107,7 +101,7 @@ def test_transfer_group_broadcasts_every_bucket_to_every_receiver_between_proces
     specs = _specs()
     plan = plan_buckets(specs, 30000)
     tensors = dict(zip((s.name for s in specs), _tensors(specs, seed=1)))
-    address = GroupAddress("127.0.0.1", _free_port(), world_size=3, timeout_s=60)
+    address = GroupAddress("127.0.0.1", free_port(), world_size=3, timeout_s=60)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_receiver, args=(address, r, plan, queue)) for r in (1, 2)]
