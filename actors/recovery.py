@@ -1,8 +1,9 @@
 """What every pool of restartable actors shares: which errors mean "lost", and waiting for Ray's restart.
 
-A pool (``EnginePool``, ``ScorerPool``, ``RewardPool``) retries a call after a loss at most
-``resources.max_actor_restarts`` times (Ray's restarts per actor), bringing its own actors back to
-the state it last gave them before retrying; nothing outside the pool knows its actors died.
+A pool (``EnginePool``, ``ScorerPool``) or a lone ``RestartingActor`` (the reward worker, the judge)
+retries a call after a loss at most ``resources.max_actor_restarts`` times (Ray's restarts per
+actor), bringing its own actors back to the state it last gave them before retrying; nothing
+outside the pool knows its actors died.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 
 from actors import quiet
-from actors.rollout import check_weight_version
+from actors.rollout.common import check_weight_version
 from actors.trainer.oom import budget_on_oom
 from rlplat.batch import Batch
 from rlplat.divergences.topk import TopK, teacher_topk
@@ -88,7 +88,7 @@ class Scorer:
             mb = batch.select(idx).trimmed().to(self.device)
             fwd = micro_batch_forward(self.model, mb, temperature=self.temperature)
             t = teacher_topk(fwd.logits, k)  # logits already divided by the temperature
-            keep = mb.response_mask.bool()
+            keep = mb.loss_mask.bool()  # the model's tokens: observations get no teacher distribution
             w = fwd.logp.shape[1]
             logp[idx, :w] = fwd.logp.cpu()
             top.logp[idx, :w] = torch.where(keep[..., None], t.logp.float(), 0.0).cpu()

@@ -20,7 +20,7 @@ import ray
 import torch
 
 from actors.recovery import ACTOR_LOST, log_loss, wait_until_answering
-from actors.rollout import StaleWeightsError
+from actors.rollout.common import StaleWeightsError
 from actors.scorer import Scores, create_scorer_actor
 from actors.trainer.group import split_rows
 from rlplat.batch import Batch

@@ -185,8 +185,12 @@ def build_job(args: argparse.Namespace, overrides: List[str], model_path: str) -
 
     cfg = load_config(args.config, overrides)
     alg, roll, tr = cfg.algorithm, cfg.rollout, cfg.trainer
-    loss_agg = algorithms.get(alg.name).plan(cfg).loss.agg  # algorithm.loss_agg or the algorithm's default
+    loss = algorithms.get(alg.name).plan(cfg).loss  # resolved: loss_agg and eps_low/eps_high defaults
+    loss_agg = loss.agg  # algorithm.loss_agg or the algorithm's default
     problems = []
+    if alg.loss_type != "ppo" or alg.entropy_coef:
+        problems.append(f"algorithm.loss_type={alg.loss_type} / entropy_coef={alg.entropy_coef} "
+                        "(the benchmark compares the ppo surrogate without entropy bonus)")
     if alg.name != "grpo":
         problems.append(f"algorithm.name={alg.name} (only grpo)")
     if alg.ppo_epochs != 1 or alg.mini_batches != 1:
@@ -220,7 +224,7 @@ def build_job(args: argparse.Namespace, overrides: List[str], model_path: str) -
         "steps": tr.max_steps, "prompts_per_step": cfg.data.prompts_per_step, "group_size": alg.group_size,
         "max_new_tokens": roll.max_new_tokens, "temperature": roll.temperature, "top_p": roll.top_p,
         "top_k": max(roll.top_k, 0), "lr": tr.lr, "weight_decay": tr.weight_decay, "adam_betas": list(tr.adam_betas),
-        "grad_clip": tr.grad_clip, "seed": tr.seed, "beta": beta, "eps_low": alg.eps_low, "eps_high": alg.eps_high,
+        "grad_clip": tr.grad_clip, "seed": tr.seed, "beta": beta, "eps_low": loss.eps_low, "eps_high": loss.eps_high,
         "loss_type": TRL_LOSS_TYPE[loss_agg], "scale_rewards": TRL_SCALE_REWARDS[alg.advantage],
         "ignore_eos": bool(roll.ignore_eos), "trl_threads": args.trl_threads,
         "rlplat_settings": {key: _setting(cfg, key) for key in REPORTED_SETTINGS},

@@ -41,6 +41,7 @@ from rlplat.algorithms import AlgorithmPlan
 from rlplat.batch import Batch, minibatch_seed
 from rlplat.config.schema import RunConfig
 from rlplat.data import PromptRow
+from rlplat.episodes import episode_metrics
 from rlplat.rewards.runner import RewardOutcome
 
 
@@ -253,8 +254,7 @@ class StepContext:
 
     # --------------------------------------------------------------- training
     def compute_advantages(self, batch: Batch, **extra) -> None:
-        fn = advantages.get(self.plan.advantage)
-        batch.advantages = fn(batch.rewards, batch.group_ids, **dict(self.plan.advantage_params), **extra)
+        batch.advantages = advantages.for_batch(self.plan.advantage, batch, dict(self.plan.advantage_params), **extra)
 
     def train(self, batch: Batch, step: int, update: int = 0, loss=None) -> Dict[str, float]:
         """PPO epochs over ``algorithm.mini_batches`` shuffled mini-batches; metrics averaged.
@@ -313,6 +313,8 @@ class StepContext:
         }
         if pass_rate:
             out[f"{prefix}reward/pass_rate"] = (batch.rewards >= self.cfg.reward.correct_threshold).float().mean().item()
+        if "episode" in batch.meta:  # multi-turn episodes: turns, tool calls and errors, observation share
+            out.update({prefix + k: v for k, v in episode_metrics(batch.meta["episode"]).items()})
         return out
 
     def finish_step(self, step: int, metrics: Dict[str, float], timer: PhaseTimer, *batches: Batch) -> Dict[str, float]:

@@ -17,7 +17,6 @@ import ray
 
 from launch.checkpoint import Checkpointer
 from launch.context import StepContext
-from launch.evaluate import evaluate, win_rate_metrics
 from launch.faults import kill_actors
 from launch.loops import LOOPS
 from launch.metrics import MetricsWriter, eval_line, progress_line, truncate_metrics
@@ -26,6 +25,8 @@ from launch.preflight import RunData
 from launch.rollout_log import FILENAME as ROLLOUTS_FILE
 from rlplat.algorithms import AlgorithmPlan
 from rlplat.config.schema import RunConfig, to_container
+from rlplat.held_out import evaluate
+from rlplat.win_rate import win_rate_metrics
 
 
 class Controller:
@@ -68,8 +69,7 @@ class Controller:
             with open(os.path.join(out_dir, "step_-1.json")) as f:
                 initial = json.load(f)["records"]
             metrics.update(win_rate_metrics(result.records, initial, t.eval_win_ns))
-        if hasattr(self.loop, "eval_metrics"):  # a loop's own held-out measures (f-DPO: pair calibration)
-            metrics.update(self.loop.eval_metrics())
+        metrics.update(self.loop.eval_metrics())  # a loop's own held-out measures (f-DPO: pair calibration)
         self.say(eval_line(step, metrics))
         return metrics
 
@@ -98,8 +98,7 @@ class Controller:
         for name in ("metrics.jsonl", ROLLOUTS_FILE):  # rows logged after the checkpoint are written again
             truncate_metrics(os.path.join(self.run_dir, name), start)
         self.ctx.sync()
-        if hasattr(self.loop, "after_resume"):
-            self.loop.after_resume()
+        self.loop.after_resume()
         print(f"rlplat: resumed from {path}; continuing at step {start + 1}", flush=True)
         return start
 

@@ -53,6 +53,11 @@ PROGRESS_FIGURES = (
     ("trainer/grad_norm", "grad_norm", ".3g"),
     ("response/length_mean", "len", ".1f"),
     ("trainer/lr", "lr", ".2e"),
+    # multi-turn episodes (rollout.env) only
+    ("episode/turns_mean", "turns", ".2f"),
+    ("episode/tool_calls_mean", "tool_calls", ".2f"),
+    ("episode/tool_errors", "tool_errors", ".0f"),
+    ("episode/truncated", "truncated", ".0f"),
 )
 
 

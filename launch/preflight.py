@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from rlplat.algorithms import AlgorithmPlan
 from rlplat.config.errors import ConfigError
@@ -108,13 +108,21 @@ class RunData:
     eval_ids: List[List[int]] = field(default_factory=list)
 
 
+def tool_schemas(rollout) -> Optional[List[Dict[str, Any]]]:
+    """The OpenAI-style schemas of ``rollout.tools`` for the chat template (None without tools)."""
+    if not rollout.tools:
+        return None
+    from rlplat.envs import Toolbox, make_tools
+
+    return Toolbox(make_tools(list(rollout.tools))).schemas()
+
+
 def read_data(cfg: RunConfig, plan: AlgorithmPlan, tokenizer) -> RunData:
     """Read and render what the run will read: every training row (prompts or preference pairs)
     and, when evaluating, the first ``trainer.eval_max_prompts`` held-out rows, so that a bad
     row, a mistyped key or an over-long prompt is a ``ConfigError`` naming the file, the row and
     the key before Ray starts. The run then uses what was read here."""
-    from launch.evaluate import group_of
-    from rlplat.data import PromptSampler, load_prompts, render_prompts, source_for
+    from rlplat.data import PromptSampler, group_of, load_prompts, render_prompts, source_for
 
     splits = [("train", None)] + ([("eval", cfg.trainer.eval_max_prompts)] if cfg.trainer.eval_every else [])
     read: Dict[str, Tuple[List[Any], List[List[int]]]] = {}
@@ -125,7 +133,7 @@ def read_data(cfg: RunConfig, plan: AlgorithmPlan, tokenizer) -> RunData:
         except ValueError as exc:  # these name the file, the row (line) and the key
             raise ConfigError(f"{split} data: {exc}") from None
         try:
-            read[split] = rows, render_prompts(rows, tokenizer, cfg.data)
+            read[split] = rows, render_prompts(rows, tokenizer, cfg.data, tool_schemas(cfg.rollout))
             if split == "train":
                 PromptSampler(rows, cfg.data.prompts_per_step)  # every step's batch fits in the data
             elif cfg.trainer.eval_group_by is not None:

@@ -5,14 +5,18 @@ samples drawn for the same prompt share a group id (ids need not be contiguous o
 The loss broadcasts the result over each sequence's tokens.
 
 Guarantees that the tests check: a group whose rewards are all equal gets advantage exactly 0
-(never NaN), and the estimators that need a within-group baseline (``grpo``, ``rloo``) raise
-``ValueError`` naming the group when it has fewer than 2 samples.
+(never NaN; ``reinforce_pp`` with ``norm="token"`` re-centres over the batch's tokens, as OpenRLHF and
+verl do, so there such a group gets the batch's shift ``-mean * rstd`` instead), and the estimators that
+need a within-group baseline (``grpo``, ``rloo``) raise ``ValueError`` naming the group when it has
+fewer than 2 samples.
 
-Adding an estimator is one function plus one ``@register("name")`` line.
+An estimator that declares a ``response_lengths`` keyword (Float[B], response tokens per row) is
+given it by ``for_batch``. Adding an estimator is one function plus one ``@register("name")`` line.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+import inspect
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import torch
 
@@ -24,6 +28,24 @@ REGISTRY: Registry[AdvantageFn] = Registry("advantage estimator")
 register = REGISTRY.register
 get = REGISTRY.get
 names = REGISTRY.names
+
+# reinforce_pp's batch statistic (``algorithm.reinforce_pp_norm``): the first is the default, the
+# one of the paper's reference implementation (OpenRLHF).
+REINFORCE_PP_NORMS = ("token", "sequence")
+
+
+def takes(name: str, param: str) -> bool:
+    """Whether estimator ``name`` has a keyword parameter ``param`` (e.g. ``response_lengths``)."""
+    return param in inspect.signature(get(name)).parameters
+
+
+def for_batch(name: str, batch: Any, params: Mapping[str, Any], **extra: Any) -> torch.Tensor:
+    """Float[B]: estimator ``name`` on ``batch``'s rewards and group ids with ``params``, plus
+    ``response_lengths`` (``batch.loss_mask.sum(-1)``: the model's tokens, an episode's observations
+    excluded) when the estimator declares it."""
+    if takes(name, "response_lengths"):
+        extra["response_lengths"] = batch.loss_mask.sum(-1)
+    return get(name)(batch.rewards, batch.group_ids, **dict(params), **extra)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -93,13 +115,47 @@ def rloo(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
 
 
 @register("reinforce_pp")
-def reinforce_pp(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """REINFORCE++-baseline: subtract the group mean, then divide by the batch std of the result
-    (population std, sequence level). The group-centred values already have batch mean 0, so
-    whitening only rescales; re-centring would move all-equal groups off exactly 0."""
+def reinforce_pp(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    eps: Optional[float] = None,
+    norm: str = "token",
+    response_lengths: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """REINFORCE++-baseline (Hu et al., arXiv 2501.03262): subtract the group mean, then normalise
+    by a statistic of the whole batch, ``norm`` (docs/algorithms.md#reinforce_pp-normalisation):
+
+    * ``"token"`` (default; OpenRLHF ``experience_maker.compute_advantages_and_returns``, the paper's
+      reference implementation): whiten the centred values ``c_i`` over the batch's response tokens,
+      each row weighing its ``L_i = response_lengths[i]`` tokens:
+      ``m = sum L c / sum L``, ``var = sum L (c - m)^2 / sum L`` (population), ``A_i = (c_i - m) / sqrt(max(var, eps))``,
+      ``eps`` default 1e-8 (OpenRLHF's ``var.clamp(min=1e-8)``). Re-centred: an all-equal group gets
+      ``-m / sqrt(var)``, not 0. Needs ``response_lengths``.
+    * ``"sequence"`` (rlplat's earlier statistic; ms-swift's): ``A_i = c_i / (std + eps)``,
+      ``std`` the population std of ``c`` over the batch's rows, ``eps`` default 1e-6. ``c`` already
+      has mean 0 over rows, so this whitens without re-centring and all-equal groups stay exactly 0.
+    """
     centred = _groups(rewards, group_ids)[2]
-    std = centred.pow(2).mean().sqrt()
-    return (centred / (std + eps)).to(rewards.dtype)
+    if norm == "sequence":
+        std = centred.pow(2).mean().sqrt()
+        return (centred / (std + (1e-6 if eps is None else eps))).to(rewards.dtype)
+    if norm != "token":
+        raise ValueError(f"reinforce_pp: norm='{norm}' is not one of {list(REINFORCE_PP_NORMS)}")
+    if response_lengths is None:
+        raise ValueError("reinforce_pp with norm='token' needs response_lengths (Float[B], response tokens per row)")
+    if tuple(response_lengths.shape) != tuple(rewards.shape):
+        raise ValueError(f"reinforce_pp: response_lengths has shape {tuple(response_lengths.shape)}, "
+                         f"rewards has {tuple(rewards.shape)}")
+    lengths = response_lengths.to(device=centred.device, dtype=centred.dtype)
+    if (lengths < 0).any():
+        raise ValueError("reinforce_pp: response_lengths must be >= 0")
+    n = lengths.sum()
+    if n <= 0:  # no response token in the batch: nothing to weigh, nothing to train
+        return torch.zeros_like(rewards)
+    mean = (lengths * centred).sum() / n
+    var = (lengths * (centred - mean).pow(2)).sum() / n
+    rstd = var.clamp(min=1e-8 if eps is None else eps).rsqrt()
+    return ((centred - mean) * rstd).to(rewards.dtype)
 
 
 @register("nash_mp")

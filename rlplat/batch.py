@@ -5,7 +5,11 @@ Layout (B = samples, P = longest prompt, R = longest response, all padded):
     prompt_ids      Long  [B, P]  left-padded with ``pad_id``
     prompt_mask     Long  [B, P]  1 on real prompt tokens
     response_ids    Long  [B, R]  right-padded with ``pad_id``
-    response_mask   Float [B, R]  1.0 on real response tokens (loss positions)
+    response_mask   Float [B, R]  1.0 on real response tokens (attended; the positions a forward scores)
+    loss_mask       Float [B, R]  1.0 on the tokens the model sampled, the positions every loss,
+                    estimator, divergence and metric reads; 0.0 on padding and on the environment's
+                    observation tokens of a multi-turn episode (``rlplat.episodes``). A single-turn
+                    batch's loss_mask equals its response_mask (the default when none is given).
     logprobs        dict role -> Float [B, R]  log-prob (nats) of each response token under
                     that role: "rollout" (engine that sampled), "old" (trainer before the update),
                     "reference", "teacher", "snapshot", "initial" (stored DPH-RL samples)
@@ -55,10 +59,13 @@ class Batch:
     kind: Optional[torch.Tensor] = None
     meta: Dict[str, List[Any]] = field(default_factory=dict)
     topk: Dict[str, TopK] = field(default_factory=dict)
+    loss_mask: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         if self.kind is None:
             self.kind = torch.full((len(self),), DATA_EXPLORE, dtype=torch.long)
+        if self.loss_mask is None:
+            self.loss_mask = self.response_mask.clone()
         self.validate()
 
     def __len__(self) -> int:
@@ -73,6 +80,7 @@ class Batch:
             "prompt_ids": (b, p),
             "prompt_mask": (b, p),
             "response_mask": (b, r),
+            "loss_mask": (b, r),
             "group_ids": (b,),
             "kind": (b,),
         }
@@ -80,6 +88,8 @@ class Batch:
             got = tuple(getattr(self, name).shape)
             if got != shape:
                 raise ValueError(f"Batch.{name} has shape {got}, expected {shape}")
+        if bool((self.loss_mask > self.response_mask).any()):
+            raise ValueError("Batch.loss_mask is 1 where response_mask is 0: a loss position must be a response token")
         for role, lp in self.logprobs.items():
             if tuple(lp.shape) != (b, r):
                 raise ValueError(f"Batch.logprobs['{role}'] has shape {tuple(lp.shape)}, expected {(b, r)}")
@@ -124,6 +134,7 @@ class Batch:
             prompt_mask=pick(self.prompt_mask),
             response_ids=pick(self.response_ids),
             response_mask=pick(self.response_mask),
+            loss_mask=pick(self.loss_mask),
             group_ids=pick(self.group_ids),
             logprobs={k: pick(v) for k, v in self.logprobs.items()},
             rewards=pick(self.rewards),
@@ -143,6 +154,7 @@ class Batch:
             prompt_mask=self.prompt_mask[:, p0:],
             response_ids=self.response_ids[:, :r_keep],
             response_mask=self.response_mask[:, :r_keep],
+            loss_mask=self.loss_mask[:, :r_keep],
             group_ids=self.group_ids,
             logprobs={k: v[:, :r_keep] for k, v in self.logprobs.items()},
             rewards=self.rewards,
@@ -198,6 +210,7 @@ class Batch:
             prompt_mask=torch.cat([lpad(b.prompt_mask, p, 0) for b in batches]),
             response_ids=torch.cat([rpad(b.response_ids, r, pad_id) for b in batches]),
             response_mask=torch.cat([rpad(b.response_mask, r, 0.0) for b in batches]),
+            loss_mask=torch.cat([rpad(b.loss_mask, r, 0.0) for b in batches]),
             group_ids=torch.cat([b.group_ids for b in batches]),
             logprobs={k: torch.cat([rpad(b.logprobs[k], r, 0.0) for b in batches]) for k in roles},
             rewards=optional("rewards"),

@@ -61,6 +61,14 @@ class PromptRow:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
+def group_of(row: Any, column: str) -> Any:
+    """``row``'s value in ``column`` (a ``PromptRow``'s extra column); ``ValueError`` naming the row."""
+    if column not in row.extra:
+        raise ValueError(f"held-out row {row.index} ({row.prompt[:60]!r}) has no column '{column}' "
+                         f"(trainer.eval_group_by); its columns: {sorted(row.extra)}")
+    return row.extra[column]
+
+
 # A reader of ``path`` yields (row number 0-based, location text for errors, raw row dict); the
 # SplitChoice is the split the run asked for (a reader of a format without splits refuses a chosen one).
 RawRows = Iterator[Tuple[int, str, Any]]
@@ -306,7 +314,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _render(row: PromptRow, tokenizer: Any, data_cfg: DataConfig) -> List[int]:
+def _render(row: PromptRow, tokenizer: Any, data_cfg: DataConfig,
+            tools: Optional[Sequence[Dict[str, Any]]] = None) -> List[int]:
     if data_cfg.chat_template:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
@@ -314,6 +323,7 @@ def _render(row: PromptRow, tokenizer: Any, data_cfg: DataConfig) -> List[int]:
                 "has no chat template"
             )
         text = tokenizer.apply_chat_template(_messages(row, data_cfg), tokenize=False, add_generation_prompt=True,
+                                             **({"tools": list(tools)} if tools else {}),
                                              **_plain(data_cfg.chat_template_kwargs))
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if data_cfg.system_prompt is not None:
@@ -340,10 +350,14 @@ def render_prompt(row: PromptRow, tokenizer: Any, data_cfg: DataConfig) -> List[
     return ids
 
 
-def render_prompts(rows: Sequence[PromptRow], tokenizer: Any, data_cfg: DataConfig) -> List[List[int]]:
+def render_prompts(rows: Sequence[PromptRow], tokenizer: Any, data_cfg: DataConfig,
+                   tools: Optional[Sequence[Dict[str, Any]]] = None) -> List[List[int]]:
     """``render_prompt`` for every row; over-long prompts are reported together (count, the
-    longest length and the first few rows) so one run of the check finds them all."""
-    out = [_render(row, tokenizer, data_cfg) for row in rows]
+    longest length and the first few rows) so one run of the check finds them all. ``tools``:
+    OpenAI-style function schemas (``rlplat.envs.Toolbox.schemas()``) the chat template renders
+    (``apply_chat_template(..., tools=...)``) with ``data.chat_template``; without a template a
+    model knows its tools' format from training (the built-in tiny ones), and nothing is rendered."""
+    out = [_render(row, tokenizer, data_cfg, tools) for row in rows]
     limit = data_cfg.max_prompt_tokens
     too_long = [(row.index, len(ids)) for row, ids in zip(rows, out) if len(ids) > limit]
     if too_long:
@@ -385,10 +399,6 @@ class PromptSampler:
         if not self.shuffle:
             return np.arange(len(self.rows))
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
-
-    @property
-    def steps_per_epoch(self) -> float:
-        return len(self.rows) / self.prompts_per_step
 
     def next_batch(self) -> List[PromptRow]:
         batch: List[PromptRow] = []

@@ -10,7 +10,8 @@ The product form (the paper's numpy reference) needs no binomial coefficients, w
 like 2^n, and each factor lies in [0, 1], so the float product cannot overflow. Averaged over prompts it is an unbiased estimate of the
 model's pass@k; ``1 - (1 - c/n)^k`` is not (biased low).
 
-Pure: torch only (no Ray, no engines). Running models lives in ``launch.evaluate``.
+Pure: torch only (no Ray, no engines). ``rlplat.held_out.evaluate`` computes them from a generate and a
+score callable; the ``python -m launch.evaluate`` CLI runs it on an in-process engine.
 """
 from __future__ import annotations
 

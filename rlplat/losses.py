@@ -1,7 +1,10 @@
 """The policy loss: clipped surrogate on exploration rows plus pluggable divergence terms.
 
-``loss = aggregate(surrogate, explore tokens) + sum_terms coef_t * aggregate(D(logp, anchor), term tokens)``
-(docs/algorithms.md#the-shared-objective). Rows of kind ``DATA_REHEARSAL`` get no surrogate (DPH-RL); each
+``loss = aggregate(surrogate, explore tokens) + sum_terms coef_t * aggregate(D(logp, anchor), term tokens)
+- entropy_coef * token-mean(entropy, explore tokens)``
+(docs/algorithms.md#the-shared-objective). The surrogate is one of ``LOSS_TYPES`` (``ppo``, the clipped
+token-level surrogate; ``gspo``, its sequence-ratio form; ``cispo``, REINFORCE with clipped, detached
+importance weights). Rows of kind ``DATA_REHEARSAL`` get no surrogate (DPH-RL); each
 divergence term selects its rows with a sequence mask from ``rlplat.masks``.
 
 Micro-batching and data parallelism: a mini-batch is split into micro-batches on each of
@@ -130,6 +133,130 @@ def aggregate(
     return total * (scale / count)
 
 
+# ============================================================================ loss types
+# fn(logp, old, adv, on, eps_low, eps_high, dual_clip) -> (per-token loss Float[B, R], the ratio the
+# clip acted on Float[B, R] (detached; actor/ratio_mean), clipped Bool[B, R] (actor/clip_frac)).
+# ``adv`` is the advantage broadcast to the tokens and 0 off ``on`` (Bool[B, R], the tokens in the loss).
+SurrogateFn = Callable[..., Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+DEFAULT_AGG = "seq-mean-token-mean"
+
+
+@dataclass(frozen=True)
+class LossType:
+    """One ``algorithm.loss_type``: the per-token surrogate and the rules it needs.
+
+    ``eps_low`` / ``eps_high``: its clip range when the config leaves them null. ``agg``: the loss
+    aggregation its objective is written with, used when ``algorithm.loss_agg`` is null (None: the
+    algorithm's); ``agg_fixed``: no other aggregation is accepted. ``lower_bound_below_one``: ``eps_low``
+    must be < 1 (``1 - eps_low`` a positive lower clip); otherwise ``eps_low >= 1`` means no lower
+    bound. ``dual_clip``: accepts ``dual_clip``. ``token_masks``: accepts a token-level MIS mask
+    (which drops single tokens of a row)."""
+
+    name: str
+    fn: SurrogateFn
+    eps_low: float
+    eps_high: float
+    agg: Optional[str] = None
+    agg_fixed: bool = False
+    lower_bound_below_one: bool = True
+    dual_clip: bool = False
+    token_masks: bool = True
+
+    def check(self, eps_low: float, eps_high: float, dual_clip: Optional[float], agg: str,
+              correction: RolloutCorrection) -> None:
+        """Raise ValueError naming the setting when this loss type cannot run with it: the one
+        place the loss types' rules live (``PolicyLossConfig`` and ``Algorithm.check`` both call it)."""
+        if not math.isfinite(eps_low) or eps_low < 0 or (self.lower_bound_below_one and eps_low >= 1):
+            bound = "[0, 1)" if self.lower_bound_below_one else ">= 0 (>= 1: no lower bound)"
+            raise ValueError(f"eps_low must be in {bound} for loss type '{self.name}', got {eps_low}")
+        if not math.isfinite(eps_high) or eps_high < 0:
+            raise ValueError(f"eps_high must be >= 0 for loss type '{self.name}', got {eps_high}")
+        if dual_clip is not None and not self.dual_clip:
+            raise ValueError(f"dual_clip={dual_clip} bounds the loss of the PPO surrogate; loss type '{self.name}' "
+                             "has no such term: leave dual_clip unset (null)")
+        if self.agg_fixed and agg != self.agg:
+            raise ValueError(f"loss type '{self.name}' is defined with the aggregation '{self.agg}' (a mean over each "
+                             f"sequence's tokens, then over sequences); got '{agg}': set algorithm.loss_agg to "
+                             f"'{self.agg}' or null")
+        if correction.kind == "mis" and correction.level == "token" and not self.token_masks:
+            raise ValueError(f"loss type '{self.name}' takes one ratio per sequence, over all its model tokens; token-level "
+                             "MIS would drop single tokens from it: use algorithm.rollout_correction.level=sequence, "
+                             "or kind tis")
+
+
+LOSS_TYPES: Registry[LossType] = Registry("loss type")
+
+
+def register_loss_type(name: str, **spec: Any) -> Callable[[SurrogateFn], SurrogateFn]:
+    """Decorator: ``@register_loss_type("name", eps_low=..., eps_high=..., ...)`` on a ``SurrogateFn``."""
+
+    def deco(fn: SurrogateFn) -> SurrogateFn:
+        LOSS_TYPES.register(name)(LossType(name=name, fn=fn, **spec))
+        return fn
+
+    return deco
+
+
+@register_loss_type("ppo", eps_low=0.2, eps_high=0.2, dual_clip=True)
+def _ppo(logp, old, adv, on, eps_low, eps_high, dual_clip):
+    """PPO (Schulman et al., arXiv 1707.06347), per token:
+    ``max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high))``, ``rho = exp(lp - lp_old)``; with
+    ``dual_clip`` = c, a token with ``A < 0`` has its loss bounded by ``-c A`` (Ye et al.)."""
+    # Sanitise before exp: a masked position with a huge log-ratio would give inf, and
+    # where()'s zero gradient times inf is NaN.
+    rho = torch.where(on, logp - old, torch.zeros_like(logp)).exp()
+    unclipped = -adv * rho
+    clipped = -adv * rho.clamp(1 - eps_low, 1 + eps_high)
+    loss = torch.maximum(unclipped, clipped)
+    clip_active = clipped > unclipped
+    if dual_clip is not None:
+        bound = -adv * dual_clip  # > 0 where adv < 0
+        dual = (adv < 0) & (loss > bound)
+        loss = torch.where(dual, bound, loss)
+        clip_active = clip_active | dual
+    return loss, rho.detach(), clip_active
+
+
+@register_loss_type("gspo", eps_low=3e-4, eps_high=4e-4, agg="seq-mean-token-mean", agg_fixed=True, token_masks=False)
+def _gspo(logp, old, adv, on, eps_low, eps_high, dual_clip):
+    """GSPO (Zheng et al., arXiv 2507.18071), its GSPO-token form as verl's ``compute_policy_loss_gspo``:
+    the sequence ratio ``s_i = exp(mean over row i's tokens of (lp - lp_old))`` (the geometric mean of
+    its token ratios), and per token ``s_i,t = sg(s_i) * exp(lp_t - sg(lp_t))`` (value ``s_i``, gradient
+    ``s_i * grad lp_t``), clipped PPO-style: ``max(-A s_i,t, -A clip(s_i,t, 1 - eps_low, 1 + eps_high))``.
+    Aggregated as ``seq-mean-token-mean``, its gradient for a sequence-level ``A_i`` is exactly GSPO's
+    ``-A_i grad s_i`` (clipped rows: 0), ``grad s_i = s_i * mean_t grad lp_t``."""
+    zero = torch.zeros_like(logp)
+    log_ratio = torch.where(on, logp - old, zero)
+    seq = log_ratio.sum(-1, keepdim=True) / on.sum(-1, keepdim=True).clamp(min=1)
+    lp = torch.where(on, logp, zero)
+    # verl's order (volcengine/verl#2775): lp - sg(lp) is exactly 0, so the value is sg(log s_i) exactly.
+    log_s = torch.where(on, lp - lp.detach() + seq.detach(), zero)
+    s = log_s.exp()
+    unclipped = -adv * s
+    clipped = -adv * s.clamp(1 - eps_low, 1 + eps_high)
+    return torch.maximum(unclipped, clipped), s.detach(), clipped > unclipped
+
+
+@register_loss_type("cispo", eps_low=1.0, eps_high=0.2, agg="token-mean", lower_bound_below_one=False)
+def _cispo(logp, old, adv, on, eps_low, eps_high, dual_clip):
+    """CISPO (MiniMax-M1, arXiv 2506.13585, eq. 4-5), as verl's ``compute_policy_loss_cispo``: per token
+    ``-sg(clip(rho, 1 - eps_low, 1 + eps_high)) * A * lp``: REINFORCE weighted by the clipped, detached
+    importance weight. No token loses its gradient; only the weight is clipped. The default
+    ``eps_low = 1`` puts the lower bound at 0: none, as in the paper (and verl's example, clip_ratio_low=10)."""
+    zero = torch.zeros_like(logp)
+    rho = torch.where(on, logp - old, zero).exp().detach()
+    weight = rho.clamp(1 - eps_low, 1 + eps_high)
+    loss = -weight * adv * torch.where(on, logp, zero)
+    return loss, rho, (weight != rho) & on
+
+
+def loss_type(name: str) -> LossType:
+    """The registered ``LossType`` ``name`` (ValueError listing the registered ones otherwise)."""
+    if name not in LOSS_TYPES:
+        raise ValueError(f"unknown loss type '{name}'; registered: {', '.join(LOSS_TYPES.names())}")
+    return LOSS_TYPES.get(name)
+
+
 # ============================================================================ config
 @dataclass
 class DivergenceTerm:
@@ -230,14 +357,18 @@ class PolicyAdvantage:
         for kw, anchor in self.logratios:
             if anchor not in batch.logprobs:
                 raise ValueError(f"advantage '{self.name}': batch.logprobs has no '{anchor}' role (has {sorted(batch.logprobs)})")
-            ratios[kw] = advantage_estimators.seq_logratio(logp, batch.logprobs[anchor].to(logp.dtype), batch.response_mask.to(logp.dtype))
+            ratios[kw] = advantage_estimators.seq_logratio(logp, batch.logprobs[anchor].to(logp.dtype), batch.loss_mask.to(logp.dtype))
         return advantage_estimators.get(self.name)(batch.rewards.to(logp.dtype), batch.group_ids, **dict(self.params), **ratios)
 
 
 @dataclass
 class PolicyLossConfig:
-    """Clip range ``[1 - eps_low, 1 + eps_high]``; ``dual_clip`` = c > 1 bounds the loss of a
-    negative-advantage token by ``-c * A`` (Ye et al., dual-clip PPO); ``agg`` a mode of ``AGGREGATIONS``.
+    """``loss_type``: a name in ``LOSS_TYPES`` (``ppo``, ``gspo``, ``cispo``), the surrogate. Clip range
+    ``[1 - eps_low, 1 + eps_high]``, None = the loss type's default (ppo 0.2 / 0.2, gspo 3e-4 / 4e-4,
+    cispo no lower bound / 0.2); ``dual_clip`` = c > 1 bounds the loss of a
+    negative-advantage token by ``-c * A`` (Ye et al., dual-clip PPO; ppo only); ``agg`` a mode of
+    ``AGGREGATIONS``, None = the loss type's (gspo ``seq-mean-token-mean``, cispo ``token-mean``) or
+    ``seq-mean-token-mean``.
     ``advantage``: None (use ``batch.advantages``, computed before training) or a ``PolicyAdvantage``
     recomputed from the current policy in every micro-batch. ``old_from_forward``: the batch is used
     for exactly one optimizer update on the weights that sampled it, so the proximal ("old")
@@ -246,34 +377,41 @@ class PolicyLossConfig:
     ``rollout_correction``: importance weights between the engine's log-probs ("rollout") and the
     proximal ones ("old") on exploration rows (``rlplat.rollout_correction``); the default is none.
     ``surrogate``: False drops the clipped surrogate (pure distillation: the loss is the divergence
-    terms alone; ``loss/policy`` is 0 and no ``actor/clip_frac``/``ratio_mean`` are logged)."""
+    terms alone; ``loss/policy`` is 0 and no ``actor/clip_frac``/``ratio_mean`` are logged).
+    ``entropy_coef``: >= 0; the loss subtracts ``entropy_coef`` times the token-mean entropy of the
+    surrogate's tokens (``policy_loss`` then needs the entropy with its gradient)."""
 
-    eps_low: float = 0.2
-    eps_high: float = 0.2
+    eps_low: Optional[float] = None
+    eps_high: Optional[float] = None
     dual_clip: Optional[float] = None
-    agg: str = "seq-mean-token-mean"
+    agg: Optional[str] = None
     norm_len: Optional[int] = None
     advantage: Optional[PolicyAdvantage] = None
     old_from_forward: bool = False
     rollout_correction: RolloutCorrection = field(default_factory=RolloutCorrection)
     surrogate: bool = True
+    loss_type: str = "ppo"
+    entropy_coef: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.eps_low < 1:
-            raise ValueError(f"eps_low must be in [0, 1), got {self.eps_low}")
-        if self.eps_high < 0:
-            raise ValueError(f"eps_high must be >= 0, got {self.eps_high}")
+        spec = loss_type(self.loss_type)
+        self.eps_low = spec.eps_low if self.eps_low is None else self.eps_low
+        self.eps_high = spec.eps_high if self.eps_high is None else self.eps_high
+        self.agg = (spec.agg or DEFAULT_AGG) if self.agg is None else self.agg
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise ValueError(f"dual_clip must be > 1 (or None), got {self.dual_clip}")
         if self.agg not in AGGREGATIONS:
             raise ValueError(f"unknown loss aggregation '{self.agg}'; registered: {', '.join(AGGREGATIONS.names())}")
         if self.agg == "seq-mean-token-sum-norm" and (self.norm_len is None or self.norm_len <= 0):
             raise ValueError("loss aggregation 'seq-mean-token-sum-norm' needs a positive norm_len")
+        spec.check(self.eps_low, self.eps_high, self.dual_clip, self.agg, self.rollout_correction)
+        if not (math.isfinite(self.entropy_coef) and self.entropy_coef >= 0):
+            raise ValueError(f"entropy_coef must be a finite number >= 0 (a bonus), got {self.entropy_coef}")
 
 
 # ============================================================================ masks and totals
 def _explore_token_mask(batch: Batch, dtype: torch.dtype) -> torch.Tensor:
-    return batch.response_mask.to(dtype) * (batch.kind == DATA_EXPLORE).to(dtype)[:, None]
+    return batch.loss_mask.to(dtype) * (batch.kind == DATA_EXPLORE).to(dtype)[:, None]
 
 
 def _term_token_mask(term: DivergenceTerm, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
@@ -281,7 +419,7 @@ def _term_token_mask(term: DivergenceTerm, batch: Batch, dtype: torch.dtype) -> 
         seq = masks_lib.for_batch(term.mask, batch, **term.mask_params)
     except TypeError as exc:
         raise ValueError(f"divergence term '{term.name}': bad mask_params for mask '{term.mask}': {exc}") from None
-    tok = batch.response_mask.to(dtype) * seq.to(dtype)[:, None]
+    tok = batch.loss_mask.to(dtype) * seq.to(dtype)[:, None]
     rows = tok.sum(-1) > 0
     # An estimator is only right on the samples it assumes: "policy" ones on pi's rollouts,
     # "anchor" ones on rows drawn from the anchor (the stored pi_0 rehearsal rows).
@@ -359,10 +497,10 @@ def _surrogate(
     logp: torch.Tensor, old: torch.Tensor, batch: Batch, cfg: PolicyLossConfig, tok: torch.Tensor,
     weight: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """Per-token clipped (and optionally dual-clipped) surrogate loss Float[B, R] and its stats;
-    ``old`` Float[B, R] the proximal log-probs. ``weight`` Float[B, R] (detached): the rollout
-    correction's ``w`` multiplying each token's loss, ``w * max(-rho A, -clip(rho) A)`` (decoupled
-    PPO: clip around pi_prox, w corrects mu -> pi_prox)."""
+    """Per-token surrogate loss Float[B, R] of ``cfg.loss_type`` and its stats; ``old`` Float[B, R]
+    the proximal log-probs. ``weight`` Float[B, R] (detached): the rollout correction's ``w``
+    multiplying each token's loss, e.g. ``w * max(-rho A, -clip(rho) A)`` (decoupled PPO: clip around
+    pi_prox, w corrects mu -> pi_prox)."""
     if cfg.advantage is not None:
         advantages = cfg.advantage(logp.detach(), batch)
     elif batch.advantages is None:
@@ -370,26 +508,14 @@ def _surrogate(
     else:
         advantages = batch.advantages
     on = tok > 0
-    # Sanitise before exp: a masked position with a huge log-ratio would give inf, and
-    # where()'s zero gradient times inf is NaN.
-    log_ratio = torch.where(on, logp - old, torch.zeros_like(logp))
-    rho = log_ratio.exp()
     adv = advantages.to(logp.dtype)[:, None].expand_as(logp)
     adv = torch.where(on, adv, torch.zeros_like(adv))
-    unclipped = -adv * rho
-    clipped = -adv * rho.clamp(1 - cfg.eps_low, 1 + cfg.eps_high)
-    loss = torch.maximum(unclipped, clipped)
-    clip_active = clipped > unclipped
-    if cfg.dual_clip is not None:
-        bound = -adv * cfg.dual_clip  # > 0 where adv < 0
-        dual = (adv < 0) & (loss > bound)
-        loss = torch.where(dual, bound, loss)
-        clip_active = clip_active | dual
+    loss, ratio, clip_active = loss_type(cfg.loss_type).fn(logp, old, adv, on, cfg.eps_low, cfg.eps_high, cfg.dual_clip)
     if weight is not None:
         loss = loss * weight.to(logp.dtype)
     stats = {
         "actor/clip_frac": _masked_mean(clip_active.to(logp.dtype), tok),
-        "actor/ratio_mean": _masked_mean(rho.detach(), tok),
+        "actor/ratio_mean": _masked_mean(ratio, tok),
         "actor/advantage_abs_mean": _masked_mean(adv.detach().abs(), tok),
     }
     return loss, stats
@@ -475,7 +601,12 @@ def policy_loss(
     ``totals``: None (normalise by this call's own counts) or the global counts per component
     from ``loss_totals`` (keys "policy" and each term name).
 
-    Metrics (floats): ``loss/policy``, ``loss/total``, ``coef/<term>``; and, only when the set they
+    ``entropy``: Float[B, R] token entropies of the same forward: a metric (``actor/entropy``), and,
+    with ``cfg.entropy_coef > 0``, the entropy bonus ``-entropy_coef * token-mean(entropy)`` over the
+    surrogate's tokens, which then needs it with its gradient.
+
+    Metrics (floats): ``loss/policy``, ``loss/total``, ``coef/<term>``, ``loss/entropy_bonus`` (with
+    ``cfg.entropy_coef > 0``); and, only when the set they
     average over is non-empty: ``actor/clip_frac`` and ``actor/ratio_mean`` (over exploration
     tokens the rollout correction keeps), ``div/<term>`` (mean per-token divergence over the term's
     tokens, before the coefficient), ``actor/entropy`` (mean of ``entropy`` Float[B, R] over
@@ -545,10 +676,33 @@ def policy_loss(
         term_loss = aggregate(values, tok, cfg.agg, totals=_totals_for(totals, term.name), norm_len=cfg.norm_len)
         total = total + coef * term_loss
 
+    if cfg.entropy_coef and pg_tok.sum() > 0:
+        total = total + _entropy_bonus(logp, entropy, pg_tok, cfg.entropy_coef, _totals_for(totals, POLICY_KEY), metrics)
     if entropy is not None and explore_tok.sum() > 0:
         metrics["actor/entropy"] = _masked_mean(entropy.detach().to(logp.dtype), pg_tok if cfg.surrogate else explore_tok)
     metrics["loss/total"] = float(total.detach())
     return total, metrics
+
+
+def _entropy_bonus(logp: torch.Tensor, entropy: Optional[torch.Tensor], tok: torch.Tensor, coef: float,
+                   totals: Optional[LossTotals], metrics: Dict[str, float]) -> torch.Tensor:
+    """``-coef * token-mean(entropy over tok)``, the surrogate's tokens, normalised by the surrogate's
+    global token count (``totals``, so micro-batches and ranks add up exactly as the surrogate does);
+    logged as ``loss/entropy_bonus``. ``entropy`` Float[B, R] must carry its gradient (the trainer
+    computes it from the forward's logits, ``micro_batch_forward(..., entropy_grad=True)``)."""
+    if entropy is None:
+        raise ValueError("policy_loss: entropy_coef > 0 needs the per-token entropy (Float[B, R]) of the forward's "
+                         "logits, with its gradient")
+    if logp.requires_grad and not entropy.requires_grad:
+        raise ValueError("policy_loss: entropy_coef > 0 but the entropy carries no gradient (a detached metric); "
+                         "compute it with micro_batch_forward(..., with_entropy=True, entropy_grad=True)")
+    if entropy.shape != logp.shape:
+        raise ValueError(f"policy_loss: entropy shape {tuple(entropy.shape)} != logp shape {tuple(logp.shape)}")
+    on = tok > 0
+    values = torch.where(on, entropy.to(logp.dtype), torch.zeros_like(logp))
+    bonus = -coef * aggregate(values, tok, "token-mean", totals=totals)
+    metrics["loss/entropy_bonus"] = float(bonus.detach())
+    return bonus
 
 
 def token_entropy(logits: torch.Tensor, chunk_positions: int = 1024) -> torch.Tensor:

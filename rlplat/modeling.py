@@ -123,7 +123,9 @@ def micro_batch_forward(
     logits = response_logits(model, batch)
     if temperature != 1.0:
         logits = logits / temperature
-    mask = batch.response_mask.to(torch.float32)
+    # loss_mask, not response_mask: an episode's observation tokens are inputs, not the model's
+    # choices; their log-probs (and entropies) are 0, as the engines report them.
+    mask = batch.loss_mask.to(torch.float32)
     logp = token_logprobs(logits, batch.response_ids) * mask
     entropy = None
     if with_entropy:
@@ -179,10 +181,4 @@ def response_logprobs(
             out[rows, :r] = res.to(out.device)
     return (out, ent) if with_entropy else out
 
-
-def first_param_device(model: torch.nn.Module) -> torch.device:
-    """Where inputs must go: the device of the model's first parameter (CPU if it has none)."""
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 

@@ -15,7 +15,7 @@ row's tokens) and ``d_t`` itself at ``level="token"``. With ``r = exp(d)``:
 
 Weights and masks are constants of the batch (no gradient flows through them: both log-probs are
 fixed before training), so the loss totals can be computed from the batch before the update, and
-a masked token is removed exactly as if its ``response_mask`` were 0. A new kind is one function
+a masked token is removed exactly as if its ``loss_mask`` were 0. A new kind is one function
 ``fn(ratio Float[B, R], C) -> (weight Float[B, R], keep Bool[B, R])`` registered in ``KINDS``.
 """
 from __future__ import annotations

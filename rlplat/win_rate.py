@@ -19,7 +19,8 @@ and worst-of-N is best-of-N on negated rewards, seen from the other side: ``W_wo
 """
 from __future__ import annotations
 
-from typing import Tuple
+import math
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 
@@ -63,3 +64,16 @@ def decoded_win_rate(policy: torch.Tensor, reference: torch.Tensor, n: int, deco
 
 
 __all__ = ["DECODERS", "decoded_win_rate"]
+
+
+def win_rate_metrics(records: Sequence[Dict[str, Any]], baseline: Sequence[Dict[str, Any]],
+                     ns: Sequence[int]) -> Dict[str, float]:
+    """``eval/{bon,won}@{N}_win_rate`` of the sampled rewards in ``records`` against ``baseline``'s
+    (``evaluate(..., keep_samples=True)`` records of the same prompts, in the same order)."""
+    if [r["index"] for r in records] != [r["index"] for r in baseline]:
+        raise ValueError("win rates need the same prompts, in the same order, on both sides")
+    def rewards(recs):
+        return torch.tensor([[math.nan if x is None else x for x in r["rewards"]] for r in recs], dtype=torch.float64)
+
+    mine, theirs = rewards(records), rewards(baseline)
+    return {f"eval/{d}@{n}_win_rate": decoded_win_rate(mine, theirs, n, d)[0] for d in DECODERS for n in ns}

@@ -104,7 +104,7 @@ def _fake_score(responses, answers, prompts, columns):
 
 
 def test_evaluate_counts_greedy_sampled_and_failed_rewards():
-    from launch.evaluate import evaluate
+    from rlplat.held_out import evaluate
     from rlplat.data import PromptRow
 
     rows = [PromptRow(prompt=f"{i}+0=", answer=str(i), index=10 + i) for i in range(3)]

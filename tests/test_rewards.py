@@ -112,7 +112,7 @@ def test_resolve_module_function(reward_module):
 @pytest.mark.parametrize(
     "spec, expected",
     [
-        ("nonsense", r"'nonsense' is neither a registered reward \(arithmetic, arithmetic_graded, gsm8k, math.*\) nor of the form"),
+        ("nonsense", r"'nonsense' is neither a registered reward \(arithmetic, arithmetic_graded, env, gsm8k, math.*\) nor of the form"),
         ("rl_test_missing_mod:f", r"module 'rl_test_missing_mod' not found"),
         ("rl_test_rewards:nothere", r"module 'rl_test_rewards' has no attribute 'nothere'"),
         ("rl_test_rewards:NOT_CALLABLE", r"'NOT_CALLABLE' is a int, not callable"),

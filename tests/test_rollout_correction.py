@@ -163,7 +163,7 @@ def test_mis_token_and_sequence_masks():
 @pytest.mark.parametrize("level", LEVELS)
 def test_mis_masked_tokens_send_zero_gradient_and_leave_the_normalisers(mode, level):
     """The MIS loss equals the plain loss on the same batch with the masked tokens removed from
-    ``response_mask`` (so from every count: tokens, per-row lengths, sequences)."""
+    ``loss_mask`` (so from every count: tokens, per-row lengths, sequences)."""
     batch, lp0 = mixed(rollout_noise=0.6)
     terms = [kd_term("incorrect"), rehearsal_term()]
     tok = explore_tok(batch)
@@ -179,7 +179,7 @@ def test_mis_masked_tokens_send_zero_gradient_and_leave_the_normalisers(mode, le
     assert (g[dropped > 0] == 0).all() and (g[keep > 0] != 0).any()
 
     removed = batch.select(torch.arange(len(batch)))
-    removed.response_mask = batch.response_mask - dropped
+    removed.loss_mask = batch.loss_mask - dropped
     lp_ref = leaf(lp0)
     ref, _ = policy_loss(lp_ref, removed, cfg_for(mode), [], 0)
     torch.testing.assert_close(loss, ref, rtol=1e-13, atol=0)

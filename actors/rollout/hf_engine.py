@@ -20,8 +20,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from actors import quiet
-from actors.rollout import IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version, weight_load
+from actors.rollout.common import IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version, weight_load
+from actors.rollout.episodes import EpisodeRollout
 from actors.rollout.weights import as_named_tensors
+from rlplat.episodes import TurnSample
 from rlplat.batch import Batch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -79,6 +81,9 @@ class HFRolloutEngine:
         )
         self.greedy_config = GenerationConfig(**{**self.generation_config.to_dict(), "do_sample": False,
                                                  "temperature": None, "top_p": None, "top_k": None})
+        self._configs: Dict[Tuple[bool, int], GenerationConfig] = {}  # (greedy, max_new_tokens) -> config
+        # rollout.env: every generate runs multi-turn episodes (actors.rollout.episodes)
+        self.episodes = EpisodeRollout(rollout, self.tokenizer) if rollout.env.name else None
         self.weight_version = 0
         self.idle = IdleClock()
         self._group = None  # the collective weight-transfer group, once joined
@@ -111,18 +116,42 @@ class HFRolloutEngine:
         check_weight_version(self.weight_version, weight_version)
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
-        check_prompts(prompt_ids, self.rollout.max_new_tokens, self.rollout.max_model_len)
-        rows = [list(p) for p in prompt_ids for _ in range(group_size)]
-        step = max(1, int(self.rollout.max_num_seqs))
         no_eos = self.rollout.ignore_eos if ignore_eos is None else ignore_eos
-        samples: List[Sample] = []
-        for start in range(0, len(rows), step):
-            samples.extend(self._sample(rows[start : start + step], greedy, no_eos))
-        grouped = [samples[i * group_size : (i + 1) * group_size] for i in range(len(prompt_ids))]
+        if self.episodes is not None:
+            check_prompts(prompt_ids, self.rollout.max_episode_tokens, self.rollout.max_model_len)
+            grouped = self.episodes.run(prompt_ids, group_size, meta,
+                                        lambda prompts, budgets: self._turns(prompts, budgets, greedy))
+        else:
+            check_prompts(prompt_ids, self.rollout.max_new_tokens, self.rollout.max_model_len)
+            rows = [list(p) for p in prompt_ids for _ in range(group_size)]
+            samples = self._sample_all(rows, greedy, no_eos)
+            grouped = [samples[i * group_size : (i + 1) * group_size] for i in range(len(prompt_ids))]
         self.idle.generated()
         return build_rollout_batch(prompt_ids, grouped, group_offset, pad_id, meta, self.weight_version)
 
-    def _sample(self, prompts: List[List[int]], greedy: bool = False, ignore_eos: bool = False) -> List[Sample]:
+    def _sample_all(self, rows: List[List[int]], greedy: bool, ignore_eos: bool,
+                    max_new_tokens: Optional[int] = None) -> List[Sample]:
+        """``_sample`` over ``rows`` in chunks of ``rollout.max_num_seqs``."""
+        step = max(1, int(self.rollout.max_num_seqs))
+        samples: List[Sample] = []
+        for start in range(0, len(rows), step):
+            samples.extend(self._sample(rows[start : start + step], greedy, ignore_eos, max_new_tokens))
+        return samples
+
+    def _turns(self, prompts: List[List[int]], budgets: List[int], greedy: bool) -> List[TurnSample]:
+        """One model turn per episode history, each cut to its token budget (a row sampled past its
+        budget keeps its first ``budget`` tokens: the later ones do not change the earlier ones)."""
+        samples = self._sample_all(prompts, greedy, False, max(budgets))
+        out = []
+        for s, budget in zip(samples, budgets):
+            cut = len(s.token_ids) > budget
+            out.append(TurnSample(s.token_ids[:budget], s.logprobs[:budget], "length" if cut else s.finish_reason))
+        return out
+
+    def _sample(self, prompts: List[List[int]], greedy: bool = False, ignore_eos: bool = False,
+                max_new_tokens: Optional[int] = None) -> List[Sample]:
+        """One response per prompt; ``max_new_tokens`` (None: ``rollout.max_new_tokens``) caps its length."""
+        max_new = self.rollout.max_new_tokens if max_new_tokens is None else max_new_tokens
         p = max(len(x) for x in prompts)
         ids = torch.full((len(prompts), p), self._gen_pad, dtype=torch.long)
         attn = torch.zeros((len(prompts), p), dtype=torch.long)
@@ -132,10 +161,10 @@ class HFRolloutEngine:
         out = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=attn.to(self.device),
-            generation_config=self.greedy_config if greedy else self.generation_config,
+            generation_config=self._config(greedy, max_new),
             # transformers fills an unset eos_token_id from the model's own generation config, so
             # EOS cannot just be dropped; masking it until max_new_tokens means it never stops.
-            **({"min_new_tokens": self.rollout.max_new_tokens} if ignore_eos else {}),
+            **({"min_new_tokens": max_new} if ignore_eos else {}),
         )
         new = out.sequences[:, p:].cpu()  # [n, T]
         logits = torch.stack(out.scores, dim=1).float()  # [n, T, V], -inf where top-k/top-p masked
@@ -156,6 +185,16 @@ class HFRolloutEngine:
                 )
             )
         return samples
+
+    def _config(self, greedy: bool, max_new_tokens: int) -> GenerationConfig:
+        """The sampling (or greedy) generation config with ``max_new_tokens`` (episodes vary it per turn)."""
+        base = self.greedy_config if greedy else self.generation_config
+        if max_new_tokens == base.max_new_tokens:
+            return base
+        key = (greedy, max_new_tokens)
+        if key not in self._configs:
+            self._configs[key] = GenerationConfig(**{**base.to_dict(), "max_new_tokens": max_new_tokens})
+        return self._configs[key]
 
     @torch.no_grad()
     def sequence_logprobs(self, prompt_ids: List[int], response_ids: List[int]) -> List[float]:

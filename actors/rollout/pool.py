@@ -109,7 +109,7 @@ class EnginePool:
         return self.collect(self.launch(rows, group_size, group_offset, seed))
 
     def generate_fn(self, greedy: bool = False) -> Callable[..., Batch]:
-        """A ``launch.evaluate.GenerateFn`` on the engines' current weights (held-out evaluation):
+        """A ``rlplat.held_out.GenerateFn`` on the engines' current weights (held-out evaluation):
         ``fn(prompt_ids, group_size, meta, seed=None) -> Batch``, prompts chunked as ``launch``."""
 
         def generate(prompt_ids: List[List[int]], group_size: int, meta: Dict[str, List[Any]],

@@ -50,10 +50,12 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from actors import quiet
-from actors.rollout import IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version, weight_load
+from actors.rollout.common import IdleClock, Sample, StaleWeightsError, build_rollout_batch, check_prompts, check_weight_version, weight_load
 from actors.rollout.transfer_group import node_ip
+from actors.rollout.episodes import EpisodeRollout
 from actors.rollout.vllm_layers import reprocess_tied_layers
 from actors.rollout.weights import as_named_tensors
+from rlplat.episodes import TurnSample
 from rlplat.batch import Batch
 
 _GIB = 1 << 30
@@ -130,6 +132,8 @@ class VLLMRolloutEngine:
                 # size. This actor process runs nothing else, so disabling dynamo is local.
                 torch._dynamo.config.disable = True
         self.llm = LLM(**kwargs)
+        # rollout.env: every generate runs multi-turn episodes (actors.rollout.episodes)
+        self.episodes = EpisodeRollout(rollout, self.llm.get_tokenizer()) if rollout.env.name else None
         self.start_seconds = time.perf_counter() - t0
         self.weight_version = 0
         self.idle = IdleClock()
@@ -164,31 +168,61 @@ class VLLMRolloutEngine:
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         r = self.rollout
-        check_prompts(prompt_ids, r.max_new_tokens, r.max_model_len)
-        no_eos = r.ignore_eos if ignore_eos is None else ignore_eos
-        params = self._sampling_params(
-            n=group_size,
-            max_tokens=r.max_new_tokens,
+        t0 = time.perf_counter()
+        if self.episodes is not None:
+            check_prompts(prompt_ids, r.max_episode_tokens, r.max_model_len)
+            samples = self.episodes.run(prompt_ids, group_size, meta, self._turn_sampler(greedy, seed))
+        else:
+            check_prompts(prompt_ids, r.max_new_tokens, r.max_model_len)
+            samples = self._completions(prompt_ids, group_size, greedy, seed,
+                                        r.ignore_eos if ignore_eos is None else ignore_eos)
+        seconds = time.perf_counter() - t0
+        tokens = sum(len(s.token_ids) for group in samples for s in group)
+        self.last_generate = {"seconds": seconds, "response_tokens": tokens, "tokens_per_s": tokens / seconds}
+        self.idle.generated()
+        return build_rollout_batch(prompt_ids, samples, group_offset, pad_id, meta, self.weight_version)
+
+    def _params(self, n: int, max_tokens: int, greedy: bool, no_eos: bool) -> Any:
+        r = self.rollout
+        return self._sampling_params(
+            n=n,
+            max_tokens=max_tokens,
             ignore_eos=no_eos,
-            min_tokens=r.max_new_tokens if no_eos else 0,
+            min_tokens=max_tokens if no_eos else 0,
             temperature=0.0 if greedy else max(r.temperature, 0.0),  # vLLM: temperature 0 is argmax
             top_p=r.top_p,
             top_k=max(r.top_k, 0),  # 0 disables top-k
             logprobs=0,  # just the sampled token's log-prob
         )
-        t0 = time.perf_counter()
+
+    def _completions(self, prompt_ids: List[List[int]], group_size: int, greedy: bool, seed: Optional[int],
+                     no_eos: bool) -> List[List[Sample]]:
+        """``group_size`` single-turn completions per prompt, grouped per prompt."""
+        params = self._params(group_size, self.rollout.max_new_tokens, greedy, no_eos)
         requests = [{"prompt_token_ids": list(p)} for p in prompt_ids]
         if seed is not None:
             params = [params.clone() for _ in prompt_ids]
             for i, sp in enumerate(params):
                 sp.seed = seed + i * group_size
         outputs = self.llm.generate(requests, params, use_tqdm=False)
-        samples = [[_to_sample(c) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs]
-        seconds = time.perf_counter() - t0
-        tokens = sum(len(s.token_ids) for group in samples for s in group)
-        self.last_generate = {"seconds": seconds, "response_tokens": tokens, "tokens_per_s": tokens / seconds}
-        self.idle.generated()
-        return build_rollout_batch(prompt_ids, samples, group_offset, pad_id, meta, self.weight_version)
+        return [[_to_sample(c) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs]
+
+    def _turn_sampler(self, greedy: bool, seed: Optional[int]):
+        """The episodes' sampler: one request per live episode, each with its own token budget;
+        with ``seed``, turn t of the call's episode i samples with seed ``seed + t * 100003 + i``."""
+        turn = [0]
+
+        def sample(prompts: List[List[int]], budgets: List[int]) -> List[TurnSample]:
+            params = [self._params(1, budget, greedy, False) for budget in budgets]
+            if seed is not None:
+                for i, sp in enumerate(params):
+                    sp.seed = seed + turn[0] * 100003 + i
+            turn[0] += 1
+            outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+            done = [_to_sample(o.outputs[0]) for o in outputs]
+            return [TurnSample(s.token_ids, s.logprobs, s.finish_reason) for s in done]
+
+        return sample
 
     def sequence_logprobs(self, prompt_ids: List[int], response_ids: List[int]) -> List[float]:
         """The engine's raw (temperature 1, untruncated) log-prob of each ``response_ids[t]`` given the prompt and

@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import ray
 
 from actors.recovery import ACTOR_LOST
-from actors.rollout import StaleWeightsError
+from actors.rollout.common import StaleWeightsError
 from actors.rollout.transfer_group import GroupAddress
 from actors.rollout.weights import pack
 from rlplat.registry import Registry

@@ -41,13 +41,15 @@ class PolicyLossFn:
     ``totals(batch, world_size)`` (global normalisers of the whole mini-batch) and
     ``__call__(logp, micro_batch, step, totals, entropy) -> (loss, metrics)``. One whose
     ``needs_logits`` is True is also given ``logits=`` (Float [B, R, V], the same forward's,
-    divided by the temperature): full-distribution divergence terms need them.
+    divided by the temperature): full-distribution divergence terms need them. One whose
+    ``entropy_grad`` is True is given the entropy with its gradient (the entropy bonus).
     """
 
     def __init__(self, cfg: Any, terms: Sequence[Any]):
         self.cfg = cfg
         self.terms = list(terms)
         self.needs_logits = any(getattr(t, "full", False) for t in self.terms)
+        self.entropy_grad = bool(getattr(cfg, "entropy_coef", 0.0))
 
     def totals(self, batch: Batch, world_size: int) -> Dict[str, Any]:
         from rlplat.losses import loss_totals
@@ -77,10 +79,10 @@ class CallableLossFn:
     def totals(self, batch: Batch, world_size: int) -> Dict[str, Any]:
         from rlplat.losses import LossTotals
 
-        return {"policy": LossTotals.of(batch.response_mask.float(), world_size)}
+        return {"policy": LossTotals.of(batch.loss_mask.float(), world_size)}
 
     def component_tokens(self, batch: Batch) -> Dict[str, float]:
-        return {"policy": float(batch.response_mask.sum())}
+        return {"policy": float(batch.loss_mask.sum())}
 
     def __call__(self, logp, batch, step, totals, entropy=None):
         return self.fn(logp, batch, step, totals, entropy)
@@ -319,10 +321,11 @@ class TrainerRank:
             engine.set_gradient_accumulation_boundary(i == n - 1)
             real = i < len(mbs)
             mb = mbs[i][1] if real else self._padding_batch()
-            want_entropy = self.entropy_metrics and real
+            entropy_grad = getattr(loss_fn, "entropy_grad", False) and real
+            want_entropy = (self.entropy_metrics or entropy_grad) and real
             with budget_on_oom("trainer.micro_batch_tokens", self.trainer_cfg.micro_batch_tokens, mb.input_ids.numel()):
                 logp, entropy, logits = micro_batch_forward(engine, mb, temperature=self.temperature,
-                                                            with_entropy=want_entropy)
+                                                            with_entropy=want_entropy, entropy_grad=entropy_grad)
             if real:
                 # Full-distribution terms read the same forward's logits: one forward per micro-batch.
                 with budget_on_oom("trainer.micro_batch_tokens", self.trainer_cfg.micro_batch_tokens, mb.input_ids.numel()):
@@ -337,7 +340,7 @@ class TrainerRank:
                     nonfinite += 1
                     engine.backward(logp.sum() * 0.0, scale_wrt_gas=False)
                     continue
-                mb_tokens = float(mb.response_mask.sum())
+                mb_tokens = float(mb.loss_mask.sum())
                 tokens += mb_tokens
                 comp = loss_fn.component_tokens(mb)
                 for key, value in metrics.items():

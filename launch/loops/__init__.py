@@ -1,14 +1,10 @@
-"""Step programs, one per ``AlgorithmPlan.loop``.
+"""Step programs, one per ``AlgorithmPlan.loop``: each a ``launch.loops.base.Loop``.
 
-A loop is a class built on the run's ``StepContext`` (``Loop(ctx)``) whose ``step(step)`` runs
-one training step (for Nash-MP: one outer Mirror-Prox iteration) and returns its metrics, with
-``state_dict`` / ``load_state_dict`` for what a checkpoint must carry (the data position, ...).
-It calls only the context (generate, score, reward, train, sync); the run driver
-(``launch.controller``) owns resume, checkpoints and evaluation. Adding a loop is one class plus
-one ``@LOOPS.register`` line.
+A loop calls only the context (generate, score, reward, train, sync); the run driver
+(``launch.controller``) owns resume, checkpoints and evaluation. Adding a loop is one ``Loop``
+subclass plus one ``@LOOPS.register`` line; importing this package registers the built-in ones.
 """
-from rlplat.registry import Registry
+from launch.loops import ctrl, mirror_prox, pairs, rehearsal, rl  # noqa: F401  (registration)
+from launch.loops.base import LOOPS, Loop
 
-LOOPS: Registry = Registry("controller loop")
-
-from launch.loops import ctrl, mirror_prox, pairs, rehearsal, rl  # noqa: E402,F401  (registration)
+__all__ = ["LOOPS", "Loop"]

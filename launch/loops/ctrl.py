@@ -20,7 +20,7 @@ from typing import Dict
 import torch
 
 from launch.context import StepContext
-from launch.loops import LOOPS
+from launch.loops.base import LOOPS
 from launch.loops.rl import RLLoop
 from launch.loops.store import load_store, save_store
 from rlplat.batch import Batch
@@ -92,4 +92,4 @@ class CTRLLoop(RLLoop):
         return {"ctrl/prepare_seconds": self.prepare_seconds}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "store": store_path(self.ctx)}
+        return super().state_dict()

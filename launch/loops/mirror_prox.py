@@ -22,7 +22,7 @@ import torch
 
 from actors.preference import PreferenceWorker
 from launch.context import StepContext
-from launch.loops import LOOPS
+from launch.loops.base import LOOPS, Loop
 from launch.metrics import PhaseTimer
 from rlplat.batch import Batch
 from rlplat.data import PromptSampler
@@ -39,13 +39,13 @@ def _pairs(group_ids: torch.Tensor, other_group_ids: torch.Tensor, exclude_self:
 
 
 @LOOPS.register("mirror_prox")
-class MirrorProxLoop:
+class MirrorProxLoop(Loop):
     # Two proximal steps per iteration (the half step, then the full step against pi_{k+1/2});
     # False: only the half step (MirrorDescentLoop).
     extragradient = True
 
     def __init__(self, ctx: StepContext) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         cfg = ctx.cfg
         nm = cfg.algorithm.nash_mp
         self.inner_steps = nm.inner_steps  # beta and eta live in the loss (PolicyAdvantage)

@@ -21,7 +21,7 @@ import torch
 
 from launch.context import StepContext
 from launch.faults import fault_point
-from launch.loops import LOOPS
+from launch.loops.base import LOOPS, Loop
 from launch.loops.store import load_store, save_store
 from launch.metrics import PhaseTimer
 from rlplat.batch import Batch
@@ -45,11 +45,11 @@ def fingerprint(cfg, paths, batches: Dict[str, Batch]) -> dict:
 
 
 @LOOPS.register("pairs")
-class PairLoop:
+class PairLoop(Loop):
     """train ``data.prompts_per_step`` stored pairs -> metrics; evaluation adds held-out pair calibration."""
 
     def __init__(self, ctx: StepContext) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         cfg = ctx.cfg
         self.loss = ctx.plan.pair_loss
         t0 = time.perf_counter()
@@ -103,7 +103,7 @@ class PairLoop:
         return {f"eval/pairs_{k}": v for k, v in pair_calibration(probs).items()}
 
     def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict(), "store": self.store_path()}
+        return {"sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])

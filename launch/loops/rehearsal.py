@@ -20,7 +20,7 @@ from typing import Dict, List, Mapping, Sequence
 import torch
 
 from launch.context import StepContext
-from launch.loops import LOOPS
+from launch.loops.base import LOOPS
 from launch.loops.rl import RLLoop
 from launch.loops.store import load_store, save_store
 from rlplat.batch import DATA_REHEARSAL, Batch
@@ -147,4 +147,4 @@ class RehearsalLoop(RLLoop):
         return {"dph/rehearsal_prompts": float(self.num_rehearsal_prompts), "dph/prepare_seconds": self.prepare_seconds}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "store": store_path(self.ctx)}
+        return super().state_dict()

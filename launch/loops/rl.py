@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from launch.context import StepContext
-from launch.loops import LOOPS
+from launch.loops.base import LOOPS, Loop
 from launch.loops.sampling import BatchSource
 from launch.metrics import PhaseTimer
 from rlplat.batch import Batch
@@ -12,7 +12,7 @@ from rlplat.data import PromptRow, PromptSampler
 
 
 @LOOPS.register("rl")
-class RLLoop:
+class RLLoop(Loop):
     """sample (``BatchSource``: generate, reward, score) -> advantages -> train -> sync.
 
     A variant overrides ``shape_rewards`` (the reward stage between the raw rewards and the
@@ -20,7 +20,7 @@ class RLLoop:
     ``step_metrics`` (metrics of every step, skipped or not); ``rows`` are the prompts it samples."""
 
     def __init__(self, ctx: StepContext, rows: Optional[List[PromptRow]] = None) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         cfg = ctx.cfg
         self.source = BatchSource(ctx, PromptSampler(ctx.rows if rows is None else rows, cfg.data.prompts_per_step,
                                                      seed=cfg.trainer.seed, shuffle=cfg.data.shuffle))

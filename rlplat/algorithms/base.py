@@ -37,7 +37,7 @@ class AlgorithmPlan:
     group_size: int  # samples per prompt
     opponents: bool  # Nash-MP: each sample is compared with opponent samples of the same prompt
     advantage: str
-    advantage_params: Tuple[Tuple[str, float], ...]
+    advantage_params: Tuple[Tuple[str, object], ...]  # algorithm.advantage_params (+ reinforce_pp's norm)
     terms: Tuple  # rlplat.losses.DivergenceTerm, one per active divergence term
     loss: object  # rlplat.losses.PolicyLossConfig
     pair_loss: object = None  # pairs: the trainer's loss spec (rlplat.pairs.PairLoss)
@@ -57,14 +57,16 @@ class Algorithm:
     """Base class. Subclasses set the class attributes and may extend ``check``.
 
     ``anchors``: anchors a divergence term may use. ``advantages``: allowed estimators (None = any
-    but the preference one). ``samples_from``: which samples the divergence estimators must assume,
-    per anchor ("policy" for on-policy rollouts, "anchor" for stored anchor samples).
+    but the preference one). ``loss_types``: allowed surrogates (``algorithm.loss_type``; None = any
+    registered in ``rlplat.losses.LOSS_TYPES``). ``samples_from``: which samples the divergence
+    estimators must assume, per anchor ("policy" for on-policy rollouts, "anchor" for stored anchor samples).
     """
 
     name: str = ""
     loop: str = "rl"
     anchors: FrozenSet[str] = frozenset({"reference"})
     advantages: FrozenSet[str] | None = None
+    loss_types: FrozenSet[str] | None = None
     needs_preference: bool = False
     needs_opponents: bool = False
     extra_roles: FrozenSet[str] = frozenset()  # scorer roles needed beyond divergence anchors
@@ -78,6 +80,8 @@ class Algorithm:
     samples_from = {"reference": "policy", "teacher": "policy", "snapshot": "policy", "initial": "anchor"}
     # The clipped surrogate is part of the loss; False: the divergence terms alone (pure distillation).
     surrogate: bool = True
+    # Why this algorithm refuses rollout.env (multi-turn episodes); "" = it runs them.
+    episodes_refusal: str = "its loop has not been run and tested with multi-turn episodes yet"
 
     # ----------------------------------------------------------------- checks
     def check(self, cfg: RunConfig) -> None:
@@ -93,6 +97,15 @@ class Algorithm:
         allowed_adv = self.advantages if self.advantages is not None else set(advantages.names()) - {"nash_mp"}
         if alg.advantage not in allowed_adv:
             raise ConfigError(f"algorithm.advantage='{alg.advantage}' does not fit algorithm '{self.name}'; allowed: {sorted(allowed_adv)}")
+        if alg.reinforce_pp_norm not in advantages.REINFORCE_PP_NORMS:
+            raise ConfigError(f"algorithm.reinforce_pp_norm='{alg.reinforce_pp_norm}' is not one of "
+                              f"{list(advantages.REINFORCE_PP_NORMS)} (token: whiten over the batch's response tokens, "
+                              "as OpenRLHF and verl; sequence: std over the batch's sequences)")
+        if alg.advantage != "reinforce_pp" and alg.reinforce_pp_norm != type(alg)().reinforce_pp_norm:
+            raise ConfigError(f"algorithm.reinforce_pp_norm='{alg.reinforce_pp_norm}' acts only with "
+                              f"algorithm.advantage='reinforce_pp' (it is '{alg.advantage}'); drop it")
+        if self.surrogate and not self.pairs:
+            self._check_loss_type(cfg)
         seen = set()
         for i, term in enumerate(alg.divergences):
             key = f"algorithm.divergences[{i}]"
@@ -136,6 +149,41 @@ class Algorithm:
                               "(the rounds of a step depend on its rewards); set one of them off")
         if self.needs_preference and not (alg.nash_mp.judge or cfg.roles.preference.path):
             raise ConfigError(f"algorithm '{self.name}' needs a preference model: set roles.preference.path or algorithm.nash_mp.judge")
+
+    def loss_aggregation(self, cfg: RunConfig) -> str:
+        """The loss aggregation the run uses: ``algorithm.loss_agg``, else the loss type's (gspo's
+        ``seq-mean-token-mean``, cispo's ``token-mean``), else this algorithm's default."""
+        from rlplat.losses import LOSS_TYPES
+
+        alg = cfg.algorithm
+        own = LOSS_TYPES.get(alg.loss_type).agg if alg.loss_type in LOSS_TYPES else None
+        return alg.loss_agg or own or self.loss_agg
+
+    def _check_loss_type(self, cfg: RunConfig) -> None:
+        """``algorithm.loss_type`` is registered and allowed here, and its rules (clip range, dual
+        clip, aggregation, rollout correction: ``rlplat.losses.LossType.check``) hold; the entropy
+        coefficient is a finite number >= 0."""
+        import math
+
+        from rlplat import losses
+        from rlplat.rollout_correction import RolloutCorrection
+
+        alg = cfg.algorithm
+        allowed = sorted(self.loss_types if self.loss_types is not None else losses.LOSS_TYPES.names())
+        if alg.loss_type not in losses.LOSS_TYPES:
+            raise ConfigError(f"algorithm.loss_type='{alg.loss_type}' is not registered; choose one of {losses.LOSS_TYPES.names()}")
+        if alg.loss_type not in allowed:
+            raise ConfigError(f"algorithm.loss_type='{alg.loss_type}' does not fit algorithm '{self.name}'; allowed: {allowed}")
+        spec = losses.LOSS_TYPES.get(alg.loss_type)
+        eps_low = spec.eps_low if alg.eps_low is None else alg.eps_low
+        eps_high = spec.eps_high if alg.eps_high is None else alg.eps_high
+        try:
+            spec.check(eps_low, eps_high, alg.dual_clip, self.loss_aggregation(cfg),
+                       RolloutCorrection.from_config(alg.rollout_correction))
+        except ValueError as exc:
+            raise ConfigError(f"algorithm.loss_type='{alg.loss_type}': {exc}") from None
+        if not (math.isfinite(alg.entropy_coef) and alg.entropy_coef >= 0):
+            raise ConfigError(f"algorithm.entropy_coef={alg.entropy_coef} must be a finite number >= 0 (0: no entropy bonus)")
 
     def _check_full_term(self, cfg: RunConfig, key: str, term, want: str) -> None:
         """A full-distribution term compares the student's logits with the anchor's top-k
@@ -241,12 +289,15 @@ class Algorithm:
         roles = {ANCHOR_ROLES[t.anchor] for t in terms if ANCHOR_ROLES[t.anchor]} | set(self.extra_roles)
         self._check_unused_roles(cfg, roles)
         loss = PolicyLossConfig(
-            eps_low=alg.eps_low, eps_high=alg.eps_high, dual_clip=alg.dual_clip, agg=alg.loss_agg or self.loss_agg,
-            norm_len=alg.norm_len or cfg.rollout.max_new_tokens, advantage=self.policy_advantage(cfg),
-            old_from_forward=self.old_from_forward(cfg),
+            loss_type=alg.loss_type, eps_low=alg.eps_low, eps_high=alg.eps_high, dual_clip=alg.dual_clip,
+            agg=self.loss_aggregation(cfg), norm_len=alg.norm_len or cfg.rollout.max_new_tokens,
+            advantage=self.policy_advantage(cfg), old_from_forward=self.old_from_forward(cfg),
             rollout_correction=RolloutCorrection.from_config(alg.rollout_correction),
-            surrogate=self.surrogate,
+            surrogate=self.surrogate, entropy_coef=alg.entropy_coef,
         )
+        advantage_params = dict(alg.advantage_params)
+        if alg.advantage == "reinforce_pp":
+            advantage_params["norm"] = alg.reinforce_pp_norm
         return AlgorithmPlan(
             name=self.name,
             loop=self.loop,
@@ -257,7 +308,7 @@ class Algorithm:
             group_size=alg.group_size,
             opponents=self.needs_opponents,
             advantage=alg.advantage,
-            advantage_params=tuple(sorted(alg.advantage_params.items())),
+            advantage_params=tuple(sorted(advantage_params.items())),
             terms=terms,
             loss=loss,
             pair_loss=self.pair_loss(cfg),

@@ -19,6 +19,7 @@ class GRPO(Algorithm):
     """Group-relative policy optimisation: clipped surrogate + optional KL to the reference."""
 
     name = "grpo"
+    episodes_refusal = ""  # every loss, estimator and divergence term reads Batch.loss_mask
     anchors = frozenset({"reference"})
 
 
@@ -49,7 +50,8 @@ class Distill(Algorithm):
     dynamic_sampling = False  # it filters groups by their rewards, which this loss does not use
     # The surrogate's keys: accepted, they would be ignored.
     unused_keys = Algorithm.unused_keys + ("algorithm.eps_low", "algorithm.eps_high", "algorithm.dual_clip",
-                                           "algorithm.rollout_correction")
+                                           "algorithm.rollout_correction", "algorithm.loss_type",
+                                           "algorithm.entropy_coef")
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
@@ -88,6 +90,7 @@ class NashMP(Algorithm):
     """Nash learning from preferences by Mirror Prox: half step vs pi_k, full step vs pi_{k+1/2}."""
 
     name = "nash_mp"
+    episodes_refusal = "its judge compares single completions of one prompt, not episodes"
     loop = "mirror_prox"
     anchors = frozenset({"reference", "snapshot"})
     advantages = frozenset({"nash_mp"})
@@ -96,6 +99,9 @@ class NashMP(Algorithm):
     extra_roles = frozenset({"reference", "snapshot"})  # the advantage's sequence log-ratios
     several_updates_per_batch = True  # inner_steps updates per proximal step, two proximal steps
     loss_agg = "seq-mean-token-sum"  # REINFORCE: a per-token mean would bias the 1/2 baseline by length
+    # Its advantage is a REINFORCE one aggregated per sequence (token sum): gspo's per-sequence mean and
+    # cispo's token mean would both reweight sequences by length and bias the 1/2 baseline.
+    loss_types = frozenset({"ppo"})
 
     def policy_advantage(self, cfg: RunConfig):
         from rlplat.losses import PolicyAdvantage
@@ -181,6 +187,7 @@ class FDPO(Algorithm):
     divergence ``algorithm.fdpo.divergence``; reference log-probs scored once before training."""
 
     name = "fdpo"
+    episodes_refusal = "f-DPO trains on stored preference pairs and samples no rollouts"
     loop = "pairs"
     anchors = frozenset()  # the divergence is the loss itself (algorithm.fdpo), not a term
     extra_roles = frozenset({"reference"})
@@ -191,7 +198,7 @@ class FDPO(Algorithm):
                    "algorithm.eps_high", "algorithm.dual_clip", "algorithm.loss_agg", "algorithm.norm_len",
                    "algorithm.dynamic_sampling", "algorithm.max_sampling_rounds", "algorithm.rollout_correction",
                    "algorithm.divergences", "algorithm.dph_rl", "algorithm.nash_mp", "algorithm.ctrl", "trainer.max_staleness",
-                   "rollout.ignore_eos")
+                   "rollout.ignore_eos", "algorithm.reinforce_pp_norm", "algorithm.loss_type", "algorithm.entropy_coef")
 
     def check(self, cfg: RunConfig) -> None:
         from rlplat.divergences.links import LINKS

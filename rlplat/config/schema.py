@@ -48,6 +48,15 @@ class RolesConfig:
 
 
 @dataclass
+class EnvConfig:
+    """A multi-turn environment (``rlplat.envs``): ``builtin:<name>`` or ``module:Class``, built as
+    ``Class(**params)`` once per episode. ``name`` null: single-turn rollouts (one completion)."""
+
+    name: Optional[str] = None
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class RolloutConfig:
     backend: str = "vllm"  # vllm | hf (HF generate, the fallback)
     num_engines: int = 1
@@ -70,6 +79,22 @@ class RolloutConfig:
     # "object_store" packs the state dict in the driver and hands it over through Ray's object store.
     weight_sync: str = "collective"  # collective | object_store
     weight_sync_bucket_mb: float = 128.0  # size of one broadcast buffer (MiB); a larger parameter goes alone
+    # Multi-turn episodes (rlplat.episodes, actors.rollout.episodes): every sample is an episode of
+    # model turns (max_new_tokens each) and the environment's observations, driven next to the
+    # engines. The keys below act only with an env; set without one, validation refuses them.
+    env: EnvConfig = field(default_factory=EnvConfig)
+    # Tools given to the environment's ``tools`` param (builtin:tools, or any environment taking
+    # one): names (builtin:calc, module:Class) or {name, params}; with data.chat_template their
+    # schemas also go into the chat template (apply_chat_template(..., tools=...)).
+    tools: List[Any] = field(default_factory=list)
+    max_turns: int = 4  # model turns per episode
+    max_episode_tokens: int = 64  # tokens after the prompt: model turns and observations together
+    max_observation_tokens: int = 32  # longer observations are cut (episode/observation_truncated)
+    # How an observation is shown to the model: "{observation}" filled in, tokenized once. A chat
+    # model wants its template's turn markers around it, e.g. Qwen's
+    # "<|im_start|>user\n{observation}<|im_end|>\n<|im_start|>assistant\n" (its turns end at <|im_end|>).
+    observation_template: str = "{observation}"
+    env_workers: int = 8  # threads running the environments' steps (and their tools) of a turn at once
 
 
 @dataclass
@@ -199,10 +224,17 @@ class AlgorithmConfig:
     group_size: int = 8
     advantage: str = "grpo"  # a name in rlplat.advantages
     advantage_params: Dict[str, float] = field(default_factory=dict)
-    eps_low: float = 0.2
-    eps_high: float = 0.2
+    # reinforce_pp's batch statistic (rlplat.advantages.REINFORCE_PP_NORMS): token (OpenRLHF's and verl's:
+    # whiten over the batch's response tokens, re-centred) | sequence (population std over the batch's rows)
+    reinforce_pp_norm: str = "token"
+    # The surrogate (rlplat.losses.LOSS_TYPES): ppo (clipped token ratio) | gspo (sequence ratio, length-
+    # normalised) | cispo (REINFORCE weighted by the clipped, detached token ratio)
+    loss_type: str = "ppo"
+    eps_low: Optional[float] = None  # null: the loss type's (ppo 0.2, gspo 3e-4, cispo 1 = no lower bound)
+    eps_high: Optional[float] = None  # null: the loss type's (ppo 0.2, gspo 4e-4, cispo 0.2)
     dual_clip: Optional[float] = None
-    loss_agg: Optional[str] = None  # None: the algorithm's (seq-mean-token-mean; nash_mp: seq-mean-token-sum)
+    entropy_coef: float = 0.0  # >= 0: the loss subtracts entropy_coef * token-mean entropy of the surrogate's tokens
+    loss_agg: Optional[str] = None  # None: the loss type's (gspo, cispo), else the algorithm's (seq-mean-token-mean; nash_mp: seq-mean-token-sum)
     norm_len: Optional[int] = None  # seq-mean-token-sum-norm constant; default rollout.max_new_tokens
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer updates per PPO epoch

@@ -156,6 +156,55 @@ def _check_rollout_correction(cfg: RunConfig) -> None:
                           "set the kind (tis | mis) or drop them")
 
 
+# The episode keys and their schema defaults: without an environment each must stay at its default.
+_EPISODE_KEYS = ("tools", "max_turns", "max_episode_tokens", "max_observation_tokens", "observation_template",
+                 "env_workers")
+
+
+def _check_episodes(cfg: RunConfig) -> None:
+    """rollout.env and its keys: the environment resolves and takes its params (and tools), the
+    limits fit the model length, the reward reads the environment's, and the algorithm runs episodes."""
+    r, default = cfg.rollout, RunConfig().rollout
+    if not r.env.name:
+        for key in ["params", *_EPISODE_KEYS]:
+            value = getattr(r.env, key) if key == "params" else getattr(r, key)
+            if value != (getattr(default.env, key) if key == "params" else getattr(default, key)):
+                raise ConfigError(f"rollout.{'env.' if key == 'params' else ''}{key}={value!r} is set but rollout.env "
+                                  "is null (single-turn rollouts); set rollout.env.name to run episodes")
+        return
+    from rlplat import algorithms
+    from rlplat.envs import make_env
+    from rlplat.rewards.spec import reward_specs
+
+    for key in ("max_turns", "max_episode_tokens", "max_observation_tokens", "env_workers"):
+        _at_least(f"rollout.{key}", getattr(r, key), 1)
+    if "{observation}" not in r.observation_template:
+        raise ConfigError(f"rollout.observation_template={r.observation_template!r} has no '{{observation}}'")
+    params = dict(r.env.params or {})
+    if r.tools:
+        if "tools" in params:
+            raise ConfigError("rollout.tools and rollout.env.params.tools are both set; give the tools once")
+        params["tools"] = list(r.tools)
+    make_env(r.env.name, params, "rollout.env.name")  # the name, the class's methods, its params
+    if r.ignore_eos:
+        raise ConfigError("rollout.ignore_eos=true with rollout.env: a model turn ends at EOS, so it would "
+                          "never end before rollout.max_new_tokens; keep ignore_eos false for episodes")
+    if r.max_episode_tokens < r.max_new_tokens:
+        raise ConfigError(f"rollout.max_episode_tokens ({r.max_episode_tokens}) < rollout.max_new_tokens "
+                          f"({r.max_new_tokens}): the first turn alone could not be sampled whole")
+    if cfg.data.max_prompt_tokens + r.max_episode_tokens > r.max_model_len:
+        raise ConfigError(
+            f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + rollout.max_episode_tokens "
+            f"({r.max_episode_tokens}) exceeds rollout.max_model_len ({r.max_model_len})")
+    if not any(spec.fn == "env" for spec in reward_specs(cfg.reward)):
+        raise ConfigError("rollout.env is set but no reward function reads the environment's reward: set "
+                          "reward.fn=env, or add {fn: env, weight: ...} to reward.fns")
+    refusal = algorithms.get(cfg.algorithm.name).episodes_refusal
+    if refusal:
+        raise ConfigError(f"rollout.env is set, but algorithm '{cfg.algorithm.name}' does not run multi-turn "
+                          f"episodes: {refusal}")
+
+
 def _check_optimizer(cfg: RunConfig) -> None:
     """AdamW's epsilon, the learning-rate schedule (over the algorithm's S updates) and the
     DeepSpeed passthrough."""
@@ -276,11 +325,10 @@ def validate_config(cfg: RunConfig) -> None:
     _at_least("reward.timeout_s", cfg.reward.timeout_s, 0.001)
     if a.loss_agg is not None:
         _one_of("algorithm.loss_agg", a.loss_agg, AGGREGATIONS)
-    if not (0 <= a.eps_low < 1 and a.eps_high >= 0):
-        raise ConfigError(f"algorithm.eps_low={a.eps_low} must be in [0, 1) and algorithm.eps_high={a.eps_high} >= 0")
     if a.dual_clip is not None and a.dual_clip <= 1:
         raise ConfigError(f"algorithm.dual_clip={a.dual_clip} must be > 1 (or null to disable)")
     _check_rollout_correction(cfg)
+    _check_episodes(cfg)
     _at_least("algorithm.ppo_epochs", a.ppo_epochs, 1)
     _at_least("algorithm.mini_batches", a.mini_batches, 1)
     _at_least("algorithm.max_sampling_rounds", a.max_sampling_rounds, 1)

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from rlplat.divergences import DivergenceFn, register
+from rlplat.divergences.registry import DivergenceFn, register
 from rlplat.divergences.checks import positive
 
 # Elements of one [chunk, V] buffer when chunk_size is not given: 4 Mi elements (16 MiB in

@@ -13,6 +13,7 @@ reverse_kl    u log u  (DPO)                                   log u + 1
 forward_kl    -log u                                           -1/u = -exp(-log u)
 js            u log u - (u+1) log((u+1)/2)                     log(2u/(1+u)) = log 2 + logsigmoid(log u)
 alpha         (u^(1-a) - (1-a) u - a) / (a (a-1)), 0 < a < 1   (1 - u^(-a)) / a = -expm1(-a log u) / a
+                                                                 (its gradient u^(-a) taken from exp)
 ============  ===============================================  ==============================
 
 Conventions: JS here is the plain generator, without the 0.5 of the per-token ``js`` estimator
@@ -53,10 +54,30 @@ def js(log_u: torch.Tensor) -> torch.Tensor:
     return math.log(2.0) + F.logsigmoid(log_u)
 
 
+class _AlphaLink(torch.autograd.Function):
+    """``f'(u) = (1 - u^(-a)) / a`` at ``x = log u``: value ``-expm1(-a x) / a`` (exact near
+    ``x = 0``), gradient ``exp(-a x)`` from ``exp`` itself. Autograd of the ``expm1`` form would take
+    it as ``expm1(-a x) + 1``, which loses float32 precision once ``u^(-a)`` is far below 1 (about
+    1e-4 relative error) and is exactly 0 once ``a x > 17``. Evaluated in float64 and rounded to
+    the input's dtype, so that the float32 rounding of the exponent ``a x`` (up to ``|a x| * 1.2e-7``
+    absolute) does not reach the result: the float32 gradient is correctly rounded."""
+
+    @staticmethod
+    def forward(ctx, log_u: torch.Tensor, a: float) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(log_u)
+        ctx.a = a
+        return -torch.expm1(-a * log_u) / a
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        (log_u,) = ctx.saved_tensors
+        return grad * torch.exp(-ctx.a * log_u.double()).to(log_u.dtype), None
+
+
 @LINKS.register("alpha")
 def alpha(log_u: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     a = _real_in_open_unit("alpha", "alpha", alpha)
-    return -torch.expm1(-a * log_u) / a
+    return _AlphaLink.apply(log_u, a)
 
 
 def link(name: str, log_u: torch.Tensor, **params: float) -> torch.Tensor:

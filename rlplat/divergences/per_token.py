@@ -25,7 +25,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from rlplat.divergences import DivergenceFn, register
+from rlplat.divergences.registry import DivergenceFn, register
 
 _LOG2 = math.log(2.0)
 
@@ -136,18 +136,46 @@ def _real_in_open_unit(name: str, param: str, value: object) -> float:
     return value
 
 
+class _AlphaGenerator(torch.autograd.Function):
+    """``f(u)`` of the alpha divergence as a function of ``x = log u``: value through ``expm1``,
+    gradient from its exact closed form ``f'(x) = exp((1-a) x) * expm1(a x) / a``.
+
+    Autograd of the ``expm1`` value form would give ``(1-a) ((expm1((1-a) x) + 1) - (expm1(x) + 1)) / (a (a-1))``:
+    ``expm1(y) + 1`` loses float32 relative precision once ``exp(y)`` is far below 1 (about 1e-4
+    relative error, and exactly 0 past ``y < -17``), and the difference cancels near ``x = 0``. The
+    closed form is a product of two relatively exact factors (``exp`` and ``expm1``), exactly 0 at
+    ``x = 0``. It is evaluated in float64 and rounded to the input's dtype: in float32 the exponent
+    ``(1-a) x`` alone would carry an absolute rounding error up to ``|(1-a) x| * 1.2e-7`` (about 1e-5
+    relative in the result near the overflow bound), in float64 the float32 gradient is correctly
+    rounded wherever it is representable. [B, R] elements: the cost is nil. The backward is written
+    in differentiable torch ops, so double backward works too."""
+
+    @staticmethod
+    def forward(ctx, log_u: torch.Tensor, alpha: float) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(log_u)
+        ctx.alpha = alpha
+        one_minus = 1.0 - alpha
+        return (torch.expm1(one_minus * log_u) - one_minus * torch.expm1(log_u)) / (alpha * (alpha - 1.0))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        (log_u,) = ctx.saved_tensors
+        a = ctx.alpha
+        x = log_u.double()
+        return grad * (torch.exp((1.0 - a) * x) * torch.expm1(a * x) / a).to(log_u.dtype), None
+
+
 def alpha_value(logp: torch.Tensor, anchor_logp: torch.Tensor, alpha: float) -> torch.Tensor:
     """``f(u) = (u^(1-alpha) - (1-alpha) u - alpha) / (alpha (alpha-1))``.
 
     E_anchor[f(u)] = (1 - sum pi^(1-alpha) anchor^alpha) / (alpha (1-alpha)); tends to
-    KL(pi||anchor) as alpha -> 0 and KL(anchor||pi) as alpha -> 1. Written with ``expm1`` as
+    KL(pi||anchor) as alpha -> 0 and KL(anchor||pi) as alpha -> 1. The value is written with ``expm1`` as
     ``(expm1((1-alpha) log u) - (1-alpha) expm1(log u)) / (alpha (alpha-1))`` so the numerator
-    does not cancel catastrophically near ``u = 1`` and is exactly 0 (value and gradient) there.
+    does not cancel catastrophically near ``u = 1`` and is exactly 0 (value and gradient) there; the
+    gradient with respect to ``log u`` is the closed form ``u^(1-alpha) (u^alpha - 1) / alpha``
+    (``_AlphaGenerator``), exact in float32.
     """
-    log_u = _log_u(logp, anchor_logp)
-    one_minus = 1.0 - alpha
-    numerator = torch.expm1(one_minus * log_u) - one_minus * torch.expm1(log_u)
-    return numerator / (alpha * (alpha - 1.0))
+    return _AlphaGenerator.apply(_log_u(logp, anchor_logp), float(alpha))
 
 
 def tv_value(logp: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,7 @@ from typing import Optional
 
 import torch
 
-from rlplat.divergences import DivergenceFn, register
+from rlplat.divergences.registry import DivergenceFn, register
 from rlplat.divergences.full import _compute_dtype
 from rlplat.divergences.checks import positive
 from rlplat.divergences.topk import TopK, teacher_topk

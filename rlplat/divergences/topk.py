@@ -44,7 +44,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-import rlplat.divergences as D
+import rlplat.divergences.registry as D
 from rlplat.divergences.full import _compute_dtype, _resolve_chunk
 from rlplat.divergences.checks import positive
 

@@ -5,7 +5,8 @@ function with ``**kwargs`` gets all of them, one with named parameters after ``p
 (``accepted_columns``), one without either gets none. Several weighted functions: ``reward.fns``
 (``rlplat.rewards.spec``, ``rlplat.rewards.weighted``).
 
-``reward.fn`` is a registered name (``REWARDS.names()``: ``arithmetic``, ``arithmetic_graded``, ``math``, ``gsm8k``) or
+``reward.fn`` is a registered name (``REWARDS.names()``: ``arithmetic``, ``arithmetic_graded``, ``math``, ``gsm8k``,
+``env``: a multi-turn episode's environment reward) or
 ``module:function`` (any importable callable with that signature). ``resolve_reward`` checks a
 spec completely - import, attribute, callable, signature - so config validation rejects a bad
 spec before Ray starts. Running the functions (timeouts, errors) is ``rlplat.rewards.runner``.
@@ -18,11 +19,8 @@ from typing import Any, Callable, Dict, FrozenSet, Optional, Sequence
 
 from rlplat.config.errors import ConfigError
 from rlplat.registry import Registry
-
-RewardFn = Callable[[str, Optional[str], str], float]
-REWARDS: Registry[RewardFn] = Registry("reward function")
-
-from rlplat.rewards import builtin  # noqa: E402,F401  (registers the built-ins into REWARDS)
+from rlplat.rewards import builtin  # noqa: F401  (registers the built-ins into REWARDS)
+from rlplat.rewards.registry import REWARDS, RewardFn
 
 
 def _import_module(spec: str, module_name: str, key: str):

@@ -7,7 +7,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Optional
 
-from rlplat.rewards import REWARDS
+from rlplat.rewards.registry import REWARDS
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -87,3 +87,18 @@ def gsm8k_reward(response: str, answer: Optional[str], prompt: str) -> float:
         raise ValueError(f"reward 'gsm8k': no number in the gold answer {answer[-80:]!r}")
     pred = final_number(response)
     return 1.0 if pred is not None and pred == gold else 0.0
+
+
+# The row column that carries a multi-turn episode's environment reward to the reward worker
+# (``actors.rollout.common.build_rollout_batch`` writes it, ``env`` reads it).
+ENV_REWARD_COLUMN = "env_reward"
+
+
+@REWARDS.register("env")
+def env_reward(response: str, answer: Optional[str], prompt: str, **columns) -> float:
+    """The environment's reward of a multi-turn episode (``rollout.env``): the sum of its step
+    rewards. Raises (a counted reward error, never a 0) on a row that is no episode."""
+    if ENV_REWARD_COLUMN not in columns:
+        raise ValueError(f"reward 'env' needs the episode's '{ENV_REWARD_COLUMN}' column: set rollout.env, "
+                         "or use another reward function")
+    return float(columns[ENV_REWARD_COLUMN])

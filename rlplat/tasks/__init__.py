@@ -5,6 +5,7 @@ rows ``{"prompt", "answer", ...}`` (preference tasks add ``chosen`` and ``reject
 a ``score(response_text, answer) -> float``.
 """
 from rlplat.registry import Registry
+from rlplat.tasks.episodes import GuessNumber, Multiplication
 from rlplat.tasks.arithmetic import (
     ArithmeticBonus, ArithmeticPairs, ArithmeticTask, CarryConvention, read_jsonl, score, write_jsonl,
 )
@@ -14,5 +15,7 @@ TASKS.register("arithmetic")(ArithmeticTask)
 TASKS.register("arithmetic_pairs")(ArithmeticPairs)
 TASKS.register("carry_convention")(CarryConvention)
 TASKS.register("arithmetic_bonus")(ArithmeticBonus)
+TASKS.register("multiplication")(Multiplication)  # rlplat.envs' calc_arithmetic tool task
+TASKS.register("guess_number")(GuessNumber)  # rlplat.envs' guess_number game
 
-__all__ = ["TASKS", "ArithmeticBonus", "ArithmeticPairs", "ArithmeticTask", "CarryConvention", "read_jsonl", "score", "write_jsonl"]
+__all__ = ["TASKS", "ArithmeticBonus", "GuessNumber", "Multiplication", "ArithmeticPairs", "ArithmeticTask", "CarryConvention", "read_jsonl", "score", "write_jsonl"]

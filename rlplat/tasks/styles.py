@@ -111,7 +111,7 @@ def equilibrium(pi_ref: Union[Mapping[str, float], Sequence[float]], beta: float
 # ----------------------------------------------------------------------------- a policy's styles
 def style_counts(records: Sequence[Mapping[str, Any]], correct_only: bool = True) -> Dict[str, int]:
     """Counts of each style (and ``None``: no style) among the sampled responses of evaluation
-    records (``{"answer", "samples", ...}``, ``launch.evaluate.evaluate(keep_samples=True)``);
+    records (``{"answer", "samples", ...}``, ``rlplat.held_out.evaluate(keep_samples=True)``);
     ``correct_only``: only those that ``score`` 1 against the record's answer."""
     counts: Dict[Any, int] = {s: 0 for s in (*STYLES, None)}
     for rec in records:
