@@ -1,6 +1,7 @@
 """``python3 .ci/stages.py "<command>"``: print a bash script that runs the command's top-level
 `` && `` parts one after another in one shell (so ``. .venv/bin/activate`` and ``export`` carry on),
-times each, and at exit, pass or fail, prints the wall seconds of every stage that ran and the total.
+times each, and at exit, pass or fail, prints the wall seconds of every stage that ran (the one that
+failed included) and the total; a failure stops the background stages.
 
 The README's test command is one line of ``&&``-joined stages (venv, install, model builds, tests);
 ``.ci/run`` executes what this prints, so CI shows where its budget goes (issue 29).
@@ -11,11 +12,14 @@ import sys
 HEADER = """set -euo pipefail
 stage_log=$(mktemp)
 t_all=$(date +%s)
+current=""
 report() {
   rc=$?
+  jobs -p | xargs -r kill 2>/dev/null || true  # a background stage (the model builds) must not outlive a failure
   echo
   echo "== CI stages: wall seconds =="
   cat "$stage_log"
+  if [ -n "$current" ]; then echo "$(( $(date +%s) - t0 ))s  $current (stopped the run: exit $rc)"; fi
   echo "$(( $(date +%s) - t_all ))s  total (exit $rc)"
   exit $rc
 }
@@ -35,7 +39,8 @@ def script(command: str) -> str:
             label = f"{label} (started in the background)"
         elif part.startswith("wait"):
             label = "waiting for the background stage"
-        lines.append(f't0=$(date +%s)\n{part}\necho "$(( $(date +%s) - t0 ))s  {label}" >> "$stage_log"')
+        lines.append(f't0=$(date +%s); current="{label}"\n{part}\n'
+                     f'echo "$(( $(date +%s) - t0 ))s  {label}" >> "$stage_log"; current=""')
     return "\n".join(lines)
 
 

@@ -105,12 +105,14 @@ class Scorer:
 
     @torch.no_grad()
     def load_weights(self, named: Sequence[Tuple[str, torch.Tensor]], version: Optional[int] = None) -> int:
-        """Copy ``[(HF parameter name, tensor)]`` (e.g. ``TrainerGroup.get_weights()``) into the
-        model; every parameter must be covered, names and shapes must match. ``version`` (if
+        """Copy ``[(HF parameter name, tensor)]`` or ``PackedWeights`` (``TrainerGroup.weights_ref()``'s
+        object, resolved by Ray) into the model; every parameter must be covered, names and shapes must match. ``version`` (if
         given) is reported by ``info()["weights_version"]``, so a caller can tell an actor that
         Ray restarted (back at version 0) from one holding its weights. Returns the count."""
+        from actors.rollout.weights import as_named_tensors
+
         params = dict(self.model.named_parameters())
-        given = dict(named)
+        given = dict(as_named_tensors(named))
         unknown = sorted(set(given) - set(params))
         missing = sorted(set(params) - set(given))
         if unknown or missing:

@@ -14,7 +14,7 @@ restarted Nash-MP snapshot scorer never answers with pi_0 for pi_k.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import ray
 import torch
@@ -97,10 +97,12 @@ class ScorerPool:
         With ``top_k`` > 0: ``(log-probs, TopK)`` (``Batch.set_scores`` stores either)."""
         return self.score_async(batch).result()
 
-    def load_weights(self, named: Sequence[Tuple[str, torch.Tensor]]) -> int:
-        """Copy ``[(HF parameter name, tensor)]`` into every actor (one object-store copy) and
-        remember them: an actor Ray restarts later gets them again. Returns the parameter count."""
-        self._weights_ref = ray.put(list(named))
+    def load_weights(self, named: Union[ray.ObjectRef, Sequence[Tuple[str, torch.Tensor]]]) -> int:
+        """Copy weights into every actor (one object-store copy) and remember them: an actor Ray
+        restarts later gets them again. ``named``: an ObjectRef of ``PackedWeights`` made by another
+        actor (``TrainerGroup.weights_ref()``: the weights never pass through this process), or
+        ``[(HF parameter name, tensor)]`` put here. Returns the parameter count."""
+        self._weights_ref = named if isinstance(named, ray.ObjectRef) else ray.put(list(named))
         self._weights_version += 1
         counts = self._retry(lambda: ray.get([a.load_weights.remote(self._weights_ref, self._weights_version)
                                               for a in self.actors]))

@@ -26,10 +26,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import ray
 import torch
 
+from actors.preference import PreferenceWorker
 from actors.recovery import PendingCall, RestartingActor
 from actors.reward_worker import RewardWorker
 from actors.rollout.pool import EnginePool, PendingRollout
-from actors.rollout.weights import unpack
 from actors.scorer_pool import PendingRowScores, ScorerPool
 from actors.trainer.group import TrainerGroup
 from launch.metrics import PhaseTimer
@@ -82,11 +82,12 @@ class StepContext:
         self.reward = RestartingActor(RewardWorker, "reward-0", cfg.reward, num_cpus=res.reward_cpus,
                                       max_restarts=res.max_actor_restarts)
         self.reward.call("ready")
+        # The pairwise judge (plan.preference: Nash-MP), restarted like the reward worker.
+        self.judge = self._start_judge() if plan.preference else None
         self.probe = self._make_probe()
         self.engines.connect(self.trainer, self.probe)
         for pool in self.scorers.values():
             pool.ready()
-        self.extra_actors: List[RestartingActor] = []  # started by a loop (Nash-MP's judge)
         self._engines_behind = False  # the trainer has updated since the engines last got its weights
         self.rollout_log = RolloutLog(run_dir, cfg.trainer.log_samples, cfg.trainer.seed, tokenizer)  # rollouts.jsonl
 
@@ -105,14 +106,19 @@ class StepContext:
             bundle_indices=[(first + i) % self.cfg.trainer.num_ranks for i in range(num_actors)],
             max_restarts=res.max_actor_restarts)
 
-    def start_actor(self, cls: type, name: str, *args) -> RestartingActor:
-        """A loop's own actor (``resources.reward_cpus``, restarted like the reward worker), ready
-        when this returns and killed with the run."""
-        actor = RestartingActor(cls, name, *args, num_cpus=self.cfg.resources.reward_cpus,
-                                max_restarts=self.cfg.resources.max_actor_restarts)
-        actor.call("ready")
-        self.extra_actors.append(actor)
-        return actor
+    def _start_judge(self) -> RestartingActor:
+        """``preference-0``: the judge (``algorithm.nash_mp.judge``) or preference model
+        (``roles.preference.path``) on ``resources.reward_cpus``, ready when this returns."""
+        cfg = self.cfg
+        judge = RestartingActor(PreferenceWorker, "preference-0", cfg.algorithm.nash_mp.judge, self.paths.get("preference"),
+                                cfg.model.dtype, cfg.roles.preference.micro_batch_tokens, cfg.model.trust_remote_code,
+                                num_cpus=cfg.resources.reward_cpus, max_restarts=cfg.resources.max_actor_restarts)
+        judge.call("ready")
+        return judge
+
+    @property
+    def _lone_actors(self) -> List[RestartingActor]:
+        return [self.reward] + ([self.judge] if self.judge is not None else [])
 
     def _make_probe(self) -> Batch:
         """A fixed sequence whose log-probs must agree between trainer and engines after a sync."""
@@ -128,7 +134,7 @@ class StepContext:
     def shutdown(self) -> None:
         """Kill this run's actors (a driver that stays alive, e.g. a test, must free their names)."""
         self.engines.kill()
-        for actor in [self.reward, *self.extra_actors]:
+        for actor in self._lone_actors:
             actor.kill()
         for pool in self.scorers.values():
             pool.kill()
@@ -144,7 +150,7 @@ class StepContext:
     @property
     def actor_restarts(self) -> int:
         """Recoveries of every pool's actors so far (``faults/actor_restarts``)."""
-        return (self.engines.restarts + sum(a.restarts for a in [self.reward, *self.extra_actors])
+        return (self.engines.restarts + sum(a.restarts for a in self._lone_actors)
                 + sum(pool.recoveries for pool in self.scorers.values()))
 
     # --------------------------------------------------------------- sampling
@@ -202,6 +208,14 @@ class StepContext:
         """``RewardOutcome`` of every sample (on the reward worker, never on the driver)."""
         m = batch.meta
         return self.score_texts(m["response_text"], m["answer"], m["prompt"], m.get("extra"))
+
+    def win_probs(self, prompts: Sequence[str], responses: Sequence[str], opponents: Sequence[str],
+                  answers: Sequence[Optional[str]]) -> Tuple[torch.Tensor, Dict[str, float], List[str]]:
+        """The judge's P(response_i > opponent_i) per pair, Float [N] (NaN where it failed), its
+        metrics and the failures' messages (``actors.preference.PreferenceWorker.win_probs``)."""
+        if self.judge is None:
+            raise RuntimeError(f"algorithm '{self.plan.name}' has no preference judge")
+        return self.judge.call("win_probs", list(prompts), list(responses), list(opponents), list(answers))
 
     def score_texts(self, responses, answers, prompts, columns=None) -> RewardOutcome:
         """``RewardOutcome`` of raw texts and their rows' data columns (``RewardWorker.score``'s signature)."""
@@ -293,13 +307,18 @@ class StepContext:
         every step, like f-DPO's, leaves the engines behind until they are needed), else ``{}``."""
         return self.sync() if self._engines_behind else {}
 
-    def policy_weights(self) -> List[Tuple[str, torch.Tensor]]:
-        """``[(HF name, tensor)]`` of the weights of the last sync, on the driver (Mirror-Prox's
-        snapshot and its parameter distance; the one place weights reach the driver)."""
-        return unpack(ray.get(self.engines.weights_ref()))
+    def policy_weights_ref(self) -> ray.ObjectRef:
+        """ObjectRef of the weights of the last sync (``PackedWeights`` made by the trainer's rank 0;
+        never fetched by the driver): for ``load_scorer_weights`` and ``param_distance``."""
+        return self.engines.weights_ref()
 
-    def load_scorer_weights(self, role: str, weights: List[Tuple[str, torch.Tensor]]) -> None:
-        """Load ``weights`` into the ``role`` scorers (the pool reloads them into a restarted actor)."""
+    def param_distance(self, weights_ref: ray.ObjectRef) -> float:
+        """L2 distance between the trainer's current parameters and ``weights_ref``'s, computed on rank 0."""
+        return self.trainer.param_distance(weights_ref)
+
+    def load_scorer_weights(self, role: str, weights: ray.ObjectRef) -> None:
+        """Load ``weights`` (``policy_weights_ref()``) into the ``role`` scorers, actor to actor (the
+        pool reloads them into a restarted actor)."""
         self.scorers[role].load_weights(weights)
 
     # ---------------------------------------------------------------- metrics

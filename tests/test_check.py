@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -20,7 +19,6 @@ CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
 # fails here on the first of them. test_gsm8k_config_passes_check_on_local_copies covers the second.
 NEEDS_OUTSIDE_FILES = {"cluster_7b_grpo": "/shared/data/gsm8k/train.parquet and Qwen/Qwen2.5-7B",
                        "gsm8k_qwen05b": "the hub (Qwen/Qwen2.5-0.5B-Instruct, openai/gsm8k)"}
-SECONDS = 30  # "in seconds": a generous bound on 2 shared cores
 
 
 @pytest.fixture(autouse=True)
@@ -34,14 +32,13 @@ def _isolated(tmp_path, monkeypatch):
 
 def run_check(capsys, *overrides, config="grpo", check=True):
     """launch.train.main in this process: (exit code, stdout + stderr). Asserts what every --check
-    promises: seconds, no Ray imported, no run directory, no model built."""
+    promises: no Ray imported, no run directory, no model built (what would take minutes; its time
+    is not asserted: a timed test fails on a loaded machine and says nothing about the cause)."""
     ray_before = "ray" in sys.modules
-    t0 = time.perf_counter()
     rc = main(["--config", str(ROOT / "configs" / f"{config}.yaml"), *(["--check"] if check else []), *overrides])
-    elapsed = time.perf_counter() - t0
     out = capsys.readouterr()
     text = out.out + out.err
-    assert elapsed < SECONDS, f"--check took {elapsed:.1f} s"
+    assert "rlplat: building builtin:" not in text, "--check started a model build"
     assert ray_before or "ray" not in sys.modules, "--check imported ray"
     assert not Path("runs").exists() and not list(Path.cwd().glob("out*")), "--check created a run directory"
     assert not (Path(os.environ["RLPLAT_CACHE"]) / "models").exists(), "--check built a model"
@@ -100,12 +97,11 @@ def test_check_cli_in_a_fresh_process_starts_no_ray_and_writes_nothing(tmp_path)
     code = ("import sys; from launch.train import main; rc = main(sys.argv[1:]); "
             "print('ray imported:', 'ray' in sys.modules); sys.exit(rc)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, "--config", str(ROOT / "configs" / "grpo.yaml"), "--check",
                            f"trainer.output_dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert time.perf_counter() - t0 < SECONDS
+    assert "rlplat: building builtin:" not in proc.stdout  # nothing that takes minutes
     assert proc.stdout.rstrip().splitlines()[-2:] == [CHECK_OK, "ray imported: False"]
     assert not (tmp_path / "run").exists()
 

@@ -35,6 +35,77 @@ def train(tmp_path, config, *overrides, steps=3):
     return out, rows, proc.stdout
 
 
+def payload_bytes(obj) -> int:
+    """Bytes of tensor, array and buffer data in ``obj`` (recursively): what moving it costs."""
+    import numpy as np
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, (bytes, bytearray, memoryview, str)):
+        return len(obj)
+    if isinstance(obj, dict):
+        return sum(payload_bytes(k) + payload_bytes(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return sum(payload_bytes(x) for x in obj)
+    if hasattr(obj, "__dict__"):
+        return payload_bytes(vars(obj))
+    return 8
+
+
+class DriverSpy:
+    """Wraps ``ray.get`` and ``ray.put`` of this process (the driver of an in-process run) and keeps
+    the largest payload either moved (``payload_bytes``), with where it happened."""
+
+    def __init__(self, monkeypatch):
+        import ray
+
+        self.largest, self.calls = (0, ""), 0
+        real_get, real_put = ray.get, ray.put
+
+        def get(refs, *args, **kwargs):
+            out = real_get(refs, *args, **kwargs)
+            self._see(out, "ray.get")
+            return out
+
+        def put(value, *args, **kwargs):
+            self._see(value, "ray.put")
+            return real_put(value, *args, **kwargs)
+
+        monkeypatch.setattr(ray, "get", get)
+        monkeypatch.setattr(ray, "put", put)
+
+    def _see(self, obj, what):
+        import traceback
+
+        self.calls += 1
+        n = payload_bytes(obj)
+        if n > self.largest[0]:
+            self.largest = (n, f"{what} of {type(obj).__name__} at {traceback.format_stack(limit=3)[0].strip()}")
+
+
+def train_in_process(tmp_path, monkeypatch, config, *overrides, steps=3):
+    """``train``, with ``launch.train.main`` run in this process (joined to the session cluster) under
+    a ``DriverSpy``: returns (run dir, metrics rows, spy)."""
+    from launch.train import main
+
+    out = tmp_path / "run"
+    spy = DriverSpy(monkeypatch)
+    saved = dict(os.environ)
+    try:
+        code = main(["--config", f"configs/{config}.yaml", f"trainer.output_dir={out}", f"trainer.max_steps={steps}",
+                     *SMALL, *overrides])
+    finally:  # what the run set in this process's environment goes with it
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update(saved)
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(steps))
+    return out, rows, spy
+
+
 def assert_weights_arrived(rows):
     """After every sync the rollout engine's log-probs of a fixed sequence equal the trainer's."""
     for r in rows:
@@ -166,8 +237,11 @@ def test_dph_rl_rehearsal(tmp_path, tiny_models):
     assert (fresh - stored.logprobs["initial"]).abs().max().item() < 1e-4
 
 
-def test_nash_mp_mirror_prox(tmp_path, tiny_models):
-    _, rows, _ = train(tmp_path, "nash_mp", "rollout.backend=hf", steps=2)
+def test_nash_mp_mirror_prox(tmp_path, tiny_models, monkeypatch):
+    # In process under a driver spy: the snapshot loads and the half/full distance move weights
+    # actor to actor; no iteration puts or gets more than 64 KiB on the driver (the model: 20 MB).
+    _, rows, spy = train_in_process(tmp_path, monkeypatch, "nash_mp", "rollout.backend=hf", steps=2)
+    assert spy.calls > 0 and spy.largest[0] <= 64 * 1024, spy.largest
     assert_weights_arrived(rows)
     for i, r in enumerate(rows):
         assert "half/loss/policy" in r and "full/loss/policy" in r

@@ -105,3 +105,9 @@ def test_dependencies_point_launch_to_actors_to_rlplat():
     upward = [(m, d) for m, deps in import_graph().items() for d in deps
               if LAYERS.index(m.split(".")[0]) < LAYERS.index(d.split(".")[0])]
     assert upward == []
+
+
+def test_loops_import_nothing_from_actors():
+    """A loop talks to the ``StepContext`` only; the actors (the Nash-MP judge included) belong to it."""
+    loops = {m: deps for m, deps in import_graph().items() if m.startswith("launch.loops")}
+    assert len(loops) >= 7 and [(m, d) for m, deps in loops.items() for d in deps if d.startswith("actors")] == []

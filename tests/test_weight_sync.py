@@ -428,11 +428,13 @@ def test_zero3_collective_sync_reaches_two_engines_and_reforms_after_a_restart(r
 
 
 @pytest.mark.runtime
-def test_cli_run_with_the_object_store_fallback(tmp_path, tiny_models):
-    """``rollout.weight_sync=object_store`` (today's path) still trains and syncs; the default
-    (collective) is what every other e2e run uses."""
-    from tests.test_e2e import assert_weights_arrived, train
+def test_cli_run_with_the_object_store_fallback(tmp_path, tiny_models, monkeypatch):
+    """``rollout.weight_sync=object_store`` still trains and syncs; the default (collective) is what
+    every other e2e run uses. Run in process under a driver spy: rank 0 packs the weights into the
+    object store and the engines read them there; the driver never puts or gets more than 64 KiB."""
+    from tests.test_e2e import assert_weights_arrived, train_in_process
 
-    _, rows, _ = train(tmp_path, "grpo", "rollout.weight_sync=object_store")
+    _, rows, spy = train_in_process(tmp_path, monkeypatch, "grpo", "rollout.weight_sync=object_store")
+    assert spy.calls > 0 and spy.largest[0] <= 64 * 1024, spy.largest
     assert_weights_arrived(rows)
     assert all(r["sync/buckets"] == 1 and r["sync/gbytes_per_s"] > 0 for r in rows)

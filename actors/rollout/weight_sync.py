@@ -16,11 +16,12 @@ then starts rank 0's bucketed broadcast (every rank under ZeRO-3, which gathers 
 time) and every engine's receive together and waits for both: the driver only sends and
 receives small control messages.
 
-``object_store``: rank 0 gathers the full state dict, the driver ``pack``s it and ``ray.put``s it
-once, every engine reads it from the object store (the fallback; the driver holds the weights).
+``object_store``: rank 0 gathers and packs the full state dict and returns it through Ray into the
+object store once per version (the driver holds only its ObjectRef); every engine reads that copy
+(the fallback when no collective group can form).
 
 ``push(version, wait=False)`` returns as soon as the trainer side has sent (collective) or the
-driver has put (object store) the weights: the engines finish loading while the caller goes on
+rank 0 has packed (object store) the weights: the engines finish loading while the caller goes on
 (``trainer.max_staleness`` >= 1: while the trainer trains the next batch). Engines run their calls
 in order, so whatever the caller asks of an engine next runs on the new weights; an engine whose
 load failed is left at ``actors.rollout.LOADING`` and refuses the next versioned call
@@ -43,7 +44,6 @@ import ray
 from actors.recovery import ACTOR_LOST
 from actors.rollout.common import StaleWeightsError
 from actors.rollout.transfer_group import GroupAddress
-from actors.rollout.weights import pack
 from rlplat.registry import Registry
 
 WEIGHT_SYNCS: Registry[type] = Registry("rollout.weight_sync")
@@ -182,8 +182,9 @@ class CollectiveSync:
 
 @WEIGHT_SYNCS.register("object_store")
 class ObjectStoreSync:
-    """The driver packs rank 0's full state dict and ``ray.put``s it once per version; every
-    engine reads that one copy from the object store (zero-copy) and reloads."""
+    """Rank 0 packs its full state dict once per version and returns it through Ray, so it lands in
+    the object store without passing through the driver (which holds only the ObjectRef); every
+    engine reads that one copy (zero-copy) and reloads."""
 
     def __init__(self, trainer: Any, engines: Sequence[Any], rollout: Any) -> None:
         self.trainer, self.engines = trainer, list(engines)
@@ -193,8 +194,9 @@ class ObjectStoreSync:
 
     def _put(self, version: int) -> Any:
         if self._ref[0] != version:
-            packed = pack(self.trainer.get_weights())
-            self._ref, self._bytes = (version, ray.put(packed)), packed.nbytes
+            if not self._bytes:  # the model's size, from the plan's metadata (names, dtypes, shapes)
+                self._bytes = sum(spec.nbytes for bucket in self.trainer.weight_plan(2**62) for spec in bucket.params)
+            self._ref = (version, self.trainer.weights_ref())
         return self._ref[1]
 
     def push(self, version: int, wait: bool = True) -> SyncStats:

@@ -187,6 +187,13 @@ class TrainerGroup:
         self._all(refs[1:])  # ZeRO-3: the other ranks only gather (they return None)
         return refs[0]
 
+    def param_distance(self, weights_ref: Any) -> float:
+        """L2 distance between the current parameters and the weights ``weights_ref`` holds (an
+        ObjectRef of ``PackedWeights``, e.g. an earlier ``weights_ref()``), computed on rank 0:
+        the weights travel actor to actor, only the number comes back."""
+        callers = self._weights_callers()
+        return self._all([r.param_distance.remote(weights_ref if i == 0 else None) for i, r in enumerate(callers)])[0]
+
     # ----------------------------------------------------------- weight sync
     # The collective sync (actors.rollout.weight_sync.CollectiveSync) runs the trainer side and the
     # engine side at the same time, so these return ObjectRefs; ``wait`` collects them.

@@ -436,6 +436,25 @@ class TrainerRank:
         weights = self.get_weights()
         return pack(weights) if self.rank == 0 else None
 
+    def param_distance(self, packed: Any) -> Optional[float]:
+        """On rank 0: the L2 distance between the current parameters and ``packed``
+        (``PackedWeights`` of the same model, HF names), sqrt of the sum of squared differences over
+        every parameter, in float32; None elsewhere. Under ZeRO-3 every rank must call (gathers are
+        collective); only rank 0 needs ``packed``. The weights never leave the trainer."""
+        import deepspeed
+
+        from actors.rollout.weights import as_named_tensors
+
+        engine = self._require_engine()
+        stage3 = engine.zero_optimization_stage() == 3
+        other = dict(as_named_tensors(packed)) if self.rank == 0 else {}
+        total = 0.0
+        for name, p in engine.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], enabled=stage3):
+                if self.rank == 0:
+                    total += float((p.detach().to("cpu", torch.float32) - other[name].to(torch.float32)).pow(2).sum())
+        return total ** 0.5 if self.rank == 0 else None
+
     # ------------------------------------------------------------ weight sync
     def _param_specs(self) -> List[Any]:
         from actors.rollout.buckets import ParamSpec

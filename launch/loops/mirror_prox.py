@@ -20,7 +20,6 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from actors.preference import PreferenceWorker
 from launch.context import StepContext
 from launch.loops.base import LOOPS, Loop
 from launch.metrics import PhaseTimer
@@ -50,9 +49,6 @@ class MirrorProxLoop(Loop):
         nm = cfg.algorithm.nash_mp
         self.inner_steps = nm.inner_steps  # beta and eta live in the loss (PolicyAdvantage)
         self.sampler = PromptSampler(ctx.rows, cfg.data.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
-        self.judge = ctx.start_actor(PreferenceWorker, "preference-0", nm.judge, ctx.paths.get("preference"),
-                                     cfg.model.dtype, cfg.roles.preference.micro_batch_tokens,
-                                     cfg.model.trust_remote_code)
         self.snapshot_version = 0
 
     def _win_rates(self, batch: Batch, opponents: Batch, exclude_self: bool) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -60,8 +56,8 @@ class MirrorProxLoop(Loop):
         pairs = _pairs(batch.group_ids, opponents.group_ids, exclude_self)
         i_idx, j_idx = zip(*pairs)
         m = batch.meta
-        probs, metrics, failures = self.judge.call(
-            "win_probs", [m["prompt"][i] for i in i_idx], [m["response_text"][i] for i in i_idx],
+        probs, metrics, failures = self.ctx.win_probs(
+            [m["prompt"][i] for i in i_idx], [m["response_text"][i] for i in i_idx],
             [opponents.meta["response_text"][j] for j in j_idx], [m["answer"][i] for i in i_idx])
         for msg in failures:
             print(f"rlplat: preference failure: {msg}", flush=True)
@@ -106,7 +102,7 @@ class MirrorProxLoop(Loop):
             metrics.update(self._proximal_step(batch, win_half, step, 0, "half"))
         with timer.phase("sync"):
             metrics.update({f"half/{k}": v for k, v in ctx.sync().items()})
-            half_weights = ctx.policy_weights()
+            half_weights = ctx.policy_weights_ref()
         with timer.phase("generate"):
             opponents = ctx.generate(rows, ctx.plan.group_size, seed=ctx.step_seed(step, "opponents"))
         with timer.phase("reward"):
@@ -115,26 +111,23 @@ class MirrorProxLoop(Loop):
         with timer.phase("train"):
             ctx.restore_policy_state()
             metrics.update(self._proximal_step(batch, win_full, step, 1, "full"))
-        full_weights = dict(self._refresh_snapshot(metrics, timer))
-        diff = sum(float((full_weights[n] - t).pow(2).sum()) for n, t in half_weights)
+        self._refresh_snapshot(metrics, timer)
         metrics.update({
-            "nash/half_full_param_l2": diff ** 0.5,
+            "nash/half_full_param_l2": ctx.param_distance(half_weights),  # on the trainer: weights stay there
             "loss/policy": metrics["full/loss/policy"],
             "reward/mean": win_full.mean().item(),
         })
         metrics.update(ctx.batch_metrics(batch, prefix="samples/", pass_rate=False))  # rewards are win probabilities
         return ctx.finish_step(step, metrics, timer, batch, opponents)
 
-    def _refresh_snapshot(self, metrics: Dict[str, float], timer: PhaseTimer) -> List[Tuple[str, torch.Tensor]]:
+    def _refresh_snapshot(self, metrics: Dict[str, float], timer: PhaseTimer) -> None:
         """End of an iteration: sync pi_{k+1} into the engines and load it into the snapshot scorer
-        (exactly once per iteration); returns its weights."""
+        (exactly once per iteration), actor to actor."""
         with timer.phase("sync"):
             metrics.update(self.ctx.sync())
-            weights = self.ctx.policy_weights()
-            self.ctx.load_scorer_weights("snapshot", weights)
+            self.ctx.load_scorer_weights("snapshot", self.ctx.policy_weights_ref())
             self.snapshot_version += 1
         metrics["nash/snapshot_version"] = float(self.snapshot_version)
-        return weights
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "snapshot_version": self.snapshot_version}
@@ -145,7 +138,7 @@ class MirrorProxLoop(Loop):
 
     def after_resume(self) -> None:
         """The snapshot is pi_k, the policy the restored checkpoint holds."""
-        self.ctx.load_scorer_weights("snapshot", self.ctx.policy_weights())
+        self.ctx.load_scorer_weights("snapshot", self.ctx.policy_weights_ref())
 
 
 @LOOPS.register("mirror_descent")
