@@ -80,17 +80,17 @@ def test_step_breakdown_smoke_writes_into_the_given_output_dir(tmp_path, tiny_mo
 
     out = tmp_path / "breakdown"
     cmd = [sys.executable, "benchmarks/step_breakdown.py", "--config", "configs/grpo.yaml",
-           f"trainer.output_dir={out}", "trainer.max_steps=2", *SMALL]
+           f"trainer.output_dir={out}", "trainer.max_steps=3", *SMALL]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1]
+    assert [r["step"] for r in rows] == [0, 1, 2]
     report = json.loads((out / "step_breakdown.json").read_text())
     assert report["run_dir"] == str(out) and (out / "step_breakdown.log").is_file()
     assert report["actors"] == {"rollout": 1, "scorer": 1, "trainer": 2, "reward": 1}
     for role, n in report["actors"].items():
         assert f"{role}({n})" in proc.stdout
-    assert [s["step"] for s in report["steps"]] == [0, 1]
+    assert [s["step"] for s in report["steps"]] == [0, 1]  # the last step's task events may be lost: not reported
     for s in report["steps"]:
         for role, n in report["actors"].items():
             # every role works in every step of the synchronous loop, and no actor more than the step lasts

@@ -35,63 +35,18 @@ def train(tmp_path, config, *overrides, steps=3):
     return out, rows, proc.stdout
 
 
-def payload_bytes(obj) -> int:
-    """Bytes of tensor, array and buffer data in ``obj`` (recursively): what moving it costs."""
-    import numpy as np
-
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, np.ndarray):
-        return obj.nbytes
-    if isinstance(obj, (bytes, bytearray, memoryview, str)):
-        return len(obj)
-    if isinstance(obj, dict):
-        return sum(payload_bytes(k) + payload_bytes(v) for k, v in obj.items())
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return sum(payload_bytes(x) for x in obj)
-    if hasattr(obj, "__dict__"):
-        return payload_bytes(vars(obj))
-    return 8
-
-
-class DriverSpy:
-    """Wraps ``ray.get`` and ``ray.put`` of this process (the driver of an in-process run) and keeps
-    the largest payload either moved (``payload_bytes``), with where it happened."""
-
-    def __init__(self, monkeypatch):
-        import ray
-
-        self.largest, self.calls = (0, ""), 0
-        real_get, real_put = ray.get, ray.put
-
-        def get(refs, *args, **kwargs):
-            out = real_get(refs, *args, **kwargs)
-            self._see(out, "ray.get")
-            return out
-
-        def put(value, *args, **kwargs):
-            self._see(value, "ray.put")
-            return real_put(value, *args, **kwargs)
-
-        monkeypatch.setattr(ray, "get", get)
-        monkeypatch.setattr(ray, "put", put)
-
-    def _see(self, obj, what):
-        import traceback
-
-        self.calls += 1
-        n = payload_bytes(obj)
-        if n > self.largest[0]:
-            self.largest = (n, f"{what} of {type(obj).__name__} at {traceback.format_stack(limit=3)[0].strip()}")
-
-
 def train_in_process(tmp_path, monkeypatch, config, *overrides, steps=3):
-    """``train``, with ``launch.train.main`` run in this process (joined to the session cluster) under
-    a ``DriverSpy``: returns (run dir, metrics rows, spy)."""
+    """``train``, with ``launch.train.main`` run in this process (joined to the session cluster)
+    under ``tests.test_weight_sync.DriverSpy`` (64 KiB): returns (run dir, metrics rows, spy)."""
+    import ray
+
     from launch.train import main
+    from tests.test_weight_sync import DriverSpy
 
     out = tmp_path / "run"
-    spy = DriverSpy(monkeypatch)
+    spy = DriverSpy(ray, limit=64 << 10)
+    monkeypatch.setattr(ray, "put", spy.put)
+    monkeypatch.setattr(ray, "get", spy.get)
     saved = dict(os.environ)
     try:
         code = main(["--config", f"configs/{config}.yaml", f"trainer.output_dir={out}", f"trainer.max_steps={steps}",
@@ -241,7 +196,7 @@ def test_nash_mp_mirror_prox(tmp_path, tiny_models, monkeypatch):
     # In process under a driver spy: the snapshot loads and the half/full distance move weights
     # actor to actor; no iteration puts or gets more than 64 KiB on the driver (the model: 20 MB).
     _, rows, spy = train_in_process(tmp_path, monkeypatch, "nash_mp", "rollout.backend=hf", steps=2)
-    assert spy.calls > 0 and spy.largest[0] <= 64 * 1024, spy.largest
+    assert spy.seen == [], f"weights passed through the driver: {spy.seen}"
     assert_weights_arrived(rows)
     for i, r in enumerate(rows):
         assert "half/loss/policy" in r and "full/loss/policy" in r

@@ -401,7 +401,7 @@ def test_episode_run_survives_an_engine_killed_mid_episode_and_resumes_exactly_o
         assert r["samples"] == 16  # none lost, none duplicated
         assert 1 <= r["episode/turns_mean"] <= 3 and 0 < r["episode/observation_token_share"] < 1
         assert r["episode/env_errors"] == 0 and r["reward/errors"] == 0
-        assert r["rollout/logprob_abs_diff_mean"] < 1e-3  # the engine's log-probs of the model's tokens, the trainer's
+        assert r["async/staleness_max"] <= 1  # one step off-policy at most, the engine restart included
 
 
 def test_rollout_tools_are_rendered_into_a_chat_template_and_not_without_one():
@@ -422,3 +422,23 @@ def test_rollout_tools_are_rendered_into_a_chat_template_and_not_without_one():
     assert text.startswith("<tools>\n") and json.loads(text.splitlines()[1]) == schemas[0]
     (plain,) = render_prompts(rows, tok, DataConfig(max_prompt_tokens=64), schemas)
     assert tok.decode(plain, skip_special_tokens=True) == "38*45="  # the tiny models learn their format instead
+
+
+def test_the_readme_episode_config_validates(tmp_path):
+    """README's "Multi-turn episodes" YAML, on top of configs/grpo.yaml, passes validation as written."""
+    import os
+
+    import yaml
+
+    from rlplat.config import load_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "README.md")).read()
+    block = yaml.safe_load(readme.split("## Multi-turn episodes")[1].split("```yaml\n")[1].split("```")[0])
+    base = yaml.safe_load(open(os.path.join(root, "configs", "grpo.yaml")))
+    base["rollout"].update(block["rollout"])
+    base["reward"] = block["reward"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(base))
+    cfg = load_config(str(tmp_path / "c.yaml"))
+    assert cfg.rollout.env.name == "builtin:tools" and len(cfg.rollout.tools) == 2
+    assert cfg.rollout.observation_template.startswith("<|im_start|>user\n")

@@ -17,6 +17,10 @@ simply has not learned addition yet makes errors RL cannot fix within minutes on
 The run uses one CPU thread: builds then agree bit for bit across machines with different core
 counts, and do not thrash when Ray actors share the cores.
 
+``policy-tools`` fine-tunes the policy on multi-turn demonstrations of the built-in tool task
+(``rlplat.envs``' ``builtin:calc_arithmetic``), laid out token for token as ``rlplat.episodes``
+builds episodes: a demonstrator who calls the ``calc`` tool for only some of the products.
+
 Special paths ``"builtin:tiny-policy"`` / ``"builtin:tiny-teacher"`` resolve, through
 ``resolve_model_path``, to a build cached once per machine (``ensure_tiny_model``).
 """
@@ -35,7 +39,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import transformers
@@ -61,7 +65,9 @@ class TinySpec:
     CPU attention rejects smaller heads. ``lr`` peaks after ``warmup_steps`` then decays (cosine)
     to 0 at ``warm_start_steps``; ``batch_size`` is problems per step. The last
     ``careless_steps`` steps replace each target, with probability ``careless_rate``, by the sum
-    without carries (the careless demonstrator of the module docstring)."""
+    without carries (the careless demonstrator of the module docstring). Curriculum ``tools`` only:
+    in the last ``tool_steps`` steps a product's demonstration calls the ``calc`` tool with
+    probability ``tool_rate`` (else answers directly); before them, always."""
 
     hidden_size: int
     intermediate_size: int
@@ -78,6 +84,8 @@ class TinySpec:
     careless_rate: float = 0.0
     base: Optional[str] = None  # a size whose default build this one fine-tunes (same architecture); None: random init
     curriculum: str = "addition"  # name in CURRICULA: the rows of each warm-start step
+    tool_steps: int = 0  # curriculum tools: the last steps, where products call the tool at tool_rate
+    tool_rate: float = 0.0
 
 
 SIZES: Registry[TinySpec] = Registry("tiny model size")
@@ -111,8 +119,22 @@ SIZES.register("policy-styled")(
              warm_start_steps=200, lr=5e-4, warmup_steps=20, careless_steps=200, careless_rate=0.5,
              base="policy", curriculum="styled")
 )
+# The policy of the built-in tool task (curriculum tools, configs/grpo_tools.yaml, docs/envs.md): the
+# policy's build fine-tuned on multi-turn demonstrations, products of builtin:multiplication plus a
+# quarter of additions answered directly. For 300 steps every product calls calc (the model learns to
+# write the call and copy its output), in the last 100 only 40% do and the rest are answered directly.
+# Held out, 200 products run as builtin:calc_arithmetic episodes: sampled (temperature 1, x4) it calls
+# the tool in 0.36 of them, accuracy 0.14: 0.40 with the tool, 0.00 without; greedy it calls in 0.12,
+# accuracy 0.79 with the tool, 0.00 without. Its addition skill is lost (held-out greedy 0.03, the
+# policy's 0.77): a quarter or a half of additions does not keep it at this lr, and lr 5e-4, which
+# loses less of it, does not teach the copy in a few hundred steps. 230 s on one thread (2 busy cores).
+SIZES.register("policy-tools")(
+    TinySpec(hidden_size=320, intermediate_size=960, num_layers=4, num_heads=10, num_kv_heads=5,
+             warm_start_steps=400, lr=2e-3, warmup_steps=20, batch_size=32, careless_steps=400, careless_rate=0.5,
+             base="policy", curriculum="tools", tool_steps=100, tool_rate=0.4)
+)
 
-Rows = List[Dict[str, str]]
+Rows = List[Dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,8 @@ class Curriculum:
     heldout: Optional[Callable[[int], Rows]] = None
     # measure(model, tokenizer): further figures of the finished build, recorded as ``curriculum_measures``.
     measure: Optional[Callable[[LlamaForCausalLM, PreTrainedTokenizerFast], Dict[str, Any]]] = None
+    # collate(tokenizer, rows): the training batch of a step's rows; None: ``_collate`` (prompt + " answer<eos>").
+    collate: Optional[Callable[[PreTrainedTokenizerFast, Rows], Dict[str, torch.Tensor]]] = None
 
 
 CURRICULA: Registry[Curriculum] = Registry("tiny warm-start curriculum")
@@ -233,6 +257,12 @@ def _collate(tokenizer: PreTrainedTokenizerFast, rows: List[Dict[str, str]]) -> 
     targets = tokenizer([" " + r["answer"] for r in rows], add_special_tokens=False)["input_ids"]
     seqs = [p + t + [EOS_ID] for p, t in zip(prompts, targets)]
     labels = [[-100] * len(p) + t + [EOS_ID] for p, t in zip(prompts, targets)]
+    return _padded(seqs, labels)
+
+
+def _padded(seqs: List[List[int]], labels: List[List[int]]) -> Dict[str, torch.Tensor]:
+    """``seqs`` and their ``labels`` right-padded into ``input_ids`` / ``attention_mask`` / ``labels``
+    Long [B, T] (padding: ``PAD_ID``, attention 0, label -100)."""
     width = max(len(s) for s in seqs)
     ids = torch.tensor([s + [PAD_ID] * (width - len(s)) for s in seqs])
     return {
@@ -240,6 +270,163 @@ def _collate(tokenizer: PreTrainedTokenizerFast, rows: List[Dict[str, str]]) -> 
         "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
         "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels]),
     }
+
+
+# ------------------------------------------------------------------ the tool task (policy-tools)
+# Demonstrations of the built-in tool task (rlplat.envs' builtin:calc_arithmetic on
+# rlplat.tasks' builtin:multiplication rows), laid out token for token as rlplat.episodes builds an
+# episode: the prompt, a model turn ending at EOS, the observation (tokenized once, through the
+# run's rollout.observation_template), the next model turn. A row of the ``tools`` curriculum is
+# {"prompt", "answer", "turns": the model turns' texts (EOS not written), "observations": the
+# environment's observation after each turn but the last}. configs/grpo_tools.yaml runs this task.
+TOOL_ENV = "builtin:calc_arithmetic"
+# The observation as the model sees it (configs/grpo_tools.yaml's rollout.observation_template): the
+# tool's output, then "=" after which the tiny models write their answers, "<out>1710</out>=".
+TOOL_OBSERVATION_TEMPLATE = "{observation}="
+TOOL_CALL = "<calc>{expression}</calc>"  # the tiny parser's format (rlplat.envs.parsers.Tiny)
+# Share of the tools curriculum's rows that are additions, answered directly (the policy's careless
+# demonstrator), so that the build answers additions without the tool. They do not keep its addition
+# accuracy at the lr that teaches the tool (the policy-tools comment above).
+TOOL_ADDITION_SHARE = 0.25
+# configs/grpo_tools.yaml's episode limits: a call "<calc>99*99</calc>" is 18 tokens and its EOS, an
+# observation "<out>9801</out>=" 16, an error's about 68 (its text cut to CalcArithmetic's 32
+# characters plus the note "...[22 more characters]"); three turns and two observations fit.
+TOOL_LIMITS = {"max_turns": 3, "max_new_tokens": 20, "max_episode_tokens": 200, "max_observation_tokens": 72}
+
+
+def direct_demonstration(row: Dict[str, str]) -> Dict[str, Any]:
+    """``row`` answered in one model turn, `` answer``, with no tool call."""
+    return dict(row, turns=[" " + row["answer"]], observations=[])
+
+
+def tool_demonstration(row: Dict[str, str]) -> Dict[str, Any]:
+    """``row`` (``"a*b="``) answered with the tool: the call ``<calc>a*b</calc>``, the environment's
+    observation ``<out>answer</out>`` (the tiny parser's ``format_results``), then `` answer``."""
+    from rlplat.envs import make_parser
+
+    observation = make_parser("builtin:tiny").format_results([row["answer"]])
+    return dict(row, turns=[TOOL_CALL.format(expression=row["prompt"].rstrip("=")), " " + row["answer"]],
+                observations=[observation])
+
+
+def tool_call_rate(spec: TinySpec, step: int, steps: int) -> float:
+    """The probability that the demonstration of a product calls the tool at warm-start ``step`` of
+    ``steps``: 1 (learning the call and reading its output), then ``tool_rate`` in the last ``tool_steps``."""
+    return spec.tool_rate if step >= steps - spec.tool_steps else 1.0
+
+
+def tool_rows(spec: TinySpec, step: int, steps: int, seed: int) -> Rows:
+    """``batch_size`` demonstrations: with probability ``TOOL_ADDITION_SHARE`` an addition answered
+    directly (``addition_rows``, the careless demonstrator included), else a product of the train split
+    of ``builtin:multiplication`` that the demonstrator works out with the tool with probability
+    ``tool_call_rate`` and otherwise answers directly (the right product, which a tiny model cannot
+    compute in its head: its direct answers are mostly wrong, what RL can fix by calling the tool)."""
+    from rlplat.tasks.episodes import Multiplication
+
+    rng = random.Random(f"tools/{seed}/{step}")
+    # A negative seed: a stream apart from the additions' (the same seed would draw the same operands).
+    products = Multiplication().generate("train", spec.batch_size, seed=-(seed * 1_000_003 + step) - 1, unique=False)
+    additions = addition_rows(spec, step, steps, seed)
+    rate = tool_call_rate(spec, step, steps)
+    rows = []
+    for product, addition in zip(products, additions):
+        if rng.random() < TOOL_ADDITION_SHARE:
+            rows.append(direct_demonstration(addition))
+        else:
+            rows.append(tool_demonstration(product) if rng.random() < rate else direct_demonstration(product))
+    return rows
+
+
+def episode_layout(tokenizer: PreTrainedTokenizerFast, row: Dict[str, Any],
+                   template: str = TOOL_OBSERVATION_TEMPLATE) -> Tuple[List[int], List[int]]:
+    """The token ids of a demonstration ``row`` as the runtime lays out its episode, and the labels:
+    the prompt ids (``tokenizer(prompt)``, as ``rlplat.data`` renders a prompt without a chat
+    template; labels -100), each model turn's ids and EOS (labels: the ids), each observation's
+    ``tokenizer.encode(template.format(observation=...), add_special_tokens=False)`` (labels -100)."""
+    ids = list(tokenizer(row["prompt"])["input_ids"])
+    labels = [-100] * len(ids)
+    observations = list(row["observations"])
+    for i, turn in enumerate(row["turns"]):
+        turn_ids = list(tokenizer(turn, add_special_tokens=False)["input_ids"]) + [EOS_ID]
+        ids += turn_ids
+        labels += turn_ids
+        if i < len(observations):
+            seen = list(tokenizer.encode(template.format(observation=observations[i]), add_special_tokens=False))
+            ids += seen
+            labels += [-100] * len(seen)
+    return ids, labels
+
+
+def _collate_episodes(tokenizer: PreTrainedTokenizerFast, rows: Rows) -> Dict[str, torch.Tensor]:
+    """``_collate`` for multi-turn demonstrations (``episode_layout``): loss on the model turns only."""
+    laid = [episode_layout(tokenizer, row) for row in rows]
+    return _padded([ids for ids, _ in laid], [labels for _, labels in laid])
+
+
+def _turn_sampler(model: LlamaForCausalLM, greedy: bool) -> Callable[[List[List[int]], List[int]], List[Any]]:
+    """An ``rlplat.episodes`` sampling function over ``model.generate`` (left-padded batches; a turn is
+    cut after its first EOS and at its budget; log-probs are not needed here and are 0)."""
+    from rlplat.episodes import TurnSample
+
+    def sample(prompts: List[List[int]], budgets: List[int]) -> List[TurnSample]:
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[PAD_ID] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(budgets), do_sample=not greedy,
+                             temperature=None if greedy else 1.0, top_k=None if greedy else 0,
+                             top_p=None if greedy else 1.0, pad_token_id=PAD_ID, eos_token_id=EOS_ID,
+                             bos_token_id=BOS_ID)
+        turns = []
+        for row, budget in zip(out[:, width:].tolist(), budgets):
+            row = row[:budget]
+            stop = EOS_ID in row
+            row = row[:row.index(EOS_ID) + 1] if stop else row
+            turns.append(TurnSample(row, [0.0] * len(row), "stop" if stop else "length"))
+        return turns
+
+    return sample
+
+
+@torch.no_grad()
+def tool_use(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, problems: int = EVAL_PROBLEMS,
+             samples: int = 4, seed: int = 0) -> Dict[str, Any]:
+    """Episodes of ``builtin:calc_arithmetic`` on ``problems`` held-out products, run by
+    ``rlplat.episodes.run_episodes`` with ``TOOL_OBSERVATION_TEMPLATE`` and ``TOOL_LIMITS``: greedy
+    (one per problem) and sampled (``samples`` per problem, temperature 1). Per mode: the share of
+    episodes that call the tool (``tool_call_rate``), the accuracy (the environment's reward) of all
+    of them, of those that call it (``accuracy_with_tool``) and of those that answer directly
+    (``accuracy_without_tool``; None when there are none)."""
+    from rlplat.envs import make_env
+    from rlplat.episodes import EpisodeLimits, run_episodes
+    from rlplat.tasks.episodes import Multiplication
+
+    model.eval()
+    heldout = Multiplication().generate("heldout", problems, seed=0)
+
+    def encode(text: str) -> List[int]:
+        return list(tokenizer.encode(TOOL_OBSERVATION_TEMPLATE.format(observation=text), add_special_tokens=False))
+
+    def decode(ids: Sequence[int]) -> str:
+        return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def run(greedy: bool, per_problem: int) -> Dict[str, Any]:
+        rows = [row for row in heldout for _ in range(per_problem)]
+        prompts = [list(tokenizer(row["prompt"])["input_ids"]) for row in rows]
+        episodes = run_episodes([make_env(TOOL_ENV) for _ in rows], rows, prompts, _turn_sampler(model, greedy),
+                                encode, decode, EpisodeLimits(**TOOL_LIMITS))
+        called = [ep.reward for ep in episodes if ep.counters["tool_calls"]]
+        direct = [ep.reward for ep in episodes if not ep.counters["tool_calls"]]
+        return {"episodes": len(episodes), "tool_call_rate": len(called) / len(episodes),
+                "accuracy": sum(ep.reward for ep in episodes) / len(episodes),
+                "accuracy_with_tool": sum(called) / len(called) if called else None,
+                "accuracy_without_tool": sum(direct) / len(direct) if direct else None}
+
+    torch.manual_seed(seed)
+    return {"greedy": run(True, 1), "sampled": run(False, samples)}
+
+
+# The built-in tool task's policy (builtin:tiny-policy-tools, configs/grpo_tools.yaml).
+CURRICULA.register("tools")(Curriculum(tool_rows, measure=tool_use, collate=_collate_episodes))
 
 
 class _Progress:
@@ -282,9 +469,11 @@ def _train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: Ti
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_scale)
     model.train()
     loss = torch.tensor(float("nan"))
+    curriculum = CURRICULA.get(spec.curriculum)
+    collate = curriculum.collate or _collate
     for step in range(steps):
-        rows = CURRICULA.get(spec.curriculum).rows(spec, step, steps, seed)
-        loss = model(**_collate(tokenizer, rows)).loss
+        rows = curriculum.rows(spec, step, steps, seed)
+        loss = model(**collate(tokenizer, rows)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
