@@ -84,7 +84,6 @@ class Episode:
     finish_reason: str = ""
     counters: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(EPISODE_COUNTERS, 0))
     error: Optional[str] = None
-    last_turn_finish: str = ""  # the engine's finish reason of the last model turn
 
     @property
     def observation_tokens(self) -> int:
@@ -159,7 +158,6 @@ def _run(envs, rows, prompt_ids, sample, encode, decode, limits, executor) -> Li
                 raise RuntimeError(f"run_episodes: a turn has {len(turn.token_ids)} tokens, {len(turn.logprobs)} log-probs")
             episodes[i]._append(turn.token_ids, model=True, logprobs=turn.logprobs)
             episodes[i].turns += 1
-            episodes[i].last_turn_finish = turn.finish_reason
         texts = [decode(t.token_ids) for t in turns]
         results = list(executor.map(_call_step, [envs[i] for i in live], texts))
         still: List[int] = []
