@@ -273,6 +273,9 @@ def test_episode_config_keys_act_only_with_an_environment_and_bad_ones_are_named
     for override, message in cases.items():
         with pytest.raises(ConfigError, match=message):
             load(*ENV_OK, override)
+    with pytest.raises(ConfigError, match="rollout.tools and rollout.env.params.tools are both set"):
+        load(*ENV_OK[1:], "rollout.env.name=builtin:tools", "rollout.tools=[builtin:calc]",
+             "rollout.env.params={tools: [builtin:calc]}")
 
 
 def test_algorithms_that_do_not_run_episodes_refuse_them_with_the_reason():

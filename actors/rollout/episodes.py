@@ -17,19 +17,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from actors.rollout.common import Sample
 from rlplat.episodes import EpisodeLimits, TurnSample, run_episodes
-from rlplat.envs import make_env
+from rlplat.envs.registry import env_params, make_env
 
 # (prompts, max new tokens each) -> one TurnSample per prompt, from the engine's sampler
 TurnSampler = Callable[[List[List[int]], List[int]], List[TurnSample]]
-
-
-def env_params(rollout: Any) -> Dict[str, Any]:
-    """The environment's constructor params: ``rollout.env.params`` plus ``tools`` when
-    ``rollout.tools`` is set (the environment must take them: validation checks)."""
-    params = dict(rollout.env.params or {})
-    if rollout.tools:
-        params["tools"] = list(rollout.tools)
-    return params
 
 
 class EpisodeRollout:
@@ -40,7 +31,7 @@ class EpisodeRollout:
 
     def __init__(self, rollout: Any, tokenizer: Any) -> None:
         self.rollout, self.tokenizer = rollout, tokenizer
-        self.spec, self.params = rollout.env.name, env_params(rollout)
+        self.spec, self.params = rollout.env.name, env_params(rollout.env.params, rollout.tools)
         make_env(self.spec, self.params)  # a bad spec fails when the engine starts, not mid-step
         self.limits = EpisodeLimits(max_turns=rollout.max_turns, max_new_tokens=rollout.max_new_tokens,
                                     max_episode_tokens=rollout.max_episode_tokens,

@@ -156,36 +156,31 @@ def _check_rollout_correction(cfg: RunConfig) -> None:
                           "set the kind (tis | mis) or drop them")
 
 
-# The episode keys and their schema defaults: without an environment each must stay at its default.
-_EPISODE_KEYS = ("tools", "max_turns", "max_episode_tokens", "max_observation_tokens", "observation_template",
-                 "env_workers")
+# The episode keys: without an environment each must stay at its schema default.
+_EPISODE_KEYS = ("rollout.env.params", "rollout.tools", "rollout.max_turns", "rollout.max_episode_tokens",
+                 "rollout.max_observation_tokens", "rollout.observation_template", "rollout.env_workers")
 
 
 def _check_episodes(cfg: RunConfig) -> None:
     """rollout.env and its keys: the environment resolves and takes its params (and tools), the
     limits fit the model length, the reward reads the environment's, and the algorithm runs episodes."""
-    r, default = cfg.rollout, RunConfig().rollout
+    r = cfg.rollout
     if not r.env.name:
-        for key in ["params", *_EPISODE_KEYS]:
-            value = getattr(r.env, key) if key == "params" else getattr(r, key)
-            if value != (getattr(default.env, key) if key == "params" else getattr(default, key)):
-                raise ConfigError(f"rollout.{'env.' if key == 'params' else ''}{key}={value!r} is set but rollout.env "
-                                  "is null (single-turn rollouts); set rollout.env.name to run episodes")
+        default = RunConfig()
+        for key in _EPISODE_KEYS:
+            if _lookup(cfg, key) != _lookup(default, key):
+                raise ConfigError(f"{key}={_lookup(cfg, key)!r} is set but rollout.env is null (single-turn "
+                                  "rollouts); set rollout.env.name to run episodes")
         return
     from rlplat import algorithms
-    from rlplat.envs import make_env
+    from rlplat.envs.registry import env_params, make_env
     from rlplat.rewards.spec import reward_specs
 
     for key in ("max_turns", "max_episode_tokens", "max_observation_tokens", "env_workers"):
         _at_least(f"rollout.{key}", getattr(r, key), 1)
     if "{observation}" not in r.observation_template:
         raise ConfigError(f"rollout.observation_template={r.observation_template!r} has no '{{observation}}'")
-    params = dict(r.env.params or {})
-    if r.tools:
-        if "tools" in params:
-            raise ConfigError("rollout.tools and rollout.env.params.tools are both set; give the tools once")
-        params["tools"] = list(r.tools)
-    make_env(r.env.name, params, "rollout.env.name")  # the name, the class's methods, its params
+    make_env(r.env.name, env_params(r.env.params, r.tools), "rollout.env.name")  # name, methods, params
     if r.ignore_eos:
         raise ConfigError("rollout.ignore_eos=true with rollout.env: a model turn ends at EOS, so it would "
                           "never end before rollout.max_new_tokens; keep ignore_eos false for episodes")

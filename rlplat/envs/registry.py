@@ -67,6 +67,17 @@ def make_env(spec: str, params: Optional[Mapping[str, Any]] = None, key: str = "
     return make(spec, params, key, ENVIRONMENTS)
 
 
+def env_params(params: Optional[Mapping[str, Any]], tools: Sequence[Any]) -> dict:
+    """A run's environment params: ``rollout.env.params`` plus ``tools=rollout.tools`` when tools are
+    given (the environment must take them). Both places naming the tools is a ``ConfigError``."""
+    out = dict(params or {})
+    if tools:
+        if "tools" in out:
+            raise ConfigError("rollout.tools and rollout.env.params.tools are both set; give the tools once")
+        out["tools"] = list(tools)
+    return out
+
+
 def make_tool(entry: Any, key: str = "rollout.tools") -> Any:
     """A tool from ``"builtin:calc"`` or ``{"name": "builtin:python", "params": {...}}``."""
     if isinstance(entry, str):
@@ -84,4 +95,4 @@ def make_parser(spec: str, key: str = "parser") -> Any:
     return make(spec, None, key, PARSERS)
 
 
-__all__ = ["BUILTIN", "ENVIRONMENTS", "PARSERS", "TOOLS", "make", "make_env", "make_parser", "make_tool", "make_tools", "resolve"]
+__all__ = ["BUILTIN", "ENVIRONMENTS", "env_params", "PARSERS", "TOOLS", "make", "make_env", "make_parser", "make_tool", "make_tools", "resolve"]
