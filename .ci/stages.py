@@ -13,9 +13,16 @@ HEADER = """set -euo pipefail
 stage_log=$(mktemp)
 t_all=$(date +%s)
 current=""
+killtree() {
+  local child
+  for child in $(pgrep -P "$1"); do killtree "$child"; done
+  kill "$1" 2>/dev/null || true
+}
 report() {
   rc=$?
-  jobs -p | xargs -r kill 2>/dev/null || true  # a background stage (the model builds) must not outlive a failure
+  # A background stage (the model builds, which run each build in a process of its own) must not
+  # outlive a failure: stop every job with all its descendants.
+  for j in $(jobs -p); do killtree "$j"; done
   echo
   echo "== CI stages: wall seconds =="
   cat "$stage_log"
